@@ -1,0 +1,3 @@
+"""Built-in environments; importing this package registers them."""
+
+from environments import longcot, markovian, single_turn  # noqa: F401

@@ -1,0 +1,41 @@
+"""One prompt, one answer: the simplest environment, and the template for writing your own."""
+
+from __future__ import annotations
+
+from rlreason.registry import register_environment
+from rlreason.types import Environment, Episode, Policy, Sample
+
+DEFAULT_SYSTEM = None
+DEFAULT_TEMPLATE = "{question}\nPut the final answer in \\boxed{{}}."
+
+
+@register_environment("single_turn")
+class SingleTurn(Environment):
+    """Format the question, generate once, return one trained sample.
+
+    `style="chat"` wraps the prompt in the model's chat template; `style="raw"` feeds it as plain
+    text, which with a few-shot `template` is how a 135M model first produces parseable answers."""
+
+    def __init__(self, tokenizer, *, template: str = DEFAULT_TEMPLATE, style: str = "chat",
+                 system_prompt: str | None = DEFAULT_SYSTEM, max_tokens: int = 256,
+                 stop: list[str] | None = None) -> None:
+        super().__init__(tokenizer)
+        if style not in ("chat", "raw"):
+            raise ValueError(f"env.args.style: '{style}' is not allowed. Allowed: chat, raw.")
+        self.template, self.style, self.system_prompt = template, style, system_prompt
+        self.max_tokens, self.stop = max_tokens, stop
+
+    def prompt(self, example: dict) -> str | list[dict[str, str]]:
+        text = self.template.format(**example)
+        if self.style == "raw":
+            return text
+        sys = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return sys + [{"role": "user", "content": text}]
+
+    async def rollout(self, example: dict, policy: Policy) -> Episode:
+        prompt_ids = self.encode_prompt(self.prompt(example))
+        out = await policy.generate(prompt_ids, max_tokens=self.max_tokens, stop=self.stop)
+        sample = Sample(prompt_ids, out.token_ids, out.logprobs, [1] * len(out.token_ids))
+        return Episode([sample], transcript=self.decode(out.token_ids),
+                       metrics={"response_tokens": len(out.token_ids),
+                                "truncated": float(out.finish_reason == "length")})

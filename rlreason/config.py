@@ -1,0 +1,256 @@
+"""Run configuration: one dataclass per section, each field's default written once, its comment the
+help text. YAML files and dotted overrides (`trainer.lr=1e-6`, as verl users expect) are merged and
+checked strictly: an unknown key or a bad value names the key and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from rlreason.registry import ConfigError, suggest
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"  # a name from `rlreason models list`, a local HF dir or a hub id
+    dtype: Literal["bf16", "fp32"] = "bf16"  # engine weights and training autocast (fp32 master weights)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    gradient_checkpointing: bool = False  # trade compute for activation memory on long sequences
+
+
+@dataclass
+class DataConfig:
+    train: dict = field(default_factory=lambda: {"source": "reasoning_gym", "task": "basic_arithmetic",
+                                                 "size": 1000})  # builder spec, see `rlreason data --help`
+    eval: dict | None = None  # held-out builder spec; None = `eval_size` rows split off train
+    eval_size: int = 64  # rows held out from train when `eval` is None
+
+
+@dataclass
+class EnvConfig:
+    name: str = "single_turn"  # a registered environment (`rlreason.environments` entry point)
+    args: dict = field(default_factory=dict)  # keyword arguments of the environment's constructor
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["vllm", "hf"] = "vllm"  # vllm everywhere it runs; hf is the fallback
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_model_len: int = 2048  # prompt + response tokens per request
+    kv_cache_gb: float = 2.0  # CPU KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    gpu_memory_utilization: float = 0.4  # GPU share vLLM may take (the trainer shares the device)
+    enable_prefix_caching: bool = True  # G samples of a prompt share its KV
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp_baseline
+    policy_loss: str = "ppo_clip"  # a registered policy loss
+    loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | trace-length-norm
+    eps_low: float = 0.2  # PPO clip below 1
+    eps_high: float = 0.2  # PPO clip above 1 (0.28 = DAPO clip-higher)
+    dual_clip_c: float | None = 3.0  # dual-clip bound for negative advantages; null disables
+    tis_cap: float | None = 2.0  # truncated importance weight engine->trainer; null disables
+    kl_coef: float = 0.0  # > 0 loads a frozen reference model
+    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_in_reward: bool = False  # subtract kl_coef * KL from the reward instead of adding it to the loss
+    entropy_coef: float = 0.0  # entropy bonus
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal (DAPO)
+    adv_eps: float = 1e-6
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 20  # optimizer steps (one rollout batch each)
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4  # G, the group size
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    ppo_epochs: int = 1  # passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per pass; 1 x 1 = on-policy, no extra forward
+    micro_batch_size: int = 8  # rows per forward/backward (gradient accumulation)
+    max_grad_norm: float = 1.0
+    max_nonfinite_steps: int = 3  # consecutive NaN/inf losses tolerated (skipped) before stopping
+    checkpoint_every: int = 10  # steps; 0 = only at the end
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # steps between evaluations on the held-out split; 0 = never during training
+    k: int = 4  # samples per problem for pass@k / avg@k
+    max_problems: int = 64
+    temperature: float = 1.0
+
+
+@dataclass
+class LoggingConfig:
+    wandb: bool = True  # offline automatically without WANDB_API_KEY
+    wandb_project: str = "rlreason"
+    progress: bool = True  # progress bar
+    log_samples: int = 2  # transcripts written to samples.jsonl per step
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs/${name}"
+    seed: int = 0
+    algorithm: Literal["grpo", "expert_iteration"] = "grpo"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rewards: list = field(default_factory=lambda: [{"name": "math", "weight": 1.0}])
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.replace("${name}", self.name))
+
+
+# ------------------------------------------------------------------------------------------------
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`a.b=1` -> {"a": {"b": 1}}; values are parsed as YAML (numbers, bools, lists, null)."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.lr=1e-6)")
+        key, raw = item.split("=", 1)
+        value = _parse_scalar(raw)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+        node[parts[-1]] = value
+    return out
+
+
+def _parse_scalar(raw: str) -> Any:
+    """YAML, except that `1e-6` is a number (YAML 1.1 reads exponents without a dot as strings)."""
+    value = yaml.safe_load(raw) if raw != "" else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    raw: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file '{path}' does not exist")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
+        if "defaults" in raw:  # `defaults: other.yaml` composes presets
+            base = load_config_dict(p.parent / raw.pop("defaults"))
+            raw = deep_merge(base, raw)
+    raw = deep_merge(raw, parse_overrides(overrides or []))
+    return from_dict(RunConfig, raw, "")
+
+
+def load_config_dict(path: Path) -> dict[str, Any]:
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if "defaults" in raw:
+        raw = deep_merge(load_config_dict(Path(path).parent / raw.pop("defaults")), raw)
+    return raw
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            allowed = list(fields)
+            raise ConfigError(f"{key}: unknown key. Allowed in {prefix.rstrip('.') or 'the top level'}: "
+                              f"{', '.join(allowed)}." + suggest(k, allowed))
+        kwargs[k] = _coerce(hints[k], v, key)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, v: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, v or {}, key + ".")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if v not in allowed:
+            raise ConfigError(f"{key}: '{v}' is not allowed. Allowed: {', '.join(map(str, allowed))}.")
+        return v
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if v is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, v, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {v!r}")
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{key}: expected true or false, got {v!r}")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key}: expected an integer, got {v!r}")
+        return v
+    if tp is float:
+        if isinstance(v, str):  # `lr: 1e-6` in a YAML file arrives as a string
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {v!r}")
+        return float(v)
+    if tp is str:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):  # `name=123` on the command line
+            v = str(v)
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}: expected a string, got {v!r}")
+        return v
+    if tp is dict or origin is dict:
+        if not isinstance(v, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {v!r}")
+        return v
+    if tp is list or origin is list:
+        if not isinstance(v, list):
+            raise ConfigError(f"{key}: expected a list, got {v!r}")
+        return v
+    return v
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

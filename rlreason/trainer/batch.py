@@ -1,0 +1,82 @@
+"""Episodes -> training rows -> padded tensors.
+
+Rows are laid out with prompts left-padded and responses right-padded, so every response starts at
+the same column P: the logits that score the responses are one contiguous slice (the last T+1
+positions), which lets the model skip the vocabulary projection over prompt tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlreason.types import Episode
+
+
+@dataclass
+class Row:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    rollout_logprobs: list[float]
+    response_mask: list[int]
+    advantage: float
+    trace_id: int  # the episode this row belongs to (Delethink: one row per chunk)
+    group_id: int
+
+
+def episodes_to_rows(episodes: list[Episode], advantages: list[float], group_ids: list[int]) -> list[Row]:
+    rows = []
+    for trace_id, (ep, adv, gid) in enumerate(zip(episodes, advantages, group_ids)):
+        for s in ep.samples:
+            if not s.response_ids:
+                continue
+            rows.append(Row(s.prompt_ids, s.response_ids, s.response_logprobs, s.response_mask,
+                            float(adv), trace_id, gid))
+    return rows
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, P+T]
+    attention_mask: torch.Tensor  # [B, P+T]
+    position_ids: torch.Tensor  # [B, P+T]
+    response_ids: torch.Tensor  # [B, T]
+    response_mask: torch.Tensor  # [B, T] float
+    rollout_logprobs: torch.Tensor  # [B, T]
+    advantages: torch.Tensor  # [B, T] (episode advantage on every token)
+    trace_ids: torch.Tensor  # [B]
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+def collate(rows: list[Row], pad_id: int, T: int | None = None) -> Batch:
+    B = len(rows)
+    P = max(len(r.prompt_ids) for r in rows)
+    T = T or max(len(r.response_ids) for r in rows)
+    input_ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + T), dtype=torch.long)
+    resp = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T))
+    lps = torch.zeros((B, T))
+    for i, r in enumerate(rows):
+        p, t = len(r.prompt_ids), len(r.response_ids)
+        input_ids[i, P - p:P] = torch.tensor(r.prompt_ids)
+        input_ids[i, P:P + t] = torch.tensor(r.response_ids)
+        attn[i, P - p:P + t] = 1
+        resp[i, :t] = torch.tensor(r.response_ids)
+        mask[i, :t] = torch.tensor(r.response_mask, dtype=torch.float)
+        lps[i, :t] = torch.tensor(r.rollout_logprobs)
+    adv = torch.tensor([r.advantage for r in rows]).unsqueeze(1) * (mask > 0)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return Batch(input_ids, attn, pos, resp, mask, lps, adv, torch.tensor([r.trace_id for r in rows]))
+
+
+def response_logits(model: torch.nn.Module, batch: Batch, temperature: float) -> torch.Tensor:
+    """Logits [B, T, V] that predict each response token, divided by the sampling temperature (so
+    their log-softmax is the distribution the engine sampled from)."""
+    T = batch.response_ids.shape[1]
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
+    logits = out.logits[:, :-1, :].float()
+    return logits / temperature if temperature > 0 else logits

@@ -1,0 +1,286 @@
+"""The local trainer (GRPO/PPO family), readable top to bottom:
+
+    sample prompts -> G concurrent episodes each (engine) -> group rewards -> advantages
+    -> mini-batched policy update -> in-place weight sync -> metrics -> checkpoint (-> eval)
+
+It owns no math: advantages and losses come from `rlreason.algos`, rollouts from the environment."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlreason.algos.advantages import ADVANTAGES
+from rlreason.algos.kl import kl_estimate
+from rlreason.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES
+from rlreason.algos.sampling import nonzero_variance_groups
+from rlreason.config import RunConfig, to_dict
+from rlreason.registry import ConfigError, build_environment
+from rlreason.rollout import Engine, SamplingConfig, make_engine
+from rlreason.rubric import Rubric
+from rlreason.trainer.batch import episodes_to_rows
+from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlreason.trainer.evaluate import evaluate
+from rlreason.trainer.metrics import MetricsLogger
+from rlreason.trainer.rollout_phase import as_example, run_groups
+from rlreason.trainer.sampler import PromptSampler
+from rlreason.trainer.update import UpdateContext, compute_logprobs, policy_update
+from rlreason.types import Environment, Episode
+
+log = logging.getLogger(__name__)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every registry-backed name before anything slow starts."""
+    ADVANTAGES.get(cfg.algo.advantage, "algo.advantage")
+    POLICY_LOSSES.get(cfg.algo.policy_loss, "algo.policy_loss")
+    if cfg.algo.loss_agg_mode not in LOSS_AGG_MODES:
+        raise ConfigError(f"algo.loss_agg_mode: '{cfg.algo.loss_agg_mode}' is not allowed. "
+                          f"Allowed: {', '.join(LOSS_AGG_MODES)}.")
+    if cfg.algo.kl_estimator not in ("k1", "k2", "k3"):
+        raise ConfigError(f"algo.kl_estimator: '{cfg.algo.kl_estimator}' is not allowed. Allowed: k1, k2, k3.")
+    for key in ("steps", "prompts_per_step", "samples_per_prompt", "micro_batch_size", "ppo_epochs", "mini_batches"):
+        if getattr(cfg.trainer, key) < 1:
+            raise ConfigError(f"trainer.{key}: must be >= 1, got {getattr(cfg.trainer, key)}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device: 'cuda' was asked for but no CUDA device is available. Allowed here: auto, cpu.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_policy(model_dir: str, device: torch.device, gradient_checkpointing: bool) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+    # fp32 master weights; bf16 compute comes from autocast (pure bf16 Adam loses small updates).
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; built by `setup`, advanced by `train_step`."""
+
+    cfg: RunConfig
+    tokenizer: Any
+    env: Environment
+    rubric: Rubric
+    engine: Engine
+    ctx: UpdateContext
+    train_rows: Any
+    eval_rows: list[dict]
+    sampler: PromptSampler
+    logger: MetricsLogger
+    step: int = 0
+
+
+def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
+    from transformers import AutoTokenizer
+
+    from rlreason.data import build_dataset, train_test_split
+    from rlreason.models import resolve_model
+
+    validate(cfg)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.model.device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model_dir = resolve_model(cfg.model.name, dtype="fp32")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    env = build_environment(cfg.env.name, tokenizer, cfg.env.args)
+    rubric = Rubric(cfg.rewards)
+
+    data = build_dataset(cfg.data.train, key="data.train")
+    if cfg.data.eval is not None:
+        eval_data = build_dataset(cfg.data.eval, key="data.eval")
+    elif cfg.data.eval_size > 0:
+        data, eval_data = train_test_split(data, test_size=cfg.data.eval_size, seed=cfg.seed)
+    else:
+        eval_data = None
+    eval_rows = [as_example(r) for r in eval_data.select(range(min(len(eval_data), cfg.eval.max_problems)))] \
+        if eval_data is not None else []
+
+    model = load_policy(model_dir, device, cfg.model.gradient_checkpointing)
+    ref_model = None
+    if cfg.algo.kl_coef > 0:
+        ref_model = load_policy(model_dir, device, False).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    warm = cfg.trainer.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    amp = torch.bfloat16 if cfg.model.dtype == "bf16" else None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ctx = UpdateContext(model, optimizer, scheduler, ref_model, device, amp, pad_id, cfg.rollout.temperature)
+
+    r = cfg.rollout
+    engine = make_engine(r.engine, model_dir=model_dir, model=model, tokenizer=tokenizer,
+                         sampling=SamplingConfig(r.temperature, r.top_p), dtype=cfg.model.dtype,
+                         max_model_len=r.max_model_len, kv_cache_gb=r.kv_cache_gb,
+                         gpu_memory_utilization=r.gpu_memory_utilization,
+                         enable_prefix_caching=r.enable_prefix_caching, seed=cfg.seed)
+
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sampler = PromptSampler(len(data), cfg.seed)
+    logger = MetricsLogger(run_dir, config=to_dict(cfg), use_wandb=cfg.logging.wandb,
+                           project=cfg.logging.wandb_project, name=cfg.name, resume=resume)
+    run = Run(cfg, tokenizer, env, rubric, engine, ctx, data, eval_rows, sampler, logger)
+    if resume:
+        _resume(run)
+    return run
+
+
+def _resume(run: Run) -> None:
+    ckpt = latest_checkpoint(run.cfg.run_dir / "checkpoints")
+    if ckpt is None:
+        log.warning("--resume: no checkpoint under %s; starting from scratch", run.cfg.run_dir / "checkpoints")
+        return
+    state, torch_state = load_checkpoint(ckpt, model=run.ctx.model)
+    run.ctx.optimizer.load_state_dict(torch_state["optimizer"])
+    run.ctx.scheduler.load_state_dict(torch_state["scheduler"])
+    run.sampler.load_state_dict(state["sampler"])
+    run.env.load_state_dict(state["env"])
+    run.rubric.load_state_dict(state["rewards"])
+    run.step = state["step"]
+    run.logger.truncate_after(run.step)
+    run.engine.update_weights(run.ctx.model.state_dict().items())
+    log.info("resumed from %s (step %d)", ckpt, run.step)
+
+
+def checkpoint(run: Run) -> None:
+    save_checkpoint(run.cfg.run_dir / "checkpoints", run.step, model=run.ctx.model,
+                    torch_state={"optimizer": run.ctx.optimizer.state_dict(),
+                                 "scheduler": run.ctx.scheduler.state_dict()},
+                    state={"sampler": run.sampler.state_dict(), "env": run.env.state_dict(),
+                           "rewards": run.rubric.state_dict()},
+                    keep=run.cfg.trainer.keep_checkpoints)
+
+
+def train_step(run: Run) -> dict[str, float]:
+    cfg, tr, algo = run.cfg, run.cfg.trainer, run.cfg.algo
+    t0 = time.perf_counter()
+    idx = run.sampler.next_indices(tr.prompts_per_step)
+    examples = [as_example(run.train_rows[i]) for i in idx]
+    # Seeds depend only on (run seed, step): a resumed run draws the same rollouts.
+    groups, env_errors = run_groups(run.engine, run.env, run.rubric, examples, tr.samples_per_prompt,
+                                    seed=(cfg.seed * 1_000_003 + run.step * 10_007) % (2**31 - 1))
+    t_rollout = time.perf_counter() - t0
+
+    episodes = [ep for g in groups for ep in g]
+    group_ids = [gi for gi, g in enumerate(groups) for _ in g]
+    rewards = torch.tensor([ep.reward for ep in episodes], dtype=torch.float32)
+    gids = torch.tensor(group_ids, dtype=torch.long)
+
+    t1 = time.perf_counter()
+    ref_logprobs = None
+    rows = episodes_to_rows(episodes, [0.0] * len(episodes), group_ids)
+    if algo.kl_coef > 0 and run.ctx.ref_model is not None:
+        ref_logprobs = compute_logprobs(run.ctx.ref_model, rows, run.ctx, tr.micro_batch_size)
+        if algo.kl_in_reward:  # r <- r - beta * sum_t KL(pi || ref) over the trace's trained tokens
+            pol = compute_logprobs(run.ctx.model, rows, run.ctx, tr.micro_batch_size)
+            pen = torch.zeros(len(episodes))
+            for r, lp, ref in zip(rows, pol, ref_logprobs):
+                m = torch.tensor(r.response_mask, dtype=torch.float)
+                pen[r.trace_id] += float((kl_estimate(lp, ref, algo.kl_estimator) * m).sum())
+            rewards = rewards - algo.kl_coef * pen
+    advantages = ADVANTAGES.get(algo.advantage)(rewards, gids, eps=algo.adv_eps)
+    keep = nonzero_variance_groups(rewards, gids) if algo.dynamic_sampling else torch.ones(len(episodes), dtype=torch.bool)
+    for r in rows:
+        r.advantage = float(advantages[r.trace_id])
+    kept_rows = [(i, r) for i, r in enumerate(rows) if keep[r.trace_id]]
+    if ref_logprobs is not None:
+        ref_logprobs = [ref_logprobs[i] for i, _ in kept_rows]
+    rows = [r for _, r in kept_rows]
+    t_reward = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    loss_metrics = policy_update(rows, run.ctx, algo, tr, ref_logprobs) if rows else {"loss/skipped_empty": 1.0}
+    t_update = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    run.engine.update_weights(run.ctx.model.state_dict().items())
+    t_sync = time.perf_counter() - t3
+    run.step += 1
+
+    metrics = {
+        "reward/total": float(rewards.mean()) if len(rewards) else float("nan"),
+        **_component_means(episodes),
+        **{f"reward/{k}/errors": float(v) for k, v in run.rubric.errors.items() if v},
+        **loss_metrics,
+        "rollout/episodes": float(len(episodes)),
+        "rollout/env_errors": float(env_errors),
+        "rollout/rows": float(len(rows)),
+        "rollout/kept_groups_frac": float(keep.float().mean()) if len(keep) else 0.0,
+        "rollout/response_tokens": float(np.mean([ep.num_trained_tokens for ep in episodes])) if episodes else 0.0,
+        **_env_metric_means(run.env.name, episodes),
+        "time/rollout": t_rollout, "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
+        "time/step": time.perf_counter() - t0,
+        "lr": run.ctx.optimizer.param_groups[0]["lr"],
+    }
+    run.env.on_step_end(metrics)
+    run.logger.log(run.step, metrics)
+    if cfg.logging.log_samples:
+        run.logger.log_samples(run.step, [
+            {"id": ex.get("id"), "answer": ex.get("answer"), "transcript": g[0].transcript,
+             "reward": g[0].reward, "components": g[0].reward_components, "info": g[0].info}
+            for ex, g in list(zip(examples, groups))[:cfg.logging.log_samples]])
+    return metrics
+
+
+def _component_means(episodes: list[Episode]) -> dict[str, float]:
+    keys = {k for ep in episodes for k in ep.reward_components}
+    return {f"reward/{k}": float(np.mean([ep.reward_components.get(k, 0.0) for ep in episodes])) for k in keys}
+
+
+def _env_metric_means(env_name: str, episodes: list[Episode]) -> dict[str, float]:
+    keys = {k for ep in episodes for k in ep.metrics}
+    return {f"env/{env_name}/{k}": float(np.mean([ep.metrics[k] for ep in episodes if k in ep.metrics]))
+            for k in keys}
+
+
+def train(cfg: RunConfig, *, resume: bool = False) -> str:
+    """Run (or continue) training; returns the text summary written to `<run_dir>/summary.txt`."""
+    run = setup(cfg, resume=resume)
+    tr = cfg.trainer
+    bar = None
+    if cfg.logging.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=tr.steps, initial=run.step, desc=cfg.name, unit="step")
+    try:
+        if cfg.eval.every and run.step == 0 and run.eval_rows:
+            run.logger.log(0, _eval(run))
+        while run.step < tr.steps:
+            m = train_step(run)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(reward=f"{m['reward/total']:.3f}", step_s=f"{m['time/step']:.1f}")
+            if cfg.eval.every and run.step % cfg.eval.every == 0 and run.eval_rows:
+                run.logger.log(run.step, _eval(run))
+            if (tr.checkpoint_every and run.step % tr.checkpoint_every == 0) or run.step == tr.steps:
+                checkpoint(run)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = run.logger.finish()
+    run.engine.close()
+    return summary
+
+
+def _eval(run: Run) -> dict[str, float]:
+    e = run.cfg.eval
+    return evaluate(run.engine, run.env, run.rubric, run.eval_rows, k=e.k, temperature=e.temperature,
+                    seed=run.cfg.seed + 7)

@@ -1,0 +1,162 @@
+"""The policy update of one training step: mini-batches, gradient accumulation over micro-batches,
+clipping, and a guard against non-finite losses. All math comes from `rlreason.algos`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from rlreason.algos.kl import kl_estimate
+from rlreason.algos.losses import POLICY_LOSSES, entropy_from_logits, logprobs_from_logits, \
+    token_weights, truncated_is_weights
+from rlreason.config import AlgoConfig, TrainerConfig
+from rlreason.trainer.batch import Row, collate, response_logits
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class UpdateContext:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    ref_model: torch.nn.Module | None
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    pad_id: int
+    temperature: float
+    nonfinite_streak: int = 0
+
+
+def autocast(ctx: UpdateContext) -> contextlib.AbstractContextManager:
+    if ctx.amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=ctx.device.type, dtype=ctx.amp_dtype)
+
+
+@torch.no_grad()
+def compute_logprobs(model: torch.nn.Module, rows: list[Row], ctx: UpdateContext, micro: int) -> list[torch.Tensor]:
+    """Per-row response logprobs (no grad): old policy for multi-update PPO, or the reference model."""
+    out: list[torch.Tensor] = []
+    for i in range(0, len(rows), micro):
+        b = collate(rows[i:i + micro], ctx.pad_id).to(ctx.device)
+        with autocast(ctx):
+            lp = logprobs_from_logits(response_logits(model, b, ctx.temperature), b.response_ids)
+        out.extend(lp[j, :len(r.response_ids)].float().cpu() for j, r in enumerate(rows[i:i + micro]))
+    return out
+
+
+def _pad_rows(values: list[torch.Tensor], T: int) -> torch.Tensor:
+    out = torch.zeros((len(values), T))
+    for i, v in enumerate(values):
+        out[i, :len(v)] = v[:T]
+    return out
+
+
+def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: TrainerConfig,
+                  ref_logprobs: list[torch.Tensor] | None) -> dict[str, float]:
+    """PPO-style update on one rollout batch; returns `loss/...` metrics averaged over micro-batches."""
+    model = ctx.model
+    model.train()
+    updates = tr.ppo_epochs * tr.mini_batches
+    # With a single update the sampling policy equals the current one: old = new.detach(), no extra pass.
+    old_logprobs = compute_logprobs(model, rows, ctx, tr.micro_batch_size) if updates > 1 else None
+    loss_fn = POLICY_LOSSES.get(algo.policy_loss, "algo.policy_loss")
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    order = list(range(len(rows)))
+    for _epoch in range(tr.ppo_epochs):
+        random.shuffle(order)  # python RNG is checkpointed, so a resumed run shuffles identically
+        per_mb = -(-len(order) // tr.mini_batches)
+        for m in range(tr.mini_batches):
+            idx = order[m * per_mb:(m + 1) * per_mb]
+            if not idx:
+                continue
+            mb_rows = [rows[i] for i in idx]
+            full = collate(mb_rows, ctx.pad_id)
+            # Aggregation weights over the whole mini-batch make micro-batching exact.
+            weights = token_weights(full.response_mask, algo.loss_agg_mode, trace_ids=full.trace_ids)
+            ctx.optimizer.zero_grad(set_to_none=True)
+            mb_loss, finite = 0.0, True
+            for s in range(0, len(mb_rows), tr.micro_batch_size):
+                sl = slice(s, s + tr.micro_batch_size)
+                b = collate(mb_rows[sl], ctx.pad_id).to(ctx.device)
+                T = b.response_ids.shape[1]
+                w = weights[sl, :T].to(ctx.device)
+                with autocast(ctx):
+                    logits = response_logits(model, b, ctx.temperature)
+                logprobs = logprobs_from_logits(logits, b.response_ids)
+                old = (_pad_rows([old_logprobs[i] for i in idx[sl]], T).to(ctx.device)
+                       if old_logprobs is not None else logprobs.detach())
+                is_w = (truncated_is_weights(old, b.rollout_logprobs, b.response_mask, cap=algo.tis_cap)
+                        if algo.tis_cap is not None else None)
+                pg, m_pg = loss_fn(logprobs, old, b.advantages, b.response_mask, eps_low=algo.eps_low,
+                                   eps_high=algo.eps_high, dual_clip_c=algo.dual_clip_c, is_weights=is_w)
+                loss = (pg * w).sum()
+                if algo.kl_coef > 0 and not algo.kl_in_reward and ref_logprobs is not None:
+                    ref = _pad_rows([ref_logprobs[i] for i in idx[sl]], T).to(ctx.device)
+                    kl = kl_estimate(logprobs, ref, algo.kl_estimator)
+                    loss = loss + algo.kl_coef * (kl * w).sum()
+                    _acc(sums, counts, {"kl": float((kl * b.response_mask).sum() / b.response_mask.sum().clamp(min=1))})
+                if algo.entropy_coef > 0:
+                    ent = entropy_from_logits(logits)
+                    loss = loss - algo.entropy_coef * (ent * w).sum()
+                else:
+                    with torch.no_grad():
+                        ent = entropy_from_logits(logits.detach())
+                _acc(sums, counts, {**m_pg, "entropy": float((ent * b.response_mask).sum()
+                                                             / b.response_mask.sum().clamp(min=1))})
+                if is_w is not None:
+                    _acc(sums, counts, {"tis_weight": float((is_w * b.response_mask).sum()
+                                                            / b.response_mask.sum().clamp(min=1))})
+                diff = (logprobs.detach() - b.rollout_logprobs).abs() * b.response_mask
+                _acc(sums, counts, {"engine_trainer_logprob_diff": float(diff.sum() / b.response_mask.sum().clamp(min=1))})
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                mb_loss += float(loss.detach())
+                loss.backward()
+            _step(ctx, tr, sums, counts, mb_loss if finite else float("nan"))
+    return {f"loss/{k}": v / max(counts[k], 1) for k, v in sums.items()}
+
+
+def _acc(sums: dict, counts: dict, m: dict[str, float]) -> None:
+    for k, v in m.items():
+        sums[k] += float(v)
+        counts[k] += 1
+
+
+def _step(ctx: UpdateContext, tr: TrainerConfig, sums: dict, counts: dict, loss: float) -> None:
+    """Clip, check, step. A non-finite loss or gradient skips the step (weights untouched) and is
+    counted; `max_nonfinite_steps` in a row stops the run with a clear error rather than training
+    on garbage."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), tr.max_grad_norm)
+    if not torch.isfinite(grad_norm) or not math.isfinite(loss):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.nonfinite_streak += 1
+        sums["nonfinite_skipped"] += 1
+        counts["nonfinite_skipped"] = 1
+        log.warning("non-finite loss/gradient: optimizer step skipped (%d in a row)", ctx.nonfinite_streak)
+        if ctx.nonfinite_streak >= tr.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{ctx.nonfinite_streak} consecutive non-finite losses/gradients "
+                f"(trainer.max_nonfinite_steps={tr.max_nonfinite_steps}); lower trainer.lr or check rewards. "
+                "The last checkpoint is intact; resume with --resume after fixing.")
+        return
+    ctx.nonfinite_streak = 0
+    _acc(sums, counts, {"policy": loss})
+    ctx.optimizer.step()
+    if ctx.scheduler is not None:
+        ctx.scheduler.step()
+    sums["grad_norm"] += float(grad_norm)
+    counts["grad_norm"] += 1

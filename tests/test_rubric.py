@@ -1,0 +1,76 @@
+"""Rubric: named-field reward functions, weights (0 = log only), group rewards, errors counted."""
+
+import pytest
+
+from rlreason.registry import REWARDS, ConfigError, build_environment
+from rlreason.rubric import Rubric, Scored
+from rlreason.types import Episode, Sample
+
+
+def ep(text):
+    return Episode([Sample([1], [2], [0.0], [1])], transcript=text)
+
+
+@REWARDS.register("_test_len")
+def _len_reward(completion: str, scale: float = 1.0) -> float:
+    return scale * len(completion)
+
+
+@REWARDS.register("_test_raises")
+def _raises(completion: str) -> float:
+    raise RuntimeError("boom")
+
+
+@REWARDS.register("_test_group")
+class _GroupMin:
+    """A group-level reward: 1 for the shortest transcript of the group."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def score_group(self, examples, episodes):
+        self.seen += 1
+        m = min(len(e.transcript) for e in episodes)
+        return [Scored(float(len(e.transcript) == m), "shortest" if len(e.transcript) == m else "") for e in episodes]
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, s):
+        self.seen = s["seen"]
+
+
+def test_weighted_sum_and_components():
+    r = Rubric([{"name": "_test_len", "weight": 0.5, "args": {"scale": 2.0}}, {"name": "_test_group", "weight": 0.0}])
+    eps = [ep("abc"), ep("a")]
+    r.score_group([{}, {}], eps)
+    assert eps[0].reward == pytest.approx(0.5 * 6) and eps[1].reward == pytest.approx(0.5 * 2)
+    # weight 0 logs without rewarding
+    assert eps[1].reward_components == {"_test_len": 2.0, "_test_group": 1.0}
+    assert eps[1].info["reward_reasons"]["_test_group"] == "shortest"
+    assert r.state_dict() == {"_test_group": {"seen": 1}}
+
+
+def test_raising_reward_is_counted_not_silent(caplog):
+    r = Rubric([{"name": "_test_raises"}, {"name": "_test_len"}])
+    eps = [ep("ab"), ep("c")]
+    r.score_group([{}, {}], eps)
+    assert r.errors["_test_raises"] == 2
+    assert "boom" in caplog.text
+    assert [e.reward for e in eps] == [2.0, 1.0]
+
+
+def test_config_errors_name_key():
+    with pytest.raises(ConfigError, match=r"rewards\[0\].name.*unknown reward 'nope'"):
+        Rubric([{"name": "nope"}])
+    with pytest.raises(ConfigError, match=r"rewards\[0\].args.scal.*Allowed: scale"):
+        Rubric([{"name": "_test_len", "args": {"scal": 1}}])
+    with pytest.raises(ConfigError, match="at least one reward"):
+        Rubric([])
+
+
+def test_env_args_checked():
+    with pytest.raises(ConfigError, match=r"env.args.max_token.*Did you mean 'max_tokens'"):
+        build_environment("single_turn", None, {"max_token": 3})
+    with pytest.raises(ConfigError, match="env.name: unknown environment 'singleturn'"):
+        build_environment("singleturn", None, {})
