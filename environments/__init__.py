@@ -1,3 +1,4 @@
 """Built-in environments; importing this package registers them."""
 
 from environments import longcot, markovian, single_turn  # noqa: F401
+from environments import pay_per_search  # noqa: F401  (issue 4: MASH search environment)

@@ -14,16 +14,20 @@ class SingleTurn(Environment):
     """Format the question, generate once, return one trained sample.
 
     `style="chat"` wraps the prompt in the model's chat template; `style="raw"` feeds it as plain
-    text, which with a few-shot `template` is how a 135M model first produces parseable answers."""
+    text, which with a few-shot `template` is how a 135M model first produces parseable answers.
+    The template is `str.format`ted with the example's columns (`{question}`, `{info[expression]}`)."""
 
     def __init__(self, tokenizer, *, template: str = DEFAULT_TEMPLATE, style: str = "chat",
                  system_prompt: str | None = DEFAULT_SYSTEM, max_tokens: int = 256,
-                 stop: list[str] | None = None) -> None:
+                 stop: list[str] | None = None, transcript_prefix: str = "") -> None:
         super().__init__(tokenizer)
         if style not in ("chat", "raw"):
             raise ValueError(f"env.args.style: '{style}' is not allowed. Allowed: chat, raw.")
         self.template, self.style, self.system_prompt = template, style, system_prompt
         self.max_tokens, self.stop = max_tokens, stop
+        # Text the prompt ends with that belongs to the answer (a raw prompt ending in "\boxed{"):
+        # the reward must see it, so it is prepended to the transcript.
+        self.transcript_prefix = transcript_prefix
 
     def prompt(self, example: dict) -> str | list[dict[str, str]]:
         text = self.template.format(**example)
@@ -36,6 +40,6 @@ class SingleTurn(Environment):
         prompt_ids = self.encode_prompt(self.prompt(example))
         out = await policy.generate(prompt_ids, max_tokens=self.max_tokens, stop=self.stop)
         sample = Sample(prompt_ids, out.token_ids, out.logprobs, [1] * len(out.token_ids))
-        return Episode([sample], transcript=self.decode(out.token_ids),
+        return Episode([sample], transcript=self.transcript_prefix + self.decode(out.token_ids),
                        metrics={"response_tokens": len(out.token_ids),
                                 "truncated": float(out.finish_reason == "length")})

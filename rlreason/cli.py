@@ -4,6 +4,8 @@
     rlreason train configs/quickstart.yaml --resume
     rlreason eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/step_000040
     rlreason config keys            # every config key with its default and help
+    rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/q/verl/overrides.txt
+    rlreason serve-search --port 8000   # retrieval server for pay_per_search (Search-R1 protocol)
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from rlreason.config import load_config
     from rlreason.eval_cli import run_eval
     cfg = load_config(a.config, a.overrides)
+    if a.abstention:  # issue 4: MASH's read-off with the search tool removed
+        from rlreason.search.abstention import run_abstention_eval
+        print(json.dumps(run_abstention_eval(cfg, checkpoint=a.checkpoint, split=a.split), indent=1))
+        return 0
     print(json.dumps(run_eval(cfg, checkpoint=a.checkpoint, split=a.split), indent=1))
     return 0
 
@@ -92,6 +98,10 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_data(a: argparse.Namespace) -> int:
     from rlreason.config import parse_overrides
     from rlreason.data import build_dataset
+    # --- verl (issue 7): `rlreason data export --format verl --out x.parquet SPEC...` ---------------
+    if a.spec and a.spec[0] == "export":
+        return _cmd_data_export(a)
+    # --- end verl ----------------------------------------------------------------------------------
     spec = parse_overrides(a.spec)
     ds = build_dataset(spec, key="data")
     if a.out:
@@ -110,6 +120,51 @@ def cmd_config(a: argparse.Namespace) -> int:
     import yaml
     print(yaml.safe_dump(to_dict(load_config(a.config, a.overrides)), sort_keys=False))
     return 0
+
+
+# --- verl (issue 7) ---------------------------------------------------------------------------------
+def _cmd_data_export(a: argparse.Namespace) -> int:
+    """Build a dataset and write it in another format: `--format verl` writes verl's parquet for the
+    environment of `--config` (its prompt rendering and agent loop name)."""
+    from rlreason.config import load_config, parse_overrides
+    from rlreason.data import build_dataset
+    from rlreason.verl.export import export_verl_parquet
+    if a.format != "verl" or not a.out:
+        raise SystemExit("rlreason data export --format verl --out FILE.parquet [--config CFG] SPEC...")
+    cfg = load_config(a.config) if a.config else None
+    spec = parse_overrides(a.spec[1:]) if a.spec[1:] else (cfg.data.train if cfg else None)
+    if not spec:
+        raise SystemExit("rlreason data export: give a builder spec (key=value ...) or --config")
+    ds = build_dataset(spec, key="data")
+    env_name, env_args = (cfg.env.name, cfg.env.args) if cfg else ("single_turn", {})
+    path = export_verl_parquet(ds, a.out, env_name=env_name, env_args=env_args, split=a.split)
+    print(f"wrote {len(ds)} verl rows to {path}")
+    return 0
+
+
+def cmd_verl_config(a: argparse.Namespace) -> int:
+    """Print (and with --out write) the `python -m verl.trainer.main_ppo` overrides for a config."""
+    from pathlib import Path as _P
+
+    from rlreason.config import load_config
+    from rlreason.verl.config_map import verl_overrides, write_agent_loop_yaml
+    cfg = load_config(a.config, a.overrides)
+    run_dir = cfg.run_dir.resolve()  # absolute: Ray workers on other nodes do not share our cwd
+    agent_yaml = (_P(a.out).resolve().parent if a.out else run_dir / "verl") / "agent_loops.yaml"
+    overrides = verl_overrides(
+        cfg, nodes=a.nodes, gpus_per_node=a.gpus_per_node, rollout_tp=a.rollout_tp, run_dir=str(run_dir),
+        train_files=str(_P(a.train_files).resolve()) if a.train_files else None,
+        val_files=str(_P(a.val_files).resolve()) if a.val_files else None,
+        agent_loop_config=str(agent_yaml))
+    if a.out:
+        write_agent_loop_yaml(cfg, agent_yaml)
+        _P(a.out).write_text("\n".join(overrides) + "\n")
+        print(f"wrote {len(overrides)} overrides to {a.out} and the agent loops to {agent_yaml}", file=sys.stderr)
+    else:
+        print(f"# agent loops: run with --out to write {agent_yaml}", file=sys.stderr)
+    print("\n".join(overrides))
+    return 0
+# --- end verl ----------------------------------------------------------------------------------------
 
 
 def _split_config(a: argparse.Namespace) -> None:
@@ -138,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*")
     e.add_argument("--checkpoint", help="a checkpoint directory (default: the config's model)")
     e.add_argument("--split", choices=["eval", "train"], default="eval")
+    e.add_argument("--abstention", action="store_true",
+                   help="pay_per_search configs: accuracy/searches with the tool, then abstention with it removed")
     e.set_defaults(fn=cmd_eval)
 
     m = sub.add_parser("models", help="list or prepare the offline models")
@@ -151,13 +208,44 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("spec", nargs="+", help="builder spec as key=value")
     d.add_argument("--out", help="write the rows as JSONL")
     d.add_argument("--show", type=int, default=3)
+    # --- verl (issue 7): `rlreason data export --format verl ...` ---
+    d.add_argument("--format", choices=["jsonl", "verl"], default="jsonl",
+                   help="with `export`: verl = verl's parquet (prompt, data_source, reward_model, extra_info, agent_name)")
+    d.add_argument("--config", help="with `export`: run config whose env renders prompts / names the agent loop")
+    d.add_argument("--split", default="train", help="with `export`: recorded in extra_info.split")
     d.set_defaults(fn=cmd_data)
+
+    v = sub.add_parser("verl-config", help="print/write the verl main_ppo overrides for a config (multi-GPU)",
+                       description="rlreason verl-config CONFIG [overrides] [--nodes N --gpus-per-node G] "
+                                   "[--out FILE]. See docs/verl.md.")
+    v.add_argument("config", nargs="?")
+    v.add_argument("overrides", nargs="*")
+    v.add_argument("--nodes", type=int, default=1)
+    v.add_argument("--gpus-per-node", type=int, default=8)
+    v.add_argument("--rollout-tp", type=int, default=1, help="vLLM tensor parallel size per replica")
+    v.add_argument("--train-files", help="verl parquet (default <run_dir>/verl/train.parquet)")
+    v.add_argument("--val-files", help="verl parquet (default <run_dir>/verl/val.parquet)")
+    v.add_argument("--out", help="write the overrides here (one per line) and agent_loops.yaml beside it")
+    v.set_defaults(fn=cmd_verl_config)
+    # --- end verl ---
+
+    # issue 4: the retrieval server; its arguments live with it (rlreason/search/server.py)
+    from rlreason.search import server as search_server
+    s = sub.add_parser("serve-search", help="serve a retrieval index over HTTP (Search-R1 /retrieve protocol)")
+    search_server.add_arguments(s)
+    s.set_defaults(fn=search_server.cli)
 
     c = sub.add_parser("config", help="show the merged config or list every key")
     c.add_argument("action", choices=["show", "keys"])
     c.add_argument("config", nargs="?")
     c.add_argument("overrides", nargs="*")
     c.set_defaults(fn=cmd_config)
+
+    # --- refusal-cliff probes (issue 6): `rlreason probe data|traces|capture|train|score|heads|select`
+    # and `rlreason repair`; the commands live in rlreason/probes/commands.py.
+    from rlreason.probes.commands import add_parsers as add_probe_parsers
+    add_probe_parsers(sub)
+    # --- end of refusal-cliff probes
     return p
 
 

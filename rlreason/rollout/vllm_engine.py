@@ -56,6 +56,9 @@ class VLLMEngine(Engine):
             # the trainer recomputes (it divides logits by the same temperature).
             logprobs_mode="processed_logprobs",
             seed=seed,
+            # Per-request seeds (exact resume) + a prefill split across steps makes vLLM rewind the
+            # request's generator offset, which CPU generators do not support: schedule whole prompts.
+            **({"enable_chunked_prefill": False} if on_cpu else {}),
         )
         self.engine = self.llm.llm_engine
         self._futures: dict[str, asyncio.Future] = {}

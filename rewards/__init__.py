@@ -1,0 +1,5 @@
+"""Built-in rewards. Importing this package registers them (`rlreason.registry.REWARDS` imports it on
+first lookup), so configs can name them; a user's own rewards register from their package instead."""
+
+from rewards import math  # noqa: F401  (registers math, boxed_format, reasoning_gym)
+from rewards import qa, search_cost  # noqa: F401  (issue 4: qa_em, qa_f1, qa_answered, search_cost)

@@ -1,0 +1,441 @@
+"""`rlreason probe data|traces|capture|train|score|heads|select` and `rlreason repair`.
+
+Each step reads the previous step's files and writes its own (default folder runs/probes/):
+
+    rlreason probe data    --out runs/probes/data.jsonl                       prompts + splits
+    rlreason probe traces  --data runs/probes/data.jsonl                      -> traces.jsonl (vLLM)
+    rlreason probe capture --traces runs/probes/traces.jsonl --layers all     -> features.safetensors
+    rlreason probe train   --features runs/probes/features.safetensors        -> probe/ + per_layer.json
+    rlreason probe score   --traces ... --probe runs/probes/probe             -> scores.jsonl, cliff.png
+    rlreason probe heads   --traces ... --probe ... --data ...                -> heads.json (+ ablation)
+    rlreason probe select  --scores runs/probes/scores.jsonl --by cliff       -> sft_cliff.jsonl
+    rlreason repair        --sft runs/probes/sft_cliff.jsonl runs/probes/sft_random.jsonl --data ...
+
+Heavy steps (traces, capture, score, heads, repair) should run one at a time on a shared CPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rlreason.probes.config import ProbeConfig, RepairConfig, field_help
+
+log = logging.getLogger(__name__)
+OUT = Path("runs/probes")
+
+
+# --- shared helpers -------------------------------------------------------------------------------------
+
+def load_model(name: str, dtype: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rlreason.models import resolve_model, torch_dtype
+    path = resolve_model(name, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def make_trace_engine(kind: str, model_name: str, model: Any, tokenizer: Any, *, dtype: str,
+                      temperature: float, max_model_len: int, seed: int) -> Any:
+    from rlreason.models import resolve_model
+    from rlreason.rollout import SamplingConfig, make_engine
+    return make_engine(kind, model_dir=resolve_model(model_name, dtype=dtype), model=model, tokenizer=tokenizer,
+                       sampling=SamplingConfig(temperature=temperature), dtype=dtype,
+                       max_model_len=max_model_len, kv_cache_gb=1.0, gpu_memory_utilization=0.3,
+                       enable_prefix_caching=True, seed=seed)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(obj, indent=1))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _rate(rows: list[dict], key: str = "refused") -> str:
+    return f"{sum(r[key] for r in rows)}/{len(rows)}" if rows else "0/0"
+
+
+def _split_rows(rows: list[dict], split: str) -> tuple[list[dict], list[dict]]:
+    rs = [r for r in rows if r["split"] == split]
+    return [r for r in rs if r["harmful"]], [r for r in rs if not r["harmful"]]
+
+
+# --- probe data / traces --------------------------------------------------------------------------------
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from collections import Counter
+    from rlreason.probes.data import build_prompt_set, prompt_set_digest, write_jsonl
+    rows = build_prompt_set(n_harmful=a.n_harmful, n_harmless=a.n_harmless, harmful_sources=a.harmful.split(","),
+                            harmless_sources=a.harmless.split(","), seed=a.seed)
+    write_jsonl(rows, a.out)
+    for (h, split, src), n in sorted(Counter((r["harmful"], r["split"], r["source"]) for r in rows).items()):
+        print(f"{'harmful ' if h else 'harmless'} {split:10s} {src:12s} {n}")
+    print(f"wrote {len(rows)} prompts (set {prompt_set_digest(rows)}) to {a.out}")
+    return 0
+
+
+def cmd_traces(a: argparse.Namespace) -> int:
+    from rlreason.probes.data import read_jsonl, write_jsonl
+    from rlreason.probes.traces import generate_traces
+    rows = read_jsonl(a.data)
+    if a.splits:
+        rows = [r for r in rows if r["split"] in a.splits.split(",")]
+    model, tok = load_model(a.model, a.dtype) if a.engine == "hf" else (None, load_model_tokenizer(a.model, a.dtype))
+    engine = make_trace_engine(a.engine, a.model, model, tok, dtype=a.dtype, temperature=a.temperature,
+                               max_model_len=a.max_model_len, seed=a.seed)
+    t0 = time.monotonic()
+    traces = generate_traces(engine, rows, max_think_tokens=a.max_think, max_answer_tokens=a.max_answer,
+                             seed=a.seed, judge=a.judge)
+    dt = time.monotonic() - t0
+    for t in traces:
+        t.update(model=a.model, dtype=a.dtype)
+    write_jsonl(traces, a.out)
+    gen = sum(len(t["ids"]) - t["prompt_len"] for t in traces)
+    bad = [t for t in traces if t["harmful"]]
+    good = [t for t in traces if not t["harmful"]]
+    print(f"{len(traces)} traces, {gen} generated tokens in {dt:.0f} s ({gen / dt:.0f} tok/s)")
+    print(f"refused: harmful {_rate(bad)}, harmless {_rate(good)}; thinking closed by the model: "
+          f"{_rate(traces, 'think_closed')}")
+    for src in sorted({t["source"] for t in traces}):
+        print(f"  {src:12s} refused {_rate([t for t in traces if t['source'] == src])}")
+    print(f"wrote {a.out}")
+    return 0
+
+
+def load_model_tokenizer(name: str, dtype: str) -> Any:
+    from transformers import AutoTokenizer
+    from rlreason.models import resolve_model
+    return AutoTokenizer.from_pretrained(resolve_model(name, dtype=dtype))
+
+
+# --- capture / train ------------------------------------------------------------------------------------
+
+def cmd_capture(a: argparse.Namespace) -> int:
+    import torch
+    from safetensors.torch import save_file
+    from rlreason.probes.capture import resolve_layers, states_at
+    from rlreason.probes.data import read_jsonl
+    from rlreason.probes.traces import probe_label
+    traces = [t for t in read_jsonl(a.traces) if t["split"] == a.split and probe_label(t) is not None]
+    model, _ = load_model(a.model, a.dtype)
+    layers = resolve_layers(a.layers, model.config.num_hidden_layers)
+    t0 = time.monotonic()
+    feats = states_at(model, [t["ids"] for t in traces], [t["final_idx"] for t in traces], layers,
+                      max_batch_tokens=a.max_batch_tokens, chunk_len=a.chunk_len)
+    dt = time.monotonic() - t0
+    tokens = sum(t["final_idx"] + 1 for t in traces)
+    meta = {"model": a.model, "dtype": a.dtype, "layers": json.dumps(layers), "traces": a.traces,
+            "ids": json.dumps([t["id"] for t in traces])}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"features": feats.contiguous(),
+               "labels": torch.tensor([probe_label(t) for t in traces])}, a.out, metadata=meta)
+    print(f"features {tuple(feats.shape)} (traces x layers x hidden) from {tokens} tokens in {dt:.1f} s "
+          f"({tokens / dt:.0f} tok/s); class 1 (harmful, refused) {sum(probe_label(t) for t in traces)}, "
+          f"class 0 (harmless) {sum(probe_label(t) == 0 for t in traces)}; wrote {a.out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from safetensors import safe_open
+    from rlreason.probes.probe import save_probe, train_per_layer
+    with safe_open(a.features, "pt") as f:
+        feats, labels, meta = f.get_tensor("features"), f.get_tensor("labels"), f.metadata()
+    layers = json.loads(meta["layers"])
+    cfg = ProbeConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(ProbeConfig)})
+    chosen, probes, table = train_per_layer(feats, labels.tolist(), layers, cfg)
+    if a.layer is not None:
+        chosen = a.layer
+    row = next(r for r in table if r["layer"] == chosen)
+    out = Path(a.out)
+    save_probe(probes[chosen], out, {"layer": chosen, "model": meta["model"], "dtype": meta["dtype"],
+                                      "features": a.features, "config": dataclasses.asdict(cfg),
+                                      "metrics": row, "chosen_by": "fixed" if a.layer is not None else "val_acc"})
+    _write_json(table, out / "per_layer.json")
+    _plot_per_layer(table, chosen, out / "per_layer.png")
+    print(f"{'layer':>5s} {'val_acc':>7s} {'test_acc':>8s} {'test_auroc':>10s}")
+    for r in table:
+        print(f"{r['layer']:5d} {r['val_acc']:7.3f} {r['test_acc']:8.3f} {r['test_auroc']:10.3f}"
+              + ("   <- chosen" if r["layer"] == chosen else ""))
+    print(f"train/val/test per class: {row['n_train'] // 2}/{row['n_val'] // 2}/{row['n_test'] // 2}; "
+          f"probe saved to {out}")
+    return 0
+
+
+def _plot_per_layer(table: list[dict], chosen: int, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = [r["layer"] for r in table]
+    for key, style in (("val_acc", "-o"), ("test_acc", "-s"), ("train_acc", ":")):
+        ax.plot(x, [r[key] for r in table], style, label=key, markersize=3)
+    ax.axvline(chosen, color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("hidden-state layer (0 = embeddings)")
+    ax.set_ylabel("probe accuracy")
+    ax.set_ylim(0.4, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- score / heads / select -----------------------------------------------------------------------------
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from rlreason.probes.cliff import cliff_stats, plot_cliff, score_positions, trace_cliff
+    from rlreason.probes.data import read_jsonl, write_jsonl
+    from rlreason.probes.probe import load_probe
+    traces = read_jsonl(a.traces)
+    if a.splits:
+        traces = [t for t in traces if t["split"] in a.splits.split(",")]
+    probe, meta = load_probe(a.probe)
+    model, _ = load_model(meta["model"], meta["dtype"])
+    t0 = time.monotonic()
+    scores = score_positions(model, probe, meta["layer"], [t["ids"] for t in traces],
+                             max_batch_tokens=a.max_batch_tokens, chunk_len=a.chunk_len)
+    dt = time.monotonic() - t0
+    rows = [{**trace_cliff(t, s), "split": t["split"], "source": t["source"],
+             "scores": [round(x, 4) for x in s.tolist()]} for t, s in zip(traces, scores)]
+    write_jsonl(rows, a.out)
+    stats = cliff_stats(rows)
+    _write_json(stats, Path(a.out).with_name("cliff_stats.json"))
+    plot_cliff(rows, a.plot, f"SmolLM2 refusal probe, layer {meta['layer']}" if "smollm2" in meta["model"]
+               else f"refusal probe, layer {meta['layer']}")
+    tokens = sum(len(t["ids"]) for t in traces)
+    print(f"scored {tokens} positions of {len(traces)} traces in {dt:.1f} s ({tokens / dt:.0f} tok/s)")
+    for g, s in stats.items():
+        print(f"  {g:18s} n={s['n']:3d} cliff mean {s['cliff_mean']:+.3f} median {s['cliff_median']:+.3f}  "
+              f"think max {s['think_max_mean']:.3f}  final {s['final_score_mean']:.3f}  "
+              f"cliff>0.5 {s['share_cliff_gt_0.5']:.2f}")
+    print(f"wrote {a.out}, {a.plot}")
+    return 0
+
+
+def cmd_heads(a: argparse.Namespace) -> int:
+    import random
+    from rlreason.probes.data import read_jsonl
+    from rlreason.probes.heads import ablated_weights, head_attribution, top_heads
+    from rlreason.probes.probe import load_probe
+    from rlreason.probes.repair import evaluate_model
+    probe, meta = load_probe(a.probe)
+    model, tok = load_model(meta["model"], meta["dtype"])
+    pool = [t for t in read_jsonl(a.traces) if t["harmful"] and t["split"] == a.split]
+    traces = random.Random(a.seed).sample(pool, min(a.n_traces, len(pool)))
+    t0 = time.monotonic()
+    ranking = head_attribution(model, probe, meta["layer"], [t["ids"] for t in traces],
+                               [t["final_idx"] for t in traces], scale=a.scale, progress=True)
+    dt = time.monotonic() - t0
+    n_total = model.config.num_hidden_layers * model.config.num_attention_heads
+    result: dict[str, Any] = {"probe": a.probe, "layer": meta["layer"], "n_traces": len(traces),
+                              "scale": a.scale, "seconds": round(dt, 1), "ranking": ranking}
+    print(f"attribution of {len(ranking)} heads on {len(traces)} harmful traces in {dt:.0f} s; top 10:")
+    for r in ranking[:10]:
+        print(f"  block {r['block']:2d} head {r['head']} delta {r['delta']:+.4f} (sd {r['delta_std']:.4f})")
+    if a.data and a.top_p > 0:
+        heads = top_heads(ranking, a.top_p, n_total)
+        rand = random.Random(a.seed + 1).sample([(r["block"], r["head"]) for r in ranking], len(heads))
+        harmful, harmless = _split_rows(read_jsonl(a.data), "heldout")
+        harmful, harmless = harmful[:a.n_eval], harmless[:a.n_eval]
+        fp32, _ = load_model(meta["model"], "fp32")  # the reference NLL is computed in fp32
+        engine = make_trace_engine(a.engine, meta["model"], fp32 if a.engine == "hf" else None, tok,
+                                   dtype=meta["dtype"], temperature=0.0, max_model_len=a.max_model_len, seed=a.seed)
+        base_sd = {k: v.clone() for k, v in fp32.state_dict().items()}
+        evals = {}
+        for name, hs in (("none", []), (f"top {len(heads)}", heads), (f"random {len(heads)}", rand)):
+            sd = ablated_weights(fp32, hs, a.scale)
+            fp32.load_state_dict(sd)
+            engine.update_weights(sd.items())
+            evals[name], _ = evaluate_model(engine, fp32, harmful, harmless, max_think_tokens=a.max_think,
+                                            max_answer_tokens=a.max_answer, seed=a.seed)
+            fp32.load_state_dict(base_sd)
+            print(f"  ablate {name:10s} {_fmt_eval(evals[name])}")
+        result.update(ablated_heads=heads, random_heads=rand, ablation=evals)
+    _write_json(result, Path(a.out))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def _fmt_eval(m: dict) -> str:
+    s = f"ASR {m['attack_success']:.3f} (n={m['n_harmful']})  over-refusal {m['over_refusal']:.3f}"
+    if "gsm8k_acc" in m:
+        s += f"  gsm8k acc {m['gsm8k_acc']:.3f}  ref NLL {m['ref_nll']:.3f} (n={m['n_gsm8k']})"
+    return s
+
+
+def cmd_select(a: argparse.Namespace) -> int:
+    from rlreason.probes.data import read_jsonl, write_jsonl
+    from rlreason.probes.select import select, sft_rows
+    scores = [r for r in read_jsonl(a.scores) if r["harmful"] and r["split"] == a.split]
+    traces = {t["id"]: t for t in read_jsonl(a.traces)}
+    chosen = select(scores, a.top_p, a.by, seed=a.seed)
+    write_jsonl(sft_rows([traces[r["id"]] for r in chosen]), a.out)
+    cl = [r["cliff"] for r in chosen]
+    print(f"selected {len(chosen)} of {len(scores)} candidates by {a.by}: mean cliff "
+          f"{sum(cl) / len(cl):+.3f}, mean final score {sum(r['final_score'] for r in chosen) / len(chosen):.3f}, "
+          f"already refused {sum(r['refused'] for r in chosen)}; wrote {a.out}")
+    return 0
+
+
+# --- repair ---------------------------------------------------------------------------------------------
+
+def cmd_repair(a: argparse.Namespace) -> int:
+    from rlreason.probes.data import read_jsonl
+    from rlreason.probes.repair import evaluate_model, sft
+    cfg = RepairConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(RepairConfig)})
+    harmful, harmless = _split_rows(read_jsonl(a.data), "heldout")
+    harmful, harmless = harmful[:a.n_eval], harmless[:a.n_eval]
+    model, tok = load_model(a.model, "fp32")
+    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    engine = make_trace_engine(a.engine, a.model, model if a.engine == "hf" else None, tok, dtype=a.dtype,
+                               temperature=0.0, max_model_len=a.max_model_len, seed=a.seed)
+    kw = dict(max_think_tokens=a.max_think, max_answer_tokens=a.max_answer, seed=a.seed)
+    out = Path(a.out)
+    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "n_eval": a.n_eval}
+    results["before"], _ = evaluate_model(engine, model, harmful, harmless, **kw)
+    print(f"before           {_fmt_eval(results['before'])}")
+    for path in a.sft:
+        rows = read_jsonl(path)
+        name = Path(path).stem
+        model.load_state_dict(base_sd)
+        t0 = time.monotonic()
+        model, stats = sft(model, tok, rows, cfg)
+        stats["seconds"] = round(time.monotonic() - t0, 1)
+        engine.update_weights(model.state_dict().items())
+        m, traces = evaluate_model(engine, model, harmful, harmless, **kw)
+        results[name] = {"sft_set": path, "n_sft": len(rows), **stats, **m}
+        print(f"after {name:10s} {_fmt_eval(m)}  (SFT on {len(rows)} rows, loss {stats['loss/first']:.2f} -> "
+              f"{stats['loss/last']:.2f}, {stats['seconds']:.0f} s)")
+        if a.save_models:
+            model.save_pretrained(out / f"model_{name}")
+            tok.save_pretrained(out / f"model_{name}")
+    _write_json(results, out / "repair.json")
+    print(f"wrote {out / 'repair.json'}")
+    return 0
+
+
+# --- parsers --------------------------------------------------------------------------------------------
+
+def _model_args(p: argparse.ArgumentParser, dtype: str = "bf16") -> None:
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model name or directory")
+    p.add_argument("--dtype", default=dtype, choices=["bf16", "fp32"])
+
+
+def _capture_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-batch-tokens", type=int, default=4096, help="batch x min(longest, chunk) bound")
+    p.add_argument("--chunk-len", type=int, default=512, help="positions per forward (KV-cached chunks)")
+
+
+def _gen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="vllm", choices=["vllm", "hf"])
+    p.add_argument("--max-think", type=int, default=128, help="thinking token budget")
+    p.add_argument("--max-answer", type=int, default=96, help="answer token budget")
+    p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    probe = sub.add_parser("probe", help="refusal-cliff probes (arXiv 2510.06036): data, traces, capture, "
+                                         "train, score, heads, select", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    ps = probe.add_subparsers(dest="probe_cmd", required=True)
+
+    p = ps.add_parser("data", help="harmful + harmless prompts from the pinned data packages, with splits")
+    p.add_argument("--n-harmful", type=int, default=300)
+    p.add_argument("--n-harmless", type=int, default=150)
+    p.add_argument("--harmful", default="advbench,harmbench,strongreject,jbb")
+    p.add_argument("--harmless", default="gsm8k,rho_benign")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(OUT / "data.jsonl"))
+    p.set_defaults(fn=cmd_data)
+
+    p = ps.add_parser("traces", help="think-then-answer traces + refusal labels")
+    p.add_argument("--data", default=str(OUT / "data.jsonl"))
+    p.add_argument("--splits", default="", help="comma list of splits to keep (default: all)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--judge", default="phrases", help="refusal judge (registry name)")
+    p.add_argument("--out", default=str(OUT / "traces.jsonl"))
+    _model_args(p)
+    _gen_args(p)
+    p.set_defaults(fn=cmd_traces)
+
+    p = ps.add_parser("capture", help="hidden states at the final token (</think>) of probe-split traces")
+    p.add_argument("--traces", default=str(OUT / "traces.jsonl"))
+    p.add_argument("--split", default="probe")
+    p.add_argument("--layers", default="all", help="'all', 'last' or a comma list (0 = embeddings)")
+    p.add_argument("--out", default=str(OUT / "features.safetensors"))
+    _model_args(p)
+    _capture_args(p)
+    p.set_defaults(fn=cmd_capture)
+
+    p = ps.add_parser("train", help="one logistic-regression probe per layer; keep the best-validation layer")
+    p.add_argument("--features", default=str(OUT / "features.safetensors"))
+    p.add_argument("--out", default=str(OUT / "probe"))
+    p.add_argument("--layer", type=int, default=None, help="force this layer instead of choosing by val acc")
+    _config_args(p, ProbeConfig)
+    p.set_defaults(fn=cmd_train)
+
+    p = ps.add_parser("score", help="refusal score at every position, cliff sizes, the cliff plot")
+    p.add_argument("--traces", default=str(OUT / "traces.jsonl"))
+    p.add_argument("--splits", default="", help="comma list of splits to score (default: all)")
+    p.add_argument("--probe", default=str(OUT / "probe"))
+    p.add_argument("--out", default=str(OUT / "scores.jsonl"))
+    p.add_argument("--plot", default=str(OUT / "cliff.png"))
+    _capture_args(p)
+    p.set_defaults(fn=cmd_score)
+
+    p = ps.add_parser("heads", help="rank attention heads by their effect on the final refusal score; "
+                                    "ablate the top p%% and evaluate")
+    p.add_argument("--traces", default=str(OUT / "traces.jsonl"))
+    p.add_argument("--split", default="probe", help="split whose harmful traces drive the attribution")
+    p.add_argument("--probe", default=str(OUT / "probe"))
+    p.add_argument("--n-traces", type=int, default=16)
+    p.add_argument("--scale", type=float, default=1e-3)
+    p.add_argument("--top-p", type=float, default=0.03, help="share of all heads to ablate (0: skip)")
+    p.add_argument("--data", default="", help="data.jsonl: evaluate the ablation on its heldout split")
+    p.add_argument("--n-eval", type=int, default=64, help="held-out prompts per class")
+    p.add_argument("--out", default=str(OUT / "heads.json"))
+    _gen_args(p)
+    p.set_defaults(fn=cmd_heads)
+
+    p = ps.add_parser("select", help="Cliff-as-a-Judge: write the SFT set of the top-p candidates")
+    p.add_argument("--scores", default=str(OUT / "scores.jsonl"))
+    p.add_argument("--traces", default=str(OUT / "traces.jsonl"))
+    p.add_argument("--split", default="candidates")
+    p.add_argument("--by", default="cliff", choices=["cliff", "final", "random"])
+    p.add_argument("--top-p", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(OUT / "sft.jsonl"))
+    p.set_defaults(fn=cmd_select)
+
+    r = sub.add_parser("repair", help="safety SFT on selected sets; attack success before/after")
+    r.add_argument("--sft", nargs="+", required=True, help="one or more SFT sets, each trained from the base")
+    r.add_argument("--data", default=str(OUT / "data.jsonl"), help="prompts; the heldout split is evaluated")
+    r.add_argument("--n-eval", type=int, default=64, help="held-out prompts per class")
+    r.add_argument("--out", default=str(OUT / "repair"))
+    r.add_argument("--save-models", action="store_true")
+    _model_args(r)
+    _gen_args(r)
+    _config_args(r, RepairConfig, skip=("seed",))  # --seed comes with the generation options
+    r.set_defaults(fn=cmd_repair)
+
+
+def _config_args(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One option per dataclass field; the default and the help line come from the dataclass."""
+    helps = field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in skip:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=_bool if f.type == "bool" else type(f.default),
+                           default=f.default, help=f"{helps.get(f.name, '')} (default: {f.default})")
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes"):
+        return True
+    if s.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")

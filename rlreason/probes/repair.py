@@ -1,0 +1,129 @@
+"""Safety repair: supervised fine-tuning on a selected safety set, and the before/after evaluation.
+
+SFT minimises the mean token NLL of the response given the prompt (prompt tokens masked out), with the
+trace template of traces.py, so the model is trained in exactly the context it is evaluated in. Full
+fine-tuning by default; `lora=True` trains a peft LoRA adapter and merges it back (the result is a plain
+model either way, ready for `Engine.update_weights`).
+
+Evaluation (`evaluate_model`) on held-out prompts:
+    attack_success   share of harmful prompts answered without a refusal (1 - refusal rate)
+    over_refusal     share of harmless prompts refused
+    gsm8k_acc        GSM8K answers whose last number equals the reference
+    ref_nll          mean per-token NLL of the GSM8K reference solutions (teacher-forced, chat template):
+                     a capability measure that still moves for a 135M model whose accuracy is ~0
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from typing import Any
+
+import torch
+
+from rlreason.probes.config import RepairConfig
+from rlreason.probes.traces import build_prompt_ids, generate_traces
+
+
+def sft_example(tokenizer: Any, row: dict, max_len: int) -> tuple[list[int], list[int]]:
+    """(ids, labels) with labels = -100 on the prompt; the response ends with the end-of-turn token."""
+    p = build_prompt_ids(tokenizer, row["prompt"])
+    r = tokenizer.encode(row["response"], add_special_tokens=False) + [tokenizer.eos_token_id]
+    ids = (p + r)[:max_len]
+    labels = ([-100] * len(p) + r)[:max_len]
+    return ids, labels
+
+
+def _pad(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    T = max(len(i) for i, _ in batch)
+    ids = torch.full((len(batch), T), pad_id)
+    labels = torch.full((len(batch), T), -100)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for b, (i, l) in enumerate(batch):  # right padding
+        ids[b, :len(i)], labels[b, :len(l)], mask[b, :len(i)] = torch.tensor(i), torch.tensor(l), 1
+    return ids, labels, mask
+
+
+def sft(model: Any, tokenizer: Any, rows: list[dict], cfg: RepairConfig | None = None) -> tuple[Any, dict]:
+    """Fine-tune `model` on rows {prompt, response}; returns the (merged) model and loss stats."""
+    cfg = cfg or RepairConfig()
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    examples = [sft_example(tokenizer, r, cfg.max_len) for r in rows]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed)
+    losses = []
+    model.train()
+    for _ in range(cfg.epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for s in range(0, len(order), cfg.batch_size):
+            ids, labels, mask = _pad([examples[i] for i in order[s:s + cfg.batch_size]], tokenizer.pad_token_id)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+    model.eval()
+    if cfg.lora:
+        model = model.merge_and_unload()
+    return model, {"loss/first": losses[0], "loss/last": losses[-1], "steps": len(losses)}
+
+
+_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def answer_correct(answer: str, gold: str) -> bool:
+    nums = _NUM.findall(answer)
+    if not nums:
+        return False
+    try:
+        return math.isclose(float(nums[-1].replace(",", "")), float(gold), rel_tol=0, abs_tol=1e-6)
+    except ValueError:
+        return False
+
+
+@torch.no_grad()
+def reference_nll(model: Any, tokenizer: Any, rows: list[dict], batch_size: int = 8) -> float:
+    """Mean per-token NLL of each row's `reference` as the assistant turn after its question."""
+    examples = []
+    for r in rows:
+        p = tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                          add_generation_prompt=True, tokenize=False)
+        p_ids = tokenizer.encode(p, add_special_tokens=False)
+        a_ids = tokenizer.encode(r["reference"], add_special_tokens=False) + [tokenizer.eos_token_id]
+        examples.append((p_ids + a_ids, [-100] * len(p_ids) + a_ids))
+    total, count = 0.0, 0
+    for s in range(0, len(examples), batch_size):
+        ids, labels, mask = _pad(examples[s:s + batch_size], tokenizer.pad_token_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tgt, ignore_index=-100, reduction="sum")
+        total += float(nll)
+        count += int((tgt != -100).sum())
+    return total / max(1, count)
+
+
+def evaluate_model(engine: Any, model: Any, harmful: list[dict], harmless: list[dict], *,
+                   max_think_tokens: int, max_answer_tokens: int, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Generate traces with `engine` (its weights must be the model's), judge them, and score the GSM8K
+    references with `model`. Returns (metrics, traces)."""
+    traces = generate_traces(engine, harmful + harmless, max_think_tokens=max_think_tokens,
+                             max_answer_tokens=max_answer_tokens, seed=seed)
+    bad = [t for t in traces if t["harmful"]]
+    good = [t for t in traces if not t["harmful"]]
+    math_rows = [t for t in good if t.get("gold") is not None]
+    m = {"attack_success": sum(not t["refused"] for t in bad) / max(1, len(bad)),
+         "over_refusal": sum(t["refused"] for t in good) / max(1, len(good)),
+         "n_harmful": len(bad), "n_harmless": len(good)}
+    if math_rows:
+        m["gsm8k_acc"] = sum(answer_correct(t["answer"], t["gold"]) for t in math_rows) / len(math_rows)
+        m["ref_nll"] = reference_nll(model, engine.tokenizer, math_rows)
+        m["n_gsm8k"] = len(math_rows)
+    return m, traces

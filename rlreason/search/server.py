@@ -1,0 +1,149 @@
+"""`rlreason serve-search`: a retrieval index behind HTTP, speaking Search-R1's protocol so the same
+environment can talk to this server or to an existing Search-R1 / MASH E5 + wiki-18 server.
+
+    POST /retrieve  {"queries": ["..."], "topk": 3, "return_scores": true}
+      -> {"result": [[{"document": {"id": "...", "contents": "\\"Title\\"\\ntext"}, "score": 7.1}, ...], ...]}
+         (with "return_scores": false each inner list holds the documents themselves, as Search-R1 does)
+    GET  /health    -> {"status": "ok", "index": "bm25", "passages": 10033, "corpus": "..."}
+
+Binds 127.0.0.1 unless told otherwise. Requests are bounded: a body over `max_body_bytes` or more than
+`max_queries` queries -> 413; a query longer than `max_query_chars`, topk outside 1..`max_topk`, or a
+malformed body -> 422. Every error body is {"detail": "<what was wrong and the limit>"}.
+
+fastapi/uvicorn are imported when a server is built, so `rlreason --help` stays fast.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime,
+# and `Request` is imported inside create_app.
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, fields
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8000  # Search-R1's default, so its configs work unchanged
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_queries: int = 64  # queries per request (Search-R1 batches a rollout step's searches)
+    max_query_chars: int = 2000
+    max_topk: int = 50
+    max_body_bytes: int = 1 << 20
+    default_topk: int = 3  # when a request omits topk (MASH / Search-R1 use top-3)
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+def parse_request(body: bytes, limits: Limits) -> tuple[list[str], int, bool]:
+    """Validate a /retrieve body; raise RequestError(413|422, message) naming the field and the limit."""
+    if len(body) > limits.max_body_bytes:
+        raise RequestError(413, f"request body is {len(body)} bytes; at most {limits.max_body_bytes}")
+    try:
+        req = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(422, f"body is not valid JSON: {e}") from None
+    if not isinstance(req, dict):
+        raise RequestError(422, 'body must be a JSON object {"queries": [...], "topk": k, "return_scores": bool}')
+    unknown = sorted(set(req) - {"queries", "topk", "return_scores"})
+    if unknown:
+        raise RequestError(422, f"unknown fields {unknown}; allowed: queries, topk, return_scores")
+    queries = req.get("queries")
+    if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
+        raise RequestError(422, "'queries' must be a list of strings")
+    if len(queries) > limits.max_queries:
+        raise RequestError(413, f"{len(queries)} queries in one request; at most {limits.max_queries}")
+    for i, q in enumerate(queries):
+        if len(q) > limits.max_query_chars:
+            raise RequestError(422, f"queries[{i}] has {len(q)} characters; at most {limits.max_query_chars}")
+    topk = req.get("topk")
+    if topk is None:
+        topk = limits.default_topk
+    if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= limits.max_topk:
+        raise RequestError(422, f"'topk' must be an integer in 1..{limits.max_topk}, got {topk!r}")
+    return_scores = req.get("return_scores", False)
+    if not isinstance(return_scores, bool):
+        raise RequestError(422, f"'return_scores' must be true or false, got {return_scores!r}")
+    return queries, topk, return_scores
+
+
+def create_app(index: Any, limits: Limits = Limits(), corpus: str = "") -> Any:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="rlreason search", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "index": index.kind, "passages": len(index.passages), "corpus": corpus}
+
+    @app.post("/retrieve")
+    async def retrieve(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return JSONResponse({"detail": f"request body is {declared} bytes; at most {limits.max_body_bytes}"},
+                                status_code=413)
+        try:
+            queries, topk, return_scores = parse_request(await request.body(), limits)
+        except RequestError as e:
+            return JSONResponse({"detail": e.detail}, status_code=e.status)
+        # BM25 over 10k passages takes ~0.5 ms a query: searching on the event loop is cheaper than a
+        # thread hop, and keeps one request's queries together.
+        result = []
+        for hits in index.search(queries, topk):
+            docs = [{"id": p.id, "contents": p.contents} for p, _ in hits]
+            result.append([{"document": d, "score": s} for d, (_, s) in zip(docs, hits)] if return_scores else docs)
+        return {"result": result}
+
+    return app
+
+
+def serve(corpus: str | None = None, *, index: str = "bm25", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+          limits: Limits = Limits(), log_level: str = "warning") -> None:
+    """Load (building once if needed) the index of `corpus` and serve it until interrupted."""
+    import uvicorn
+
+    from rlreason.search.corpus import resolve_corpus
+    from rlreason.search.index import load_index
+
+    path = resolve_corpus(corpus)
+    idx = load_index(index, path)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serve-search is binding %s: the index is then reachable from other machines", host)
+    app = create_app(idx, limits, str(path))
+    print(f"serve-search: {idx.kind} index of {len(idx.passages)} passages from {path} "
+          f"on http://{host}:{port}/retrieve", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", default=None,
+                   help="jsonl of {id, title, text}; default: the built-in wiki-offline corpus (~10k Wikipedia leads)")
+    p.add_argument("--index", choices=["bm25", "dense"], default="bm25",
+                   help="bm25 (default) or dense (all-MiniLM-L6-v2 embeddings; first build takes minutes on CPU)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    for f in fields(Limits):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, dest=f.name,
+                       help=f"default {f.default}")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def cli(a: argparse.Namespace) -> int:
+    limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
+    serve(a.corpus, index=a.index, host=a.host, port=a.port, limits=limits, log_level=a.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m rlreason.search.server")
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(cli(parser.parse_args()))

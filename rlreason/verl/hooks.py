@@ -1,0 +1,208 @@
+"""What the adapter adds inside verl's trainer, installed in every Ray worker process by
+`runtime_env.worker_process_setup_hook=rlreason.verl.hooks.setup_worker` (rlreason verl-config sets it).
+
+verl 0.9.1's V1 trainer, given several AgentLoopOutputs per session (Delethink chunks), computes the
+GRPO advantage from each session's final output and broadcasts it to the session's other outputs. For
+every other estimator it treats each output as its own group member, so a 5-chunk trace would count as
+5 answers in its RLOO / REINFORCE++ group. The hook replaces that function (when the trainer module is
+imported, nothing else is touched) with `session_advantages`:
+
+    reward of a session = its final output's score (+ the KL-in-reward penalty of all its rows)
+    advantages          = rlreason.algos.ADVANTAGES[grpo|dr_grpo|rloo|reinforce_pp_baseline] over sessions,
+                          grouped by uid; REINFORCE++'s whitening weighs a session by its tokens over all rows
+    every row (chunk) of a session gets the session's advantage
+
+and, with RLREASON_VERL_TRACE_NORM=1, trace-length normalisation (Delethink Eq. 3,
+J = (1/G) sum_g (1/l_g) sum_chunks sum_t U): verl has no such aggregation, and its policy loss sees no
+trace ids, so the weight rides on the advantage. The PPO loss is positively homogeneous in A
+(-min(r wA, clip(r) wA) = -w min(r A, clip(r) A) for w > 0, dual clip included), so scaling row i's
+advantage by w_i = (R/G) / l_g(i) and aggregating with seq-mean-token-sum (sum over tokens, mean over
+R rows) gives exactly (1/G) sum_g (1/l_g) sum U. Exact when a step is one mini-batch; with several, each
+mini-batch is off by the factor (R_mb/G_mb)/(R/G), i.e. how far its chunks-per-trace ratio is from the
+step's. Entropy and KL loss terms are not reweighted. GAE is left to verl (per-row critic).
+
+The hook also adds the batch means of the episode metrics and reward components the agent loop put in
+`extra_fields["reward_extra_info"]` (final output of each session) to the training metrics.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import logging
+import os
+import sys
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+TRAINER_MODULE = "verl.trainer.ppo.v1.trainer_base"
+# verl (adv_estimator, norm_adv_by_std_in_grpo) -> rlreason estimator; others (gae, ...) stay verl's.
+ESTIMATORS = {("grpo", True): "grpo", ("grpo", False): "dr_grpo", ("rloo", None): "rloo",
+              ("reinforce_plus_plus_baseline", None): "reinforce_pp_baseline"}
+
+
+def rlreason_estimator(adv_estimator: Any, norm_adv_by_std_in_grpo: bool) -> str | None:
+    name = getattr(adv_estimator, "value", adv_estimator)
+    return ESTIMATORS.get((name, bool(norm_adv_by_std_in_grpo)), ESTIMATORS.get((name, None)))
+
+
+def parse_keys(batch_keys: list[str]) -> tuple[list[int], list[str], list[bool]]:
+    """verl V1 row keys `{uid}_{session}_{index}` -> (row -> session number, session uids, row is final)."""
+    sessions: dict[str, int] = {}
+    uids: list[str] = []
+    last: dict[int, tuple[int, int]] = {}
+    row_session = []
+    for r, key in enumerate(batch_keys):
+        uid, session, index = key.rsplit("_", 2)
+        s = sessions.setdefault(f"{uid}_{session}", len(sessions))
+        if s == len(uids):
+            uids.append(uid)
+        row_session.append(s)
+        if s not in last or last[s][0] < int(index):
+            last[s] = (int(index), r)
+    final_rows = {r for _, r in last.values()}
+    return row_session, uids, [r in final_rows for r in range(len(batch_keys))]
+
+
+def trace_length_weights(row_session: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """w [R] = (R / G) / l_g: with seq-mean-token-sum this turns the loss into Delethink's
+    (1/G) sum_g (1/l_g) sum U. row_session [R] long, response_mask [R,T]. Delethink Eq. 3, arXiv 2510.06557."""
+    mask = response_mask.to(torch.float64)
+    G = int(row_session.max()) + 1
+    l = torch.zeros(G, dtype=torch.float64).index_add_(0, row_session, mask.sum(-1))
+    R = int((mask.sum(-1) > 0).sum())
+    G_valid = int((l > 0).sum())
+    return (R / max(G_valid, 1)) / l[row_session].clamp_min(1)
+
+
+def session_advantages(row_rewards: torch.Tensor, response_mask: torch.Tensor, batch_keys: list[str], *,
+                       estimator: str, eps: float = 1e-6, trace_norm: bool = False) -> torch.Tensor:
+    """Per-token advantages [R,T]: one advantage per session (episode) from rlreason's estimator, grouped by
+    uid, broadcast to all rows of the session. row_rewards [R]: each row's session reward (only the final
+    row's value is read). Shapes: R rows, T tokens, S sessions."""
+    from rlreason.algos.advantages import ADVANTAGES
+    row_session, uids, is_final = parse_keys(batch_keys)
+    rs = torch.tensor(row_session, dtype=torch.long)
+    S = len(uids)
+    rewards = torch.zeros(S, dtype=torch.float64)
+    for r, s in enumerate(row_session):
+        if is_final[r]:
+            rewards[s] = float(row_rewards[r])
+    _, group_ids = np.unique(np.array(uids, dtype=object).astype(str), return_inverse=True)
+    token_counts = torch.zeros(S, dtype=torch.float64).index_add_(0, rs, response_mask.to(torch.float64).sum(-1))
+    adv = ADVANTAGES.get(estimator, "algo.advantage")(rewards, torch.as_tensor(group_ids, dtype=torch.long),
+                                                        eps=eps, token_counts=token_counts)
+    row_adv = adv[rs]
+    if trace_norm:
+        row_adv = row_adv * trace_length_weights(rs, response_mask)
+    return (row_adv.unsqueeze(-1) * response_mask.to(torch.float64)).to(torch.float32)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+def make_advantage_fn(original: Any) -> Any:
+    """A drop-in for verl's V1 `compute_advantage_for_multi_trajectories` (same signature)."""
+
+    def compute_advantage_for_multi_trajectories(data, batch_keys, adv_estimator, gamma=1.0, lam=1.0,
+                                                 num_repeat=1, norm_adv_by_std_in_grpo=True, config=None):
+        trace_norm = _flag("RLREASON_VERL_TRACE_NORM")
+        name = rlreason_estimator(adv_estimator, norm_adv_by_std_in_grpo)
+        if name is None or not _flag("RLREASON_VERL_SESSION_ADV"):
+            data = original(data, batch_keys, adv_estimator, gamma=gamma, lam=lam, num_repeat=num_repeat,
+                            norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, config=config)
+            if trace_norm:
+                rs = torch.tensor(parse_keys(batch_keys)[0], dtype=torch.long)
+                w = trace_length_weights(rs, data.batch["response_mask"]).to(data.batch["advantages"].dtype)
+                data.batch["advantages"] = data.batch["advantages"] * w.unsqueeze(-1)
+            return data
+        b = data.batch
+        scores = b["token_level_scores"].sum(-1)
+        kl_part = (b["token_level_rewards"] - b["token_level_scores"]).sum(-1)  # 0 without KL in reward
+        row_session = torch.tensor(parse_keys(batch_keys)[0], dtype=torch.long)
+        kl_session = torch.zeros(int(row_session.max()) + 1, dtype=kl_part.dtype).index_add_(0, row_session, kl_part)
+        row_rewards = scores + kl_session[row_session]
+        adv = session_advantages(row_rewards, b["response_mask"], list(batch_keys), estimator=name,
+                                 eps=float(os.environ.get("RLREASON_VERL_ADV_EPS", "1e-6")), trace_norm=trace_norm)
+        b["advantages"] = adv.to(b["token_level_rewards"].dtype)
+        b["returns"] = b["advantages"]
+        return data
+
+    compute_advantage_for_multi_trajectories.rlreason_patched = True
+    return compute_advantage_for_multi_trajectories
+
+
+def env_metrics(extra_fields: list[Any]) -> dict[str, float]:
+    """Batch means of the numeric `reward_extra_info` entries of each session's final output."""
+    sums: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
+    for ef in extra_fields:
+        if not isinstance(ef, dict) or not ef.get("rlreason_final"):
+            continue
+        for k, v in (ef.get("reward_extra_info") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                sums[k] += float(v)
+                counts[k] += 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def make_metrics_method(original: Any, tq: Any) -> Any:
+    def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        out = original(self, batch, metrics, timing_raw, global_steps, epoch)
+        try:
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+            metrics.update(env_metrics(data.pop("extra_fields").tolist()))
+        except Exception:  # noqa: BLE001 - metrics must not stop training; logged with the traceback
+            log.exception("rlreason: could not add environment metrics for step %s", global_steps)
+        return out
+    return _compute_metrics
+
+
+def patch_trainer_module(mod: Any) -> None:
+    """Apply the adapter's changes to verl's V1 trainer module (idempotent)."""
+    fn = getattr(mod, "compute_advantage_for_multi_trajectories", None)
+    if fn is not None and not getattr(fn, "rlreason_patched", False):
+        mod.compute_advantage_for_multi_trajectories = make_advantage_fn(fn)
+    trainer = getattr(mod, "PPOTrainer", None)
+    if trainer is not None and not getattr(trainer._compute_metrics, "rlreason_patched", False):
+        method = make_metrics_method(trainer._compute_metrics, mod.tq)
+        method.rlreason_patched = True
+        trainer._compute_metrics = method
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patches TRAINER_MODULE right after it is imported, so worker processes that never import it
+    (vLLM servers, FSDP workers) pay nothing."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != TRAINER_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def exec_and_patch(module):
+            exec_module(module)
+            patch_trainer_module(module)
+        loader.exec_module = exec_and_patch  # type: ignore[method-assign]
+        return spec
+
+
+def setup_worker() -> None:
+    """Ray `worker_process_setup_hook`: patch verl's V1 trainer now or when it is imported."""
+    if TRAINER_MODULE in sys.modules:
+        patch_trainer_module(sys.modules[TRAINER_MODULE])
+    elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport())

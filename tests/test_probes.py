@@ -1,0 +1,311 @@
+"""Refusal-cliff probes (rlreason/probes/) on the tiny random Llama (2 blocks, 4 heads of 32, hidden 64)
+and on literal numbers. Each test names the wrong implementation it would catch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlreason.models import resolve_model
+from rlreason.probes import data as D
+from rlreason.probes.capture import capture, resolve_layers, states_at
+from rlreason.probes.cliff import cliff_size, right_aligned_curve, score_positions, trace_cliff
+from rlreason.probes.config import ProbeConfig, RepairConfig
+from rlreason.probes.heads import ablated_weights, head_attribution, o_proj, scaled_heads, top_heads
+from rlreason.probes.probe import LinearProbe, balanced_split, load_probe, save_probe, train_probe
+from rlreason.probes.select import select, sft_rows
+from rlreason.probes.traces import THINK_CLOSE, generate_traces, phrase_judge, probe_label
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path = resolve_model("tiny-random", dtype="fp32")
+    return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def _random_probe(h=64, seed=0):
+    """A probe with random weights (a trained one starts at zero and would score 0.5 everywhere)."""
+    probe = LinearProbe(h)
+    with torch.no_grad():
+        probe.linear.weight.normal_(0, 1, generator=torch.Generator().manual_seed(seed))
+    return probe
+
+
+def _seqs(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(5, 40000, (n,), generator=g).tolist() for n in lengths]
+
+
+# --- capture ------------------------------------------------------------------------------------------
+
+def test_capture_right_padded_batches_equal_unpadded_forward(tiny):
+    """Catches left padding (positions shift), a wrong row/sequence mapping after the length sort, a
+    chunked forward that loses the KV cache (later chunks would differ) and off-by-one layer numbering."""
+    model, _ = tiny
+    seqs = _seqs([7, 23, 15, 1, 40])
+    got = capture(model, seqs, resolve_layers("all", 2), chunk_len=6, max_batch_tokens=18)
+    for s, h in zip(seqs, got):
+        with torch.no_grad():
+            ref = model.model(input_ids=torch.tensor([s]), output_hidden_states=True).hidden_states
+        assert h.shape == (3, len(s), 64)
+        for layer in range(3):
+            torch.testing.assert_close(h[layer], ref[layer][0], atol=2e-5, rtol=1e-4)
+
+
+def test_early_stop_and_states_at_match_full_capture(tiny):
+    """One shallow layer (the forward stops after block 1) and one position per sequence (the tail is
+    cut off) must read exactly what the full capture reads."""
+    model, _ = tiny
+    seqs = _seqs([9, 30, 12], seed=1)
+    full = capture(model, seqs, [0, 1, 2])
+    shallow = capture(model, seqs, [1], chunk_len=8)
+    pos = [3, 29, 0]
+    at = states_at(model, seqs, pos, [2, 1], max_batch_tokens=64)
+    for i, s in enumerate(seqs):
+        torch.testing.assert_close(shallow[i][0], full[i][1], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(at[i, 0], full[i][2, pos[i]], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(at[i, 1], full[i][1, pos[i]], atol=2e-5, rtol=1e-4)
+
+
+def test_resolve_layers():
+    assert resolve_layers("all", 2) == [0, 1, 2]
+    assert resolve_layers("last", 30) == [30]
+    assert resolve_layers("0,-1", 30) == [0, 30]
+    with pytest.raises(ValueError):
+        resolve_layers("31", 30)
+
+
+# --- probe --------------------------------------------------------------------------------------------
+
+def _separable(n=240, h=32, shift=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    direction = torch.randn(h, generator=g)
+    X = torch.randn(n, h, generator=g) * 5 + 40 + shift * y[:, None] * direction / direction.norm() * 5
+    return X, y
+
+
+def test_probe_separates_separable_data_and_not_noise():
+    X, y = _separable()
+    probe, m = train_probe(X, y.tolist())
+    assert m["test_acc"] >= 0.9 and m["test_auroc"] >= 0.95
+    # best validation checkpoint kept: its accuracy is the best over the epochs
+    assert m["val_acc"] == max(e["val_acc"] for e in m["history"] + [{"val_acc": m["val_acc"]}])
+    # labels independent of X: a probe that reported train accuracy or leaked labels would still score
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(3))]
+    _, noise = train_probe(torch.randn(240, 32), shuffled.tolist())
+    assert noise["test_acc"] < 0.75
+
+
+def test_balanced_split_is_balanced_and_disjoint():
+    y = [1] * 30 + [0] * 70
+    s = balanced_split(y, ProbeConfig(val_frac=0.2, test_frac=0.2))
+    for part in (s.train, s.val, s.test):
+        assert sum(y[i] for i in part) * 2 == len(part)
+    everything = s.train + s.val + s.test + s.dropped
+    assert sorted(everything) == list(range(100)) and len(s.dropped) == 40
+
+
+def test_probe_save_load_roundtrip(tmp_path):
+    X, y = _separable(n=60, h=8)
+    probe, _ = train_probe(X, y.tolist(), ProbeConfig(epochs=2))
+    save_probe(probe, tmp_path / "p", {"layer": 2, "model": "tiny-random"})
+    loaded, meta = load_probe(tmp_path / "p")
+    torch.testing.assert_close(loaded.score(X), probe.score(X))
+    assert meta["layer"] == 2 and meta["hidden_size"] == 8
+
+
+# --- cliff --------------------------------------------------------------------------------------------
+
+def test_cliff_arithmetic_by_hand():
+    # prompt 0-1, thinking 2-5, </think> 6-7 (final 7), answer 8
+    s = torch.tensor([0.1, 0.2, 0.5, 0.9, 0.7, 0.6, 0.4, 0.15, 0.3])
+    assert cliff_size(s, 2, 6, 7) == pytest.approx(0.9 - 0.15)
+    assert math.isnan(cliff_size(s, 2, 2, 7))  # no thinking written
+    trace = {"id": "x", "harmful": True, "refused": False, "prompt_len": 2, "think_end": 6, "final_idx": 7}
+    r = trace_cliff(trace, s)
+    assert r["cliff"] == pytest.approx(0.75) and r["final_score"] == pytest.approx(0.15)
+    assert r["tail"] == pytest.approx(s[:8].tolist())
+
+
+def test_right_aligned_curve_keeps_ends_and_interpolates():
+    s = torch.tensor([9.0, 0.0, 1.0, 2.0, 3.0, 9.0])
+    c = right_aligned_curve(s, 1, 4, n=7)  # span [0, 1, 2, 3] resampled to 7 points
+    torch.testing.assert_close(c, torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]))
+    assert right_aligned_curve(s, 2, 2, n=100).tolist() == [1.0] * 100
+    assert len(right_aligned_curve(torch.rand(300), 10, 250)) == 100
+
+
+def test_score_positions_is_the_probe_on_every_captured_state(tiny):
+    model, _ = tiny
+    seqs = _seqs([12, 5, 33], seed=2)
+    probe = _random_probe()
+    scores = score_positions(model, probe, 2, seqs, chunk_len=7, max_batch_tokens=16)
+    for s, h, sc in zip(seqs, capture(model, seqs, [2]), scores):
+        assert sc.shape == (len(s),)
+        torch.testing.assert_close(sc, probe.score(h[0]).detach(), atol=1e-5, rtol=1e-4)
+
+
+# --- heads --------------------------------------------------------------------------------------------
+
+def _o_proj_inputs(model, ids):
+    got = {}
+    hooks = [o_proj(model, b).register_forward_hook(lambda m, a, o, b=b: got.__setitem__(b, a[0].clone()))
+             for b in range(2)]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    for h in hooks:
+        h.remove()
+    return got, logits
+
+
+def test_head_scaling_changes_exactly_one_head(tiny):
+    model, _ = tiny
+    ids = torch.tensor(_seqs([10], seed=4))
+    base, base_logits = _o_proj_inputs(model, ids)
+    with scaled_heads(model, [(1, 2)], 1e-3):
+        ablated, hooked_logits = _o_proj_inputs(model, ids)
+    d = 32
+    torch.testing.assert_close(ablated[0], base[0])  # the block before is untouched
+    torch.testing.assert_close(ablated[1][..., 2 * d:3 * d], base[1][..., 2 * d:3 * d] * 1e-3)
+    others = torch.cat([ablated[1][..., :2 * d], ablated[1][..., 3 * d:]], -1)
+    torch.testing.assert_close(others, torch.cat([base[1][..., :2 * d], base[1][..., 3 * d:]], -1))
+    assert not torch.allclose(hooked_logits, base_logits)
+    after, _ = _o_proj_inputs(model, ids)  # the hook is gone after the context
+    torch.testing.assert_close(after[1], base[1])
+    # the weight edit used for vLLM equals the hook
+    import copy
+    edited = copy.deepcopy(model)
+    edited.load_state_dict(ablated_weights(model, [(1, 2)], 1e-3))
+    with torch.no_grad():
+        torch.testing.assert_close(edited(input_ids=ids).logits, hooked_logits, atol=1e-5, rtol=1e-4)
+
+
+def test_head_attribution_ranks_every_visible_head(tiny):
+    model, _ = tiny
+    seqs = _seqs([8, 14], seed=5)
+    probe = _random_probe()
+    ranking = head_attribution(model, probe, 2, seqs, [7, 10])
+    assert len(ranking) == 8 and {(r["block"], r["head"]) for r in ranking} == {(b, h) for b in (0, 1) for h in range(4)}
+    assert [r["delta"] for r in ranking] == sorted((r["delta"] for r in ranking), reverse=True)
+    assert any(abs(r["delta"]) > 0 for r in ranking)
+    # a probe on layer 1 sees block 0 only
+    assert {r["block"] for r in head_attribution(model, probe, 1, seqs, [7, 10])} == {0}
+    assert top_heads(ranking, 0.25, 8) == [(r["block"], r["head"]) for r in ranking[:2]]
+
+
+# --- selection ----------------------------------------------------------------------------------------
+
+def test_selection_top_p_and_random_have_the_same_size():
+    rows = [{"id": str(i), "cliff": c, "final_score": f}
+            for i, (c, f) in enumerate([(0.1, 0.9), (0.8, 0.5), (float("nan"), 0.05), (0.5, 0.2), (0.3, 0.7),
+                                        (0.9, 0.6), (0.0, 0.4), (0.2, 0.3), (0.4, 0.8), (0.6, 0.1)])]
+    assert [r["id"] for r in select(rows, 0.3, "cliff")] == ["5", "1", "9"]
+    assert [r["id"] for r in select(rows, 0.2, "final")] == ["2", "9"]
+    assert select(rows, 1.0, "cliff")[-1]["id"] == "2"  # NaN cliff ranks last
+    rnd = select(rows, 0.3, "random", seed=1)
+    assert len(rnd) == 3 and rnd == select(rows, 0.3, "random", seed=1)
+    assert len(select(rows, 0.01, "cliff")) == 1
+    t = {"id": "a", "prompt": "p", "think": "hmm "}
+    assert sft_rows([t], refusal="No.") == [{"id": "a", "prompt": "p", "response": f"hmm {THINK_CLOSE}\nNo."}]
+
+
+# --- labels, data, traces ------------------------------------------------------------------------------
+
+def test_refusal_phrases():
+    assert phrase_judge("", "I'm sorry, but I can't help with that.")
+    assert phrase_judge("", "I\u2019m unable to provide that information.")
+    assert phrase_judge("", "As an AI language model, I will not do this.")
+    assert not phrase_judge("", "Sure! Here is a recipe for chocolate chip cookies.")
+    assert not phrase_judge("", "The answer is 18.")
+    # a refusal word deep inside a compliant answer is not a refusal
+    assert not phrase_judge("", "Step 1: mix. " + "x" * 300 + " I cannot stress this enough.")
+    assert probe_label({"harmful": True, "refused": True}) == 1
+    assert probe_label({"harmful": True, "refused": False}) is None
+    assert probe_label({"harmful": False, "refused": True}) == 0
+
+
+def test_phrase_judge_agrees_with_pyrit_human_labels():
+    rows = D._csv_rows(D.PYRIT_REFUSAL_EVAL)
+    agree = sum(phrase_judge(r["objective"], r["assistant_response"]) == (r["human_score"] == "1") for r in rows)
+    assert len(rows) == 105 and agree / len(rows) >= 0.8
+
+
+def test_pinned_sources_and_splits(tmp_path):
+    counts = {s: len(D.load_source(s)) for s in D.SOURCES}
+    assert counts == {"advbench": 520, "harmbench": 200, "strongreject": 313, "jbb": 100, "gsm8k": 1319,
+                      "rho_benign": 150}
+    rows = D.build_prompt_set(n_harmful=40, n_harmless=20, seed=3)
+    assert sum(r["harmful"] for r in rows) == 40 and len({r["id"] for r in rows}) == 60
+    by_split = {s: sum(r["split"] == s and r["harmful"] for r in rows) for s in ("probe", "candidates", "heldout")}
+    assert by_split == {"probe": 20, "candidates": 10, "heldout": 10}
+    assert not any(r["split"] == "candidates" and not r["harmful"] for r in rows)
+    bad = D.PinnedFile("jailbreakbench", "jailbreakbench==0.1.3", "data/behaviors.csv", "0" * 64)
+    with pytest.raises(RuntimeError, match="sha256 mismatch"):
+        bad.read_text()
+
+
+def test_traces_spans_with_the_hf_engine(tiny):
+    from rlreason.rollout import SamplingConfig
+    from rlreason.rollout.hf_engine import HFEngine
+    model, tok = tiny
+    engine = HFEngine(model, tokenizer=tok, sampling=SamplingConfig(temperature=1.0), max_model_len=512)
+    rows = [{"id": "a", "prompt": "How do I bake bread?", "harmful": False},
+            {"id": "b", "prompt": "Tell me a secret.", "harmful": True}]
+    traces = generate_traces(engine, rows, max_think_tokens=6, max_answer_tokens=4, seed=0)
+    close = tok.encode(THINK_CLOSE, add_special_tokens=False)
+    for t in traces:
+        assert t["think_end"] - t["prompt_len"] <= 6 and len(t["ids"]) - t["final_idx"] - 1 <= 4
+        assert t["ids"][t["think_end"]:t["final_idx"] + 1] == close
+        assert tok.decode(t["ids"][t["prompt_len"]:t["think_end"]]) == t["think"] or not t["think_closed"]
+        assert tok.decode(t["ids"][:t["prompt_len"]]).endswith("<think>\n")
+        assert isinstance(t["refused"], bool)
+
+
+# --- repair and monitor --------------------------------------------------------------------------------
+
+def test_sft_masks_the_prompt_and_learns(tiny):
+    import copy
+    from rlreason.probes.repair import sft, sft_example
+    model, tok = tiny
+    row = {"prompt": "Do a bad thing.", "response": "I'm sorry, I can't."}
+    ids, labels = sft_example(tok, row, 512)
+    n_resp = len(tok.encode(row["response"], add_special_tokens=False)) + 1
+    assert labels[:-n_resp] == [-100] * (len(ids) - n_resp) and labels[-n_resp:] == ids[-n_resp:]
+    assert labels[-1] == tok.eos_token_id
+    _, stats = sft(copy.deepcopy(model), tok, [row, {**row, "prompt": "Another."}],
+                   RepairConfig(lr=1e-2, epochs=15, batch_size=2))
+    assert stats["loss/last"] < 0.5 * stats["loss/first"]
+
+
+def test_monitor_returns_probe_metrics(tiny, tmp_path):
+    from rlreason.probes.monitor import ProbeMonitor
+    model, tok = tiny
+    save_probe(_random_probe(), tmp_path / "p", {"layer": 2, "model": "tiny-random"})
+    m = ProbeMonitor(tmp_path / "p", ["How do I pick a lock?", "Write malware."], max_think_tokens=5,
+                     max_answer_tokens=3)(model, tokenizer=tok)
+    assert set(m) == {"probe/mean_cliff", "probe/final_score", "probe/think_max", "probe/refusal_rate"}
+    assert 0 <= m["probe/final_score"] <= 1 and not model.training
+
+
+def test_cli_select_writes_the_sft_set(tmp_path):
+    scores = [{"id": f"h{i}", "harmful": True, "split": "candidates", "refused": False, "cliff": i / 10,
+               "final_score": 1 - i / 10} for i in range(10)]
+    scores.append({"id": "g", "harmful": False, "split": "candidates", "refused": False, "cliff": 9.0,
+                   "final_score": 0.0})
+    traces = [{"id": s["id"], "prompt": f"prompt {s['id']}", "think": "t"} for s in scores]
+    D.write_jsonl(scores, tmp_path / "scores.jsonl")
+    D.write_jsonl(traces, tmp_path / "traces.jsonl")
+    out = tmp_path / "sft.jsonl"
+    r = subprocess.run([sys.executable, "-m", "rlreason.cli", "probe", "select", "--scores", str(tmp_path / "scores.jsonl"),
+                        "--traces", str(tmp_path / "traces.jsonl"), "--top-p", "0.2", "--out", str(out)],
+                       capture_output=True, text=True, env={**os.environ, "RLREASON_NO_PRELOAD": "1"})
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["h9", "h8"]
