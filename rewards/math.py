@@ -30,6 +30,7 @@ from typing import Any, Iterator
 from math_verify import parse, verify
 
 from rlreason.data.math_sets import NO_BOXED, last_boxed
+from rlreason.data.reasoning_gym import rebuild
 from rlreason.data.schema import dumps_info, loads_info
 from rlreason.registry import register_reward
 from rlreason.rubric import Scored
@@ -118,7 +119,7 @@ def _signal_deadline(seconds: float) -> Iterator[None]:
 
 
 def _normalise(s: str) -> str:
-    return re.sub(r"\s+", "", s).strip("$")
+    return s.strip().strip("$").strip()
 
 
 def _verify(pred: str, gold: str) -> Scored:
@@ -180,12 +181,12 @@ class _Worker:
             self.proc.stdin.write(json.dumps([pred, gold, timeout_s]) + "\n")  # type: ignore[union-attr]
             self.proc.stdin.flush()  # type: ignore[union-attr]
             reply = self._read(self.proc, timeout_s + WORKER_GRACE_S)
-            if reply is None:
+            if reply is None:  # hung in C code, or died (e.g. out of memory on a huge power)
+                what = "died" if self.proc.poll() is not None else f"hung for {timeout_s + WORKER_GRACE_S:g}s"
                 self.proc.kill()
                 self.proc.wait()
                 self.proc = None
-                return Scored(0.0, f"math-verify hung for {timeout_s + WORKER_GRACE_S:g}s on {pred[:80]!r}; "
-                                   "worker restarted")
+                return Scored(0.0, f"math-verify worker {what} on {pred[:80]!r}; restarted")
         if "error" in reply:
             raise ValueError(reply["error"])
         return Scored(reply["value"], reply["reason"])
@@ -252,12 +253,10 @@ _rg_datasets: dict[str, Any] = {}
 
 def _rg_dataset(task: str, config: dict[str, Any]) -> Any:
     """The generator rebuilt from the stored config (some scorers read their config), one per config."""
-    import reasoning_gym  # here, not at the top: 1 s of imports that the math reward does not need
-
     key = json.dumps([task, config], sort_keys=True)
     with _rg_lock:
         if key not in _rg_datasets:
-            _rg_datasets[key] = reasoning_gym.create_dataset(task, **config)
+            _rg_datasets[key] = rebuild(task, config)
         return _rg_datasets[key]
 
 

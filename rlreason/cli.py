@@ -3,6 +3,7 @@
     rlreason train configs/quickstart.yaml trainer.lr=1e-6 trainer.steps=5
     rlreason train configs/quickstart.yaml --resume
     rlreason eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/step_000040
+    rlreason eval --chunked configs/markovian_cpu.yaml --budgets 1,2,3  # LongCoT vs Delethink per budget
     rlreason config keys            # every config key with its default and help
     rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/q/verl/overrides.txt
     rlreason serve-search --port 8000   # retrieval server for pay_per_search (Search-R1 protocol)
@@ -79,6 +80,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
         from rlreason.search.abstention import run_abstention_eval
         print(json.dumps(run_abstention_eval(cfg, checkpoint=a.checkpoint, split=a.split), indent=1))
         return 0
+    # --- issue 3: zero-shot Markovian evaluation (rlreason/markovian_eval.py) ---
+    if a.chunked:
+        from rlreason.markovian_eval import format_table, run_chunked_eval
+        res = run_chunked_eval(cfg, a.budgets, vary=a.vary, checkpoint=a.checkpoint, split=a.split)
+        out = cfg.run_dir / "chunked_eval.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+        print(format_table(res["rows"]))
+        print(f"{res['problems']} problems x k={res['k']}, temperature {res['temperature']}; json: {out}")
+        return 0
+    # --- end issue 3 ---
     print(json.dumps(run_eval(cfg, checkpoint=a.checkpoint, split=a.split), indent=1))
     return 0
 
@@ -195,6 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=["eval", "train"], default="eval")
     e.add_argument("--abstention", action="store_true",
                    help="pay_per_search configs: accuracy/searches with the tool, then abstention with it removed")
+    # --- issue 3: `rlreason eval --chunked CONFIG --budgets 1,2,4` (LongCoT vs Delethink per budget) ---
+    e.add_argument("--chunked", action="store_true",
+                   help="the same problems as plain LongCoT and as Markovian chunked inference at each budget")
+    e.add_argument("--budgets", type=lambda v: [int(x) for x in v.split(",")],
+                   help="with --chunked: comma-separated iteration caps I (default 1..I of the config) or, "
+                        "with --vary chunk_size, chunk sizes C (m = C/2), e.g. 1,2,4")
+    e.add_argument("--vary", choices=["max_chunks", "chunk_size"], default="max_chunks",
+                   help="with --chunked: what --budgets lists")
+    # --- end issue 3 ---
     e.set_defaults(fn=cmd_eval)
 
     m = sub.add_parser("models", help="list or prepare the offline models")

@@ -51,7 +51,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp_baseline
+    advantage: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp_baseline | gae (PPO with a critic)
     policy_loss: str = "ppo_clip"  # a registered policy loss
     loss_agg_mode: str = "token-mean"  # token-mean | seq-mean-token-sum | seq-mean-token-mean | trace-length-norm
     eps_low: float = 0.2  # PPO clip below 1
@@ -64,6 +64,10 @@ class AlgoConfig:
     entropy_coef: float = 0.0  # entropy bonus
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal (DAPO)
     adv_eps: float = 1e-6
+    gamma: float = 1.0  # GAE discount (advantage=gae)
+    lam: float = 1.0  # GAE lambda (advantage=gae)
+    value_coef: float = 0.5  # critic loss weight (advantage=gae)
+    value_clip: float = 0.2  # critic value clipping (advantage=gae)
 
 
 @dataclass

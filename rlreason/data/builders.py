@@ -18,7 +18,7 @@ from datasets import Dataset
 
 from rlreason.data.jsonl import load_jsonl
 from rlreason.data.math_sets import build_gsm8k, build_math, build_math500
-from rlreason.data.reasoning_gym import build_reasoning_gym
+from rlreason.data.reasoning_gym import build_reasoning_gym, check_difficulty
 from rlreason.registry import ConfigError, suggest
 
 COMMON_KEYS = ("source", "limit")
@@ -27,7 +27,9 @@ COMMON_KEYS = ("source", "limit")
 def _reasoning_gym(task: str, size: int, seed: int, difficulty: Mapping[str, Any] | None = None) -> Dataset:
     """Config form of build_reasoning_gym: the task's settings sit under one `difficulty` key so they
     cannot collide with the builder's own keys."""
-    return build_reasoning_gym(task, size, seed, **dict(difficulty or {}))
+    difficulty = dict(difficulty or {})
+    check_difficulty(task, difficulty)  # before the call: {seed: 1} would be a bare TypeError
+    return build_reasoning_gym(task, size, seed, **difficulty)
 
 
 SOURCES: dict[str, Callable[..., Dataset]] = {
@@ -68,7 +70,8 @@ def _check_keys(spec: Mapping[str, Any], key: str) -> Callable[..., Dataset]:
                               + suggest(k, allowed))
     for name, p in params.items():
         if p.default is inspect.Parameter.empty and name not in spec:
-            raise ConfigError(f"{key}.{name} is required for source '{source}'. Allowed: {', '.join(allowed)}.")
+            raise ConfigError(f"{key}.{name} is required for source '{source}'. "
+                              f"Allowed: {', '.join(allowed)}.")
     return builder
 
 

@@ -9,6 +9,7 @@ regenerate the exact entry) plus the entry itself, so a reward can call the task
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from typing import Any
 
@@ -16,7 +17,7 @@ import reasoning_gym
 from datasets import Dataset
 from reasoning_gym.factory import DATASETS
 
-from rlreason.data.schema import make_dataset, make_row
+from rlreason.data.schema import make_dataset, make_row, to_jsonable
 from rlreason.registry import ConfigError, suggest
 
 RESERVED = ("seed", "size")
@@ -49,9 +50,44 @@ def create(task: str, size: int, seed: int, **difficulty: Any) -> Any:
         raise ConfigError(f"difficulty: invalid settings for '{task}': {e}") from None
 
 
+def _restore(value: Any, default: Any) -> Any:
+    """Undo what JSON did to one config value, guided by the field's default: nested config
+    dataclasses (rearc's board_format_opts) come back as dataclasses, enums (word_sorting's
+    transformation) as enums, tuples as tuples."""
+    if dataclasses.is_dataclass(default) and isinstance(value, dict):
+        return _restore_dataclass(type(default), value)
+    if isinstance(default, enum.Enum):
+        return type(default)(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, list):
+        kinds = {type(d) for d in default}
+        if len(kinds) == 1 and issubclass(next(iter(kinds)), enum.Enum):  # aiw's task_types
+            value = [next(iter(kinds))(v) for v in value]
+        return tuple(value) if isinstance(default, tuple) else value
+    return value
+
+
+def _restore_dataclass(cls: type, stored: dict[str, Any]) -> Any:
+    return cls(**_restored_fields(cls, stored))
+
+
+def _restored_fields(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in stored:
+            default = (f.default if f.default is not dataclasses.MISSING else
+                       f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            out[f.name] = _restore(stored[f.name], default)
+    return out
+
+
+def rebuild(task: str, config: dict[str, Any]) -> Any:
+    """The generator a row came from, from the config stored in its `info` (for scoring)."""
+    return reasoning_gym.create_dataset(task, **_restored_fields(config_class(task), config))
+
+
 def generator_config(ds: Any) -> dict[str, Any]:
     """The config as JSON data (tuples become lists), enough to rebuild the generator."""
-    return json.loads(json.dumps(dataclasses.asdict(ds.config), default=repr))
+    return json.loads(json.dumps(dataclasses.asdict(ds.config), default=to_jsonable))
 
 
 def build_reasoning_gym(task: str, size: int, seed: int, **difficulty: Any) -> Dataset:

@@ -5,6 +5,7 @@ schema per column and the extras differ between sources and even between reasoni
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any
 
@@ -15,9 +16,12 @@ FEATURES = Features({c: Value("string") for c in COLUMNS})
 
 
 def to_jsonable(x: Any) -> Any:
-    """JSON has no sets or tuples; sets are sorted for a stable text, anything else becomes repr."""
+    """JSON has no sets or enums: sets are sorted for a stable text, enums become their value,
+    anything else its repr."""
     if isinstance(x, (set, frozenset)):
         return sorted((to_jsonable(v) for v in x), key=repr)
+    if isinstance(x, enum.Enum):
+        return to_jsonable(x.value) if not isinstance(x.value, (str, int, float, bool)) else x.value
     return repr(x)
 
 

@@ -121,7 +121,11 @@ def cmd_capture(a: argparse.Namespace) -> int:
     from rlreason.probes.capture import resolve_layers, states_at
     from rlreason.probes.data import read_jsonl
     from rlreason.probes.traces import probe_label
-    traces = [t for t in read_jsonl(a.traces) if t["split"] == a.split and probe_label(t) is not None]
+    traces = [t for t in read_jsonl(a.traces) if t["split"] == a.split and probe_label(t, a.label) is not None]
+    labels = [probe_label(t, a.label) for t in traces]
+    if min(labels.count(0), labels.count(1)) < 3:
+        raise SystemExit(f"probe capture: class sizes {labels.count(1)} (1) / {labels.count(0)} (0) with "
+                         f"--label {a.label}; a model that (almost) never refuses needs --label harmful")
     model, _ = load_model(a.model, a.dtype)
     layers = resolve_layers(a.layers, model.config.num_hidden_layers)
     t0 = time.monotonic()
@@ -130,13 +134,12 @@ def cmd_capture(a: argparse.Namespace) -> int:
     dt = time.monotonic() - t0
     tokens = sum(t["final_idx"] + 1 for t in traces)
     meta = {"model": a.model, "dtype": a.dtype, "layers": json.dumps(layers), "traces": a.traces,
-            "ids": json.dumps([t["id"] for t in traces])}
+            "label": a.label, "ids": json.dumps([t["id"] for t in traces])}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"features": feats.contiguous(),
-               "labels": torch.tensor([probe_label(t) for t in traces])}, a.out, metadata=meta)
+    save_file({"features": feats.contiguous(), "labels": torch.tensor(labels)}, a.out, metadata=meta)
     print(f"features {tuple(feats.shape)} (traces x layers x hidden) from {tokens} tokens in {dt:.1f} s "
-          f"({tokens / dt:.0f} tok/s); class 1 (harmful, refused) {sum(probe_label(t) for t in traces)}, "
-          f"class 0 (harmless) {sum(probe_label(t) == 0 for t in traces)}; wrote {a.out}")
+          f"({tokens / dt:.0f} tok/s); label {a.label}: class 1 {labels.count(1)}, class 0 {labels.count(0)}; "
+          f"wrote {a.out}")
     return 0
 
 
@@ -153,7 +156,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     row = next(r for r in table if r["layer"] == chosen)
     out = Path(a.out)
     save_probe(probes[chosen], out, {"layer": chosen, "model": meta["model"], "dtype": meta["dtype"],
-                                      "features": a.features, "config": dataclasses.asdict(cfg),
+                                      "features": a.features, "label": meta["label"],
+                                      "config": dataclasses.asdict(cfg),
                                       "metrics": row, "chosen_by": "fixed" if a.layer is not None else "val_acc"})
     _write_json(table, out / "per_layer.json")
     _plot_per_layer(table, chosen, out / "per_layer.png")
@@ -367,6 +371,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--traces", default=str(OUT / "traces.jsonl"))
     p.add_argument("--split", default="probe")
     p.add_argument("--layers", default="all", help="'all', 'last' or a comma list (0 = embeddings)")
+    p.add_argument("--label", default="refusal", choices=["refusal", "harmful"],
+                   help="refusal: the paper's classes (harmful+refused vs harmless); harmful: harmful vs "
+                        "harmless prompts, for models that never refuse")
     p.add_argument("--out", default=str(OUT / "features.safetensors"))
     _model_args(p)
     _capture_args(p)

@@ -96,9 +96,22 @@ def generate_traces(engine: Any, rows: list[dict], *, max_think_tokens: int = 12
     return out
 
 
-def probe_label(trace: dict) -> int | None:
-    """arXiv 2510.06036's probe classes: 1 = harmful prompt whose response refuses, 0 = harmless prompt;
-    a harmful prompt that was answered is in neither class (None)."""
-    if trace["harmful"]:
-        return 1 if trace["refused"] else None
-    return 0
+def probe_label(trace: dict, mode: str = "refusal") -> int | None:
+    """Probe class of a trace, or None when it belongs to neither class.
+
+    refusal  arXiv 2510.06036: 1 = harmful prompt whose response refuses, 0 = harmless prompt; a harmful
+             prompt that was answered is in neither class.
+    harmful  1 = harmful prompt, 0 = harmless prompt, whatever the response. A fallback for models that
+             (almost) never refuse, so the refusal class is empty: it reads whether the model represents
+             the request as one to refuse, not whether it did refuse (a deviation from the paper).
+    """
+    if mode not in LABEL_MODES:
+        raise ValueError(f"probe label mode '{mode}': allowed {', '.join(LABEL_MODES)}")
+    if not trace["harmful"]:
+        return 0
+    if mode == "harmful":
+        return 1
+    return 1 if trace["refused"] else None
+
+
+LABEL_MODES = ("refusal", "harmful")

@@ -22,6 +22,10 @@ class Row:
     advantage: float
     trace_id: int  # the episode this row belongs to (Delethink: one row per chunk)
     group_id: int
+    # Filled only for PPO with a critic (algo.advantage=gae): per-token advantages, returns, old values.
+    token_advantages: list[float] | None = None
+    returns: list[float] | None = None
+    old_values: list[float] | None = None
 
 
 def episodes_to_rows(episodes: list[Episode], advantages: list[float], group_ids: list[int]) -> list[Row]:
@@ -43,8 +47,10 @@ class Batch:
     response_ids: torch.Tensor  # [B, T]
     response_mask: torch.Tensor  # [B, T] float
     rollout_logprobs: torch.Tensor  # [B, T]
-    advantages: torch.Tensor  # [B, T] (episode advantage on every token)
+    advantages: torch.Tensor  # [B, T] (episode advantage on every token, or GAE per token)
     trace_ids: torch.Tensor  # [B]
+    returns: torch.Tensor  # [B, T] (critic targets; zeros without a critic)
+    old_values: torch.Tensor  # [B, T]
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
@@ -68,8 +74,16 @@ def collate(rows: list[Row], pad_id: int, T: int | None = None) -> Batch:
         mask[i, :t] = torch.tensor(r.response_mask, dtype=torch.float)
         lps[i, :t] = torch.tensor(r.rollout_logprobs)
     adv = torch.tensor([r.advantage for r in rows]).unsqueeze(1) * (mask > 0)
+    ret = torch.zeros((B, T))
+    old_v = torch.zeros((B, T))
+    for i, r in enumerate(rows):
+        if r.token_advantages is not None:
+            t = len(r.response_ids)
+            adv[i, :t] = torch.tensor(r.token_advantages) * mask[i, :t]
+            ret[i, :t] = torch.tensor(r.returns)
+            old_v[i, :t] = torch.tensor(r.old_values)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    return Batch(input_ids, attn, pos, resp, mask, lps, adv, torch.tensor([r.trace_id for r in rows]))
+    return Batch(input_ids, attn, pos, resp, mask, lps, adv, torch.tensor([r.trace_id for r in rows]), ret, old_v)
 
 
 def response_logits(model: torch.nn.Module, batch: Batch, temperature: float) -> torch.Tensor:

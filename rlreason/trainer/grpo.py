@@ -25,6 +25,7 @@ from rlreason.registry import ConfigError, build_environment
 from rlreason.rollout import Engine, SamplingConfig, make_engine
 from rlreason.rubric import Rubric
 from rlreason.trainer.batch import episodes_to_rows
+from rlreason.trainer.critic import ValueHead, assign_gae
 from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlreason.trainer.evaluate import evaluate
 from rlreason.trainer.metrics import MetricsLogger
@@ -38,7 +39,10 @@ log = logging.getLogger(__name__)
 
 def validate(cfg: RunConfig) -> None:
     """Check every registry-backed name before anything slow starts."""
-    ADVANTAGES.get(cfg.algo.advantage, "algo.advantage")
+    if cfg.algo.advantage != "gae":  # gae needs a critic and lives in trainer/critic.py
+        if cfg.algo.advantage not in ADVANTAGES:
+            raise ConfigError(f"algo.advantage: unknown advantage estimator '{cfg.algo.advantage}'. Allowed: "
+                              f"{', '.join([*ADVANTAGES.names(), 'gae'])}.")
     POLICY_LOSSES.get(cfg.algo.policy_loss, "algo.policy_loss")
     if cfg.algo.loss_agg_mode not in LOSS_AGG_MODES:
         raise ConfigError(f"algo.loss_agg_mode: '{cfg.algo.loss_agg_mode}' is not allowed. "
@@ -119,12 +123,17 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     ref_model = None
     if cfg.algo.kl_coef > 0:
         ref_model = load_policy(model_dir, device, False).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    value_head = None
+    if cfg.algo.advantage == "gae":
+        value_head = ValueHead(model.config.hidden_size).to(device)
+    params = [*model.parameters(), *(value_head.parameters() if value_head is not None else [])]
+    optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
     warm = cfg.trainer.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     amp = torch.bfloat16 if cfg.model.dtype == "bf16" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ctx = UpdateContext(model, optimizer, scheduler, ref_model, device, amp, pad_id, cfg.rollout.temperature)
+    ctx = UpdateContext(model, optimizer, scheduler, ref_model, device, amp, pad_id, cfg.rollout.temperature,
+                        value_head)
 
     r = cfg.rollout
     engine = make_engine(r.engine, model_dir=model_dir, model=model, tokenizer=tokenizer,
@@ -152,6 +161,8 @@ def _resume(run: Run) -> None:
     state, torch_state = load_checkpoint(ckpt, model=run.ctx.model)
     run.ctx.optimizer.load_state_dict(torch_state["optimizer"])
     run.ctx.scheduler.load_state_dict(torch_state["scheduler"])
+    if run.ctx.value_head is not None:
+        run.ctx.value_head.load_state_dict(torch_state["value_head"])
     run.sampler.load_state_dict(state["sampler"])
     run.env.load_state_dict(state["env"])
     run.rubric.load_state_dict(state["rewards"])
@@ -164,7 +175,9 @@ def _resume(run: Run) -> None:
 def checkpoint(run: Run) -> None:
     save_checkpoint(run.cfg.run_dir / "checkpoints", run.step, model=run.ctx.model,
                     torch_state={"optimizer": run.ctx.optimizer.state_dict(),
-                                 "scheduler": run.ctx.scheduler.state_dict()},
+                                 "scheduler": run.ctx.scheduler.state_dict(),
+                                 **({"value_head": run.ctx.value_head.state_dict()}
+                                    if run.ctx.value_head is not None else {})},
                     state={"sampler": run.sampler.state_dict(), "env": run.env.state_dict(),
                            "rewards": run.rubric.state_dict()},
                     keep=run.cfg.trainer.keep_checkpoints)
@@ -197,10 +210,14 @@ def train_step(run: Run) -> dict[str, float]:
                 m = torch.tensor(r.response_mask, dtype=torch.float)
                 pen[r.trace_id] += float((kl_estimate(lp, ref, algo.kl_estimator) * m).sum())
             rewards = rewards - algo.kl_coef * pen
-    advantages = ADVANTAGES.get(algo.advantage)(rewards, gids, eps=algo.adv_eps)
     keep = nonzero_variance_groups(rewards, gids) if algo.dynamic_sampling else torch.ones(len(episodes), dtype=torch.bool)
-    for r in rows:
-        r.advantage = float(advantages[r.trace_id])
+    if algo.advantage == "gae":
+        assign_gae(rows, rewards.tolist(), run.ctx.model, run.ctx.value_head, run.ctx.pad_id, run.ctx.device,
+                   gamma=algo.gamma, lam=algo.lam, micro=tr.micro_batch_size)
+    else:
+        advantages = ADVANTAGES.get(algo.advantage)(rewards, gids, eps=algo.adv_eps)
+        for r in rows:
+            r.advantage = float(advantages[r.trace_id])
     kept_rows = [(i, r) for i, r in enumerate(rows) if keep[r.trace_id]]
     if ref_logprobs is not None:
         ref_logprobs = [ref_logprobs[i] for i, _ in kept_rows]

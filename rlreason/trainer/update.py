@@ -14,9 +14,10 @@ import torch
 
 from rlreason.algos.kl import kl_estimate
 from rlreason.algos.losses import POLICY_LOSSES, entropy_from_logits, logprobs_from_logits, \
-    token_weights, truncated_is_weights
+    token_weights, truncated_is_weights, value_loss
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.trainer.batch import Row, collate, response_logits
+from rlreason.trainer.critic import response_hidden
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class UpdateContext:
     amp_dtype: torch.dtype | None
     pad_id: int
     temperature: float
+    value_head: torch.nn.Module | None = None  # PPO with a critic (algo.advantage=gae)
     nonfinite_streak: int = 0
 
 
@@ -94,7 +96,11 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                 T = b.response_ids.shape[1]
                 w = weights[sl, :T].to(ctx.device)
                 with autocast(ctx):
-                    logits = response_logits(model, b, ctx.temperature)
+                    if ctx.value_head is not None:
+                        logits, hidden = response_hidden(model, b)
+                        logits = logits / ctx.temperature if ctx.temperature > 0 else logits
+                    else:
+                        logits = response_logits(model, b, ctx.temperature)
                 logprobs = logprobs_from_logits(logits, b.response_ids)
                 old = (_pad_rows([old_logprobs[i] for i in idx[sl]], T).to(ctx.device)
                        if old_logprobs is not None else logprobs.detach())
@@ -103,6 +109,11 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                 pg, m_pg = loss_fn(logprobs, old, b.advantages, b.response_mask, eps_low=algo.eps_low,
                                    eps_high=algo.eps_high, dual_clip_c=algo.dual_clip_c, is_weights=is_w)
                 loss = (pg * w).sum()
+                if ctx.value_head is not None:
+                    vl = value_loss(ctx.value_head(hidden), b.old_values, b.returns, b.response_mask,
+                                    clip=algo.value_clip)
+                    loss = loss + algo.value_coef * (vl * w).sum()
+                    _acc(sums, counts, {"value": float((vl.detach() * b.response_mask).sum() / b.response_mask.sum().clamp(min=1))})
                 if algo.kl_coef > 0 and not algo.kl_in_reward and ref_logprobs is not None:
                     ref = _pad_rows([ref_logprobs[i] for i in idx[sl]], T).to(ctx.device)
                     kl = kl_estimate(logprobs, ref, algo.kl_estimator)
@@ -140,7 +151,8 @@ def _step(ctx: UpdateContext, tr: TrainerConfig, sums: dict, counts: dict, loss:
     """Clip, check, step. A non-finite loss or gradient skips the step (weights untouched) and is
     counted; `max_nonfinite_steps` in a row stops the run with a clear error rather than training
     on garbage."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), tr.max_grad_norm)
+    params = [*ctx.model.parameters(), *(ctx.value_head.parameters() if ctx.value_head is not None else [])]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
     if not torch.isfinite(grad_norm) or not math.isfinite(loss):
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.nonfinite_streak += 1
