@@ -58,9 +58,10 @@ def benchmark_queries() -> list[str]:
     return out
 
 
-def start_server(port: int) -> subprocess.Popen:
+def start_server(port: int, workers: int) -> subprocess.Popen:
     env = dict(os.environ, RLREASON_NO_PRELOAD="1")
-    proc = subprocess.Popen([sys.executable, "-m", "rlreason.cli", "serve-search", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "rlreason.cli", "serve-search", "--port", str(port),
+                             "--workers", str(workers)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -125,6 +126,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--queries", type=int, default=200, help="requests per client")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (serve-search --workers)")
     ap.add_argument("--brute-force-queries", type=int, default=30)
     ap.add_argument("--target-p50-ms", type=float, default=20.0)
     ap.add_argument("--deadline-s", type=float, default=300.0, help="stop sending after this long")
@@ -138,7 +140,7 @@ def main() -> int:
 
     qs = benchmark_queries()
     port = free_port()
-    proc = start_server(port)
+    proc = start_server(port, a.workers)
     url = f"http://127.0.0.1:{port}/retrieve"
     deadline = time.monotonic() + a.deadline_s
     try:
@@ -158,14 +160,15 @@ def main() -> int:
     bm25s_s = (time.perf_counter() - t0) / len(bq)
     brute_s = brute_force(passages, bq)
 
-    res = {"corpus_passages": len(passages), "concurrent": concurrent, "sequential_1_client": sequential,
+    res = {"corpus_passages": len(passages), "server_workers": a.workers,
+           "concurrent": concurrent, "sequential_1_client": sequential,
            "throughput_ratio_concurrent_vs_sequential": concurrent["throughput_qps"] / sequential["throughput_qps"],
            "in_process_ms_per_query": {"bm25s": 1000 * bm25s_s, "brute_force_python": 1000 * brute_s},
            "speedup_bm25s_vs_brute_force": brute_s / bm25s_s,
            "target_p50_ms": a.target_p50_ms, "p50_within_target": concurrent["p50_ms"] <= a.target_p50_ms}
     print(json.dumps(res, indent=1))
     c, s = concurrent, sequential
-    print(f"\n{a.clients} clients x {a.queries}: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, "
+    print(f"\nserver workers {a.workers}; {a.clients} clients x {a.queries}: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, "
           f"{c['throughput_qps']:.0f} req/s, errors {c['errors']}  "
           f"(target p50 <= {a.target_p50_ms:g} ms: {'met' if res['p50_within_target'] else 'MISSED'})")
     print(f"1 client sequential: p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, {s['throughput_qps']:.0f} req/s "

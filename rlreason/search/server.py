@@ -18,8 +18,9 @@ fastapi/uvicorn are imported when a server is built, so `rlreason --help` stays 
 import argparse
 import json
 import logging
+import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,22 @@ def create_app(index: Any, limits: Limits = Limits(), corpus: str = "") -> Any:
     return app
 
 
+WORKER_ENV = "_RLREASON_SEARCH_SERVE"  # how `serve(workers > 1)` hands its settings to worker processes
+
+
+def app_from_env() -> Any:
+    """uvicorn factory for worker processes: each loads the (already built) index from the cache."""
+    from pathlib import Path
+
+    from rlreason.search.index import load_index
+    cfg = json.loads(os.environ[WORKER_ENV])
+    return create_app(load_index(cfg["index"], Path(cfg["corpus"])), Limits(**cfg["limits"]), cfg["corpus"])
+
+
 def serve(corpus: str | None = None, *, index: str = "bm25", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          limits: Limits = Limits(), log_level: str = "warning") -> None:
-    """Load (building once if needed) the index of `corpus` and serve it until interrupted."""
+          limits: Limits = Limits(), log_level: str = "warning", workers: int = 1) -> None:
+    """Load (building once if needed) the index of `corpus` and serve it until interrupted. `workers` > 1
+    runs that many server processes on the port (one event loop each, the index loaded in each)."""
     import uvicorn
 
     from rlreason.search.corpus import resolve_corpus
@@ -118,10 +132,15 @@ def serve(corpus: str | None = None, *, index: str = "bm25", host: str = "127.0.
     idx = load_index(index, path)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serve-search is binding %s: the index is then reachable from other machines", host)
-    app = create_app(idx, limits, str(path))
     print(f"serve-search: {idx.kind} index of {len(idx.passages)} passages from {path} "
-          f"on http://{host}:{port}/retrieve", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+          f"on http://{host}:{port}/retrieve ({workers} worker{'s' if workers > 1 else ''})", flush=True)
+    if workers > 1:
+        os.environ[WORKER_ENV] = json.dumps({"index": index, "corpus": str(path), "limits": asdict(limits)})
+        uvicorn.run("rlreason.search.server:app_from_env", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, access_log=False)
+    else:
+        uvicorn.run(create_app(idx, limits, str(path)), host=host, port=port, log_level=log_level,
+                    access_log=False)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -134,12 +153,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(Limits):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, dest=f.name,
                        help=f"default {f.default}")
+    p.add_argument("--workers", type=int, default=1, help="server processes (each holds the index)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def cli(a: argparse.Namespace) -> int:
     limits = Limits(**{f.name: getattr(a, f.name) for f in fields(Limits)})
-    serve(a.corpus, index=a.index, host=a.host, port=a.port, limits=limits, log_level=a.log_level)
+    serve(a.corpus, index=a.index, host=a.host, port=a.port, limits=limits, log_level=a.log_level,
+          workers=a.workers)
     return 0
 
 

@@ -5,6 +5,38 @@
 In any other environment (the main .venv has no verl) this directory is not collected; the main
 suite's tests/test_verl_bridge.py runs it in .venv-verl instead."""
 
-import importlib.util
+from __future__ import annotations
 
-collect_ignore_glob = [] if importlib.util.find_spec("verl") is not None else ["test_*.py"]
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.find_spec("verl")
+# origin None = a namespace package (this very tests/verl directory seen through sys.path), not verl.
+HAVE_VERL = _spec is not None and _spec.origin is not None
+collect_ignore_glob = [] if HAVE_VERL else ["test_*.py"]
+
+
+def verl_config_dir() -> Path:
+    import verl
+    return Path(verl.__file__).parent / "trainer" / "config"
+
+
+def compose_verl(overrides: list[str]):
+    """verl's own ppo_trainer.yaml composed with `overrides` through Hydra's compose API."""
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(verl_config_dir()), version_base=None):
+        return compose(config_name="ppo_trainer", overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> str:
+    """tiny-random from rlreason's cache (built by scripts/setup.sh in the main venv); if absent or if this
+    transformers cannot load it, built here by the same function."""
+    from transformers import AutoModelForCausalLM
+
+    from rlreason.models import resolve_model
+    path = resolve_model("tiny-random", dtype="fp32")
+    AutoModelForCausalLM.from_pretrained(path)  # raises if the cached files do not load under this version
+    return path
