@@ -2,3 +2,4 @@
 
 from environments import longcot, markovian, single_turn  # noqa: F401
 from environments import pay_per_search  # noqa: F401  (issue 4: MASH search environment)
+from environments import curriculum_ei  # noqa: F401  (issue 5: Auto-CEI)

@@ -20,6 +20,7 @@ ends as truncated). A failed search (server down, slow, bad answer; see rlreason
 <warning>SEARCH FAILED</warning> message, counts in `tool_errors`, and the episode goes on.
 `searches` counts every search action, including those refused at the limit and empty queries (MASH
 counts them the same way); the search-cost reward reads it. Prompt formatting is SingleTurn's.
+Set rollout.max_model_len >= prompt tokens + max_response_tokens: the engine refuses a longer context.
 """
 
 from __future__ import annotations

@@ -104,6 +104,23 @@ class LoggingConfig:
 
 
 @dataclass
+class ExpertIterationConfig:
+    """algorithm=expert_iteration (Auto-CEI, arXiv 2410.07627; rlreason/trainer/expert_iteration.py). It also
+    reads trainer.lr / weight_decay / warmup_steps / micro_batch_size / max_grad_norm / max_nonfinite_steps /
+    checkpoint_every (in rounds) / keep_checkpoints, rollout.* for sampling and eval.* for the held-out
+    measurement; the curriculum (lam, step, stage rule) is the environment's (env.args of curriculum_ei)."""
+
+    rounds: int = 30  # expert-iteration rounds at most (the curriculum's stop rule can end the run sooner)
+    questions_per_round: int = 0  # training questions sampled per round; 0 = the whole training set (paper)
+    samples_per_question: int = 16  # N answers per question (paper: 16, at rollout.temperature 1.0)
+    resample_temperature: float | None = None  # T in exp(R / T); null = the initial model's precision (paper)
+    resample_factor: float = 1.0  # weighted draws per original answer, added to the originals
+    batch_size: int = 16  # fine-tuning rows per optimizer step (split into trainer.micro_batch_size)
+    lora_rank: int = 0  # 0 = full fine-tuning; > 0 = LoRA of this rank on every linear layer (paper: 128)
+    lora_alpha: float | None = None  # LoRA scale is alpha / rank; null = 2 x lora_rank
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/${name}"
@@ -118,6 +135,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ei: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)  # algorithm=expert_iteration
 
     @property
     def run_dir(self) -> Path:

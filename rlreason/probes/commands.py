@@ -208,8 +208,7 @@ def cmd_score(a: argparse.Namespace) -> int:
     write_jsonl(rows, a.out)
     stats = cliff_stats(rows)
     _write_json(stats, Path(a.out).with_name("cliff_stats.json"))
-    plot_cliff(rows, a.plot, f"SmolLM2 refusal probe, layer {meta['layer']}" if "smollm2" in meta["model"]
-               else f"refusal probe, layer {meta['layer']}")
+    plot_cliff(rows, a.plot, f"{meta['model']}: probe at layer {meta['layer']} ({meta.get('label', 'refusal')} labels)")
     tokens = sum(len(t["ids"]) for t in traces)
     print(f"scored {tokens} positions of {len(traces)} traces in {dt:.1f} s ({tokens / dt:.0f} tok/s)")
     for g, s in stats.items():

@@ -1,0 +1,214 @@
+"""Auto-CEI's environment (arXiv 2410.07627): single-turn reasoning where "I don't know" is an allowed
+answer, and the curriculum that decides how much trying a refusal must show.
+
+Episode: the prompt teaches `\\boxed{I don't know}`; the response is judged once (`rewards.idk.judge`)
+into `episode.metrics` (correct, refused, answered, steps, and the sums the curriculum's means need), and
+the c1, c2 in force are stamped into `episode.info`; the `idk` reward turns those into R (one source of
+truth: the curriculum state lives here only).
+
+Curriculum, advanced by `on_step_end(stats)` with the batch means `env/curriculum_ei/<metric>` (the GRPO
+trainer calls it after every step, the expert-iteration trainer after its initial measurement and after
+every round):
+
+    first call        initialise from the initial model's refusals, d_i = steps before refusal i:
+                        step = min(0.2 std(d), 0.5),  c1 = mean(d) + step,  c2 = -ln(0.1) / (4 std(d))
+                      An initial model that never refuses: mean and std of the steps of all its responses
+                      (a refusal then has to show the effort a typical answer shows). std is floored at
+                      `min_std` (one refusal, or all at the same d, would give c2 = inf). c1 / c2 / step
+                      given in env.args are kept as given.
+    every later call  one round of the current stage. The stage ends when precision and refusal rate
+                      moved less than `stop_threshold` since the stage's previous round, or after
+                      `max_rounds_per_stage` rounds (so a stage trains at least 2 rounds unless that is 1):
+                        f = (1 - lam) precision + lam (1 - refusal rate)
+                        c1' = c1 + step if f > f of the previous stage (the initial model's for stage 1)
+                              else c1 - step
+                        c1' was already tried and scored lower than f -> done, c1 stays
+                        otherwise c1 <- c1'
+precision = correct / answered (0 when nothing was answered), refusal rate = refusals / all.
+After `done` the curriculum no longer moves (the expert-iteration trainer stops).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+from environments.single_turn import SingleTurn
+from rewards.idk import DEFAULT_PHRASES, STEP_COUNTERS, VERIFIERS, judge, phrase_pattern
+from rlreason.registry import ConfigError, register_environment
+from rlreason.types import Episode, Policy
+
+IDK_TEMPLATE = ("{question}\nReason step by step, one step per line, and put the final answer in \\boxed{{}}. "
+                "If you cannot solve it, answer \\boxed{{I don't know}}.")
+
+
+def outcome_stats(means: dict[str, float], lam: float) -> dict[str, float]:
+    """Batch means of the episode metrics -> the quantities Auto-CEI reports and climbs on."""
+    acc, ref = means["correct"], means["refused"]
+    answered = 1.0 - ref
+    precision = acc / answered if answered > 0 else 0.0
+    return {"accuracy": acc, "precision": precision, "refusal_rate": ref,
+            "f": (1.0 - lam) * precision + lam * (1.0 - ref),
+            "steps_before_refusal": means["refusal_steps"] / ref if ref > 0 else math.nan}
+
+
+def _mean_std(s: float, s2: float, n: float) -> tuple[float, float]:
+    """Mean and std from the means of x, x^2 over a share n of the batch."""
+    mean = s / n
+    return mean, math.sqrt(max(s2 / n - mean * mean, 0.0))
+
+
+@dataclass
+class Curriculum:
+    """Hill climbing on c1 (see the module doc). Settings first, then the state `state_dict` saves."""
+
+    lam: float = 0.2
+    stop_threshold: float = 0.003
+    max_rounds_per_stage: int = 3
+    min_std: float = 1.0
+    c1: float | None = None
+    c2: float | None = None
+    step: float | None = None
+    started: bool = False
+    stage: int = 0
+    rounds: int = 0  # rounds run in the current stage
+    last: list[float] | None = None  # [precision, refusal rate] of the stage's previous round
+    f_prev: float | None = None  # f at the end of the previous stage (initially: the initial model's)
+    tried: dict[str, float] = field(default_factory=dict)  # c1 (6 decimals) -> f at the end of its stage
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row at the start and per stage end
+    done: bool = False
+
+    SETTINGS = ("lam", "stop_threshold", "max_rounds_per_stage", "min_std")
+
+    def initialise(self, means: dict[str, float], out: dict[str, float]) -> None:
+        ref = means["refused"]
+        if ref > 0:
+            mean, std = _mean_std(means["refusal_steps"], means["refusal_steps_sq"], ref)
+        else:  # the initial model never refuses: use the effort of all its responses
+            mean, std = _mean_std(means["steps"], means["steps_sq"], 1.0)
+        std = max(std, self.min_std)
+        if self.step is None:
+            self.step = min(0.2 * std, 0.5)
+        if self.c1 is None:
+            self.c1 = mean + self.step
+        if self.c2 is None:
+            self.c2 = -math.log(0.1) / (4.0 * std)
+        self.started, self.f_prev = True, out["f"]
+        self._record("init", out)
+
+    def update(self, means: dict[str, float], out: dict[str, float]) -> str:
+        """Advance by one round's stats; returns what happened (init, round, stage_end, done)."""
+        if not self.started:
+            self.initialise(means, out)
+            return "init"
+        if self.done:
+            return "done"
+        self.rounds += 1
+        p, r = out["precision"], out["refusal_rate"]
+        settled = self.last is not None and abs(p - self.last[0]) < self.stop_threshold \
+            and abs(r - self.last[1]) < self.stop_threshold
+        self.last = [p, r]
+        if not settled and self.rounds < self.max_rounds_per_stage:
+            return "round"
+        f = out["f"]
+        self.tried[_key(self.c1)] = f
+        nxt = self.c1 + self.step if f > self.f_prev else self.c1 - self.step
+        self.f_prev, self.stage, self.rounds, self.last = f, self.stage + 1, 0, None
+        if self.tried.get(_key(nxt), math.inf) < f:
+            self.done = True
+        else:
+            self.c1 = nxt
+        self._record("done" if self.done else "stage_end", out)
+        return "done" if self.done else "stage_end"
+
+    def _record(self, event: str, out: dict[str, float]) -> None:
+        self.history.append({"event": event, "stage": self.stage, "c1": self.c1, "c2": self.c2,
+                             **{k: out[k] for k in ("precision", "refusal_rate", "f")}})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in self.SETTINGS}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        names = {f.name for f in fields(self)} - set(self.SETTINGS)
+        if set(state) != names:
+            raise ValueError(f"curriculum state has keys {sorted(state)}, expected {sorted(names)}")
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def _key(c1: float) -> str:
+    return f"{c1:.6f}"
+
+
+@register_environment("curriculum_ei")
+class CurriculumEI(SingleTurn):
+    """SingleTurn whose answers may be "I don't know", judged for the `idk` reward; owns the curriculum.
+
+    `steps`: step counter (lines | sentences); `refusal_phrases`: what counts as a refusal; `verifier`:
+    math | reasoning_gym; `c1`, `c2`, `step`: null = from the initial model; `lam`, `stop_threshold`,
+    `max_rounds_per_stage`, `min_std`: the curriculum (module doc)."""
+
+    # Set here: the registry names a class only when it has no `name`, and SingleTurn's would be inherited
+    # (metrics would land under env/single_turn/).
+    name: ClassVar[str] = "curriculum_ei"
+
+    def __init__(self, tokenizer, *, template: str = IDK_TEMPLATE, style: str = "chat",
+                 system_prompt: str | None = None, max_tokens: int = 512, stop: list[str] | None = None,
+                 transcript_prefix: str = "", steps: str = "lines",
+                 refusal_phrases: list[str] | None = None, verifier: str = "math", c1: float | None = None,
+                 c2: float | None = None, step: float | None = None, lam: float = 0.2,
+                 stop_threshold: float = 0.003, max_rounds_per_stage: int = 3, min_std: float = 1.0) -> None:
+        super().__init__(tokenizer, template=template, style=style, system_prompt=system_prompt,
+                         max_tokens=max_tokens, stop=stop, transcript_prefix=transcript_prefix)
+        STEP_COUNTERS.get(steps, "env.args.steps")
+        if verifier not in VERIFIERS:
+            raise ConfigError(f"env.args.verifier: '{verifier}' is not allowed. Allowed: {', '.join(VERIFIERS)}.")
+        if not 0.0 <= lam <= 1.0:
+            raise ConfigError(f"env.args.lam: must be in [0, 1], got {lam}.")
+        if max_rounds_per_stage < 1 or min_std <= 0:
+            raise ConfigError("env.args.max_rounds_per_stage must be >= 1 and env.args.min_std > 0.")
+        self.steps, self.verifier = steps, verifier
+        self.phrases = tuple(refusal_phrases) if refusal_phrases is not None else DEFAULT_PHRASES
+        phrase_pattern(self.phrases)  # an empty list fails here, before the run
+        self.curriculum = Curriculum(lam=lam, stop_threshold=stop_threshold, max_rounds_per_stage=max_rounds_per_stage,
+                                     min_std=min_std, c1=c1, c2=c2, step=step)
+
+    def judge(self, completion: str, example: dict) -> Any:
+        """The verdict on one response (a subclass may judge differently; tests script it)."""
+        return judge(completion, example, steps=self.steps, phrases=self.phrases, verifier=self.verifier)
+
+    async def rollout(self, example: dict, policy: Policy) -> Episode:
+        ep = await super().rollout(example, policy)
+        j = self.judge(ep.transcript, example)
+        ep.metrics.update(j.metrics())
+        ep.info.update(c1=self.curriculum.c1, c2=self.curriculum.c2, judgement=j.reason)
+        return ep
+
+    def summarize(self, means: dict[str, float]) -> dict[str, float]:
+        """accuracy, precision, refusal_rate, f, steps_before_refusal of a batch's metric means."""
+        return outcome_stats(means, self.curriculum.lam)
+
+    def on_step_end(self, stats: dict[str, float]) -> None:
+        """Advance the curriculum by one step/round and add its quantities to `stats` under the same
+        prefix (the trainers log that dict): the outcome stats above plus c1, c2, stage, done."""
+        prefix = f"env/{self.name}/"
+        means = {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
+        if "refused" not in means:
+            return
+        out = self.summarize(means)
+        self.curriculum.update(means, out)
+        c = self.curriculum
+        stats.update({prefix + k: v for k, v in out.items()})
+        stats.update({prefix + "c1": c.c1, prefix + "c2": c.c2, prefix + "stage": float(c.stage),
+                      prefix + "done": float(c.done)})
+
+    @property
+    def done(self) -> bool:
+        return self.curriculum.done
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curriculum": self.curriculum.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.curriculum.load_state_dict(state["curriculum"])

@@ -1,0 +1,183 @@
+"""The curriculum_ei environment: the verdict and c1/c2 it writes into episodes, initialisation from the
+initial model's refusals, the hill-climbing moves and stop rule, and its state across a resume."""
+
+import asyncio
+import json
+import math
+
+import pytest
+
+from environments.curriculum_ei import Curriculum, CurriculumEI
+from rewards.idk import Judgement
+from rlreason.registry import ConfigError, build_environment
+from rlreason.types import Completion
+
+P = "env/curriculum_ei/"
+
+
+class _Tok:
+    """Enough tokenizer for the environment: one id per character."""
+    bos_token_id = None
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+def make_env(**args):
+    return build_environment("curriculum_ei", _Tok(), {"style": "raw", "template": "Q: {question}\nA:", **args})
+
+
+def stats_of(judgements):
+    """What a trainer hands to on_step_end: the batch means of the episodes' metrics."""
+    rows = [j.metrics() for j in judgements]
+    return {P + k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def J(kind, d=0):
+    return Judgement(kind == "c", kind == "r", d, kind)
+
+
+def test_rollout_writes_the_verdict_and_stamps_c1_c2():
+    class Scripted:
+        def __init__(self, text):
+            self.text = text
+
+        async def generate(self, prompt_ids, *, max_tokens, stop=None):
+            ids = [ord(c) for c in self.text]
+            return Completion(ids, [0.0] * len(ids), "stop", self.text)
+
+    env = make_env(c1=1.5, c2=0.7)
+    ep = asyncio.run(env.rollout({"question": "9 * 13", "answer": "117"},
+                                 Scripted(" 9 * 13 is hard.\nToo hard.\n\\boxed{I don't know}")))
+    assert ep.metrics["refused"] == 1.0 and ep.metrics["steps"] == 2.0 and ep.metrics["correct"] == 0.0
+    assert (ep.info["c1"], ep.info["c2"]) == (1.5, 0.7)
+    ep = asyncio.run(env.rollout({"question": "2 + 3", "answer": "5"}, Scripted(" 2 + 3 = 5\n\\boxed{5}")))
+    assert ep.metrics["correct"] == 1.0 and ep.metrics["answered"] == 1.0
+    assert make_env().curriculum.c1 is None  # auto: unset until the first on_step_end
+
+
+def test_initialises_c1_c2_from_the_initial_models_refusals():
+    env = make_env()
+    # refusals after d = 0, 4, 2, 6 steps (plus answers, which must not enter the refusal statistics):
+    # mean 3, var = (9 + 1 + 1 + 9) / 4 = 5, std = 2.2361; step = min(0.2 * 2.2361, 0.5) = 0.44721;
+    # c1 = 3 + 0.44721 = 3.44721; c2 = -ln 0.1 / (4 * 2.2361) = 2.302585 / 8.94427 = 0.257436
+    stats = stats_of([J("r", 0), J("r", 4), J("r", 2), J("r", 6), J("c", 9), J("w", 1), J("w", 1), J("c", 3)])
+    env.on_step_end(stats)
+    c = env.curriculum
+    assert c.step == pytest.approx(0.447214, abs=1e-6)
+    assert c.c1 == pytest.approx(3.447214, abs=1e-6)
+    assert c.c2 == pytest.approx(0.257436, abs=1e-6)
+    # the stats gain the curriculum's quantities: precision = 2 correct / 4 answered, refusal rate 4 / 8,
+    # f = 0.8 * 0.5 + 0.2 * 0.5 = 0.5
+    assert stats[P + "precision"] == 0.5 and stats[P + "refusal_rate"] == 0.5 and stats[P + "f"] == 0.5
+    assert stats[P + "steps_before_refusal"] == 3.0 and stats[P + "c1"] == c.c1 and c.f_prev == 0.5
+
+
+def test_initialisation_fallbacks():
+    # never refuses: the steps of all responses (mean 2, std 0 -> min_std 1): step 0.2, c1 2.2,
+    # c2 = 2.302585 / 4 = 0.575646
+    env = make_env()
+    env.on_step_end(stats_of([J("c", 2), J("w", 2), J("w", 2)]))
+    c = env.curriculum
+    assert (c.step, c.c1, c.c2) == (pytest.approx(0.2), pytest.approx(2.2), pytest.approx(0.575646, abs=1e-6))
+    # one refusal (std 0): floored at min_std = 0.5 -> step 0.1, c1 = 3.1, c2 = 2.302585 / 2 = 1.151293
+    env = make_env(min_std=0.5)
+    env.on_step_end(stats_of([J("r", 3), J("w", 1)]))
+    c = env.curriculum
+    assert (c.step, c.c1, c.c2) == (pytest.approx(0.1), pytest.approx(3.1), pytest.approx(1.151293, abs=1e-6))
+    # values given in env.args are kept
+    env = make_env(c1=5.0, c2=2.0, step=1.0)
+    env.on_step_end(stats_of([J("r", 0), J("r", 4)]))
+    assert (env.curriculum.c1, env.curriculum.c2, env.curriculum.step) == (5.0, 2.0, 1.0)
+
+
+def out(precision, refusal, lam=0.2):
+    return {"precision": precision, "refusal_rate": refusal, "f": (1 - lam) * precision + lam * (1 - refusal)}
+
+
+MEANS = {"refused": 0.5, "refusal_steps": 1.0, "refusal_steps_sq": 2.5, "steps": 0, "steps_sq": 0}
+
+
+def run_stage(c, precisions, refusal=0.5):
+    return [c.update(MEANS, out(p, refusal)) for p in precisions]
+
+
+def test_hill_climbing_moves_and_stop_rule():
+    c = Curriculum(c1=2.0, c2=1.0, step=0.5)
+    assert c.update(MEANS, out(0.40, 0.5)) == "init"  # f_init = 0.8 * 0.4 + 0.1 = 0.42
+    # stage 1 at c1 = 2.0: precision moves every round -> ends after max_rounds_per_stage = 3 rounds;
+    # f = 0.8 * 0.6 + 0.1 = 0.58 > 0.42 improved -> c1 += step
+    assert run_stage(c, [0.50, 0.55, 0.60]) == ["round", "round", "stage_end"]
+    assert c.c1 == 2.5 and c.stage == 1
+    # stage 2 at 2.5: f = 0.8 * 0.5 + 0.1 = 0.50 < 0.58 worse -> c1 -= step (back to 2.0, tried with
+    # 0.58, which is not lower than 0.50: no stop)
+    assert run_stage(c, [0.52, 0.56, 0.50])[-1] == "stage_end"
+    assert c.c1 == 2.0 and not c.done
+    # stage 3 at 2.0: f = 0.8 * 0.55 + 0.1 = 0.54 > 0.50 improved -> c1 + step = 2.5 was tried and
+    # scored 0.50 < 0.54 -> stop, c1 stays 2.0
+    assert run_stage(c, [0.60, 0.50, 0.55])[-1] == "done"
+    assert c.done and c.c1 == 2.0 and c.stage == 3
+    assert c.update(MEANS, out(0.9, 0.1)) == "done" and c.c1 == 2.0  # no more moves
+    assert [h["c1"] for h in c.history] == [2.0, 2.5, 2.0, 2.0]
+    assert c.tried == {"2.000000": pytest.approx(0.54), "2.500000": pytest.approx(0.50)}
+
+
+def test_worse_from_the_start_moves_down():
+    c = Curriculum(c1=2.0, c2=1.0, step=0.5)
+    c.update(MEANS, out(0.60, 0.5))  # f_init = 0.58
+    run_stage(c, [0.1, 0.3, 0.5])  # f = 0.5 < 0.58 -> c1 -= step
+    assert c.c1 == 1.5 and not c.done
+
+
+def test_stage_ends_early_when_precision_and_refusal_rate_settle():
+    c = Curriculum(c1=2.0, c2=1.0, step=0.5, max_rounds_per_stage=5)
+    c.update(MEANS, out(0.4, 0.5))
+    # moves of 0.002 < 0.003 in both: settled at the stage's 2nd round (the 1st has nothing to compare)
+    assert [c.update(MEANS, out(p, r)) for p, r in [(0.500, 0.300), (0.502, 0.298)]] == ["round", "stage_end"]
+    # a move of 0.004 in the refusal rate alone keeps the stage going
+    assert [c.update(MEANS, out(p, r)) for p, r in [(0.5, 0.3), (0.5, 0.304), (0.5, 0.305)]] == \
+        ["round", "round", "stage_end"]
+
+
+def test_state_dict_round_trip_continues_identically():
+    a = make_env()
+    a.on_step_end(stats_of([J("r", 1), J("r", 3), J("c", 2), J("w", 2)]))
+    batches = [[J("r", 2), J("c", 2), J("c", 1), J("w", 1)], [J("r", 3), J("c", 2), J("w", 1), J("w", 1)],
+               [J("c", 2), J("c", 2), J("r", 1), J("w", 1)], [J("r", 4), J("c", 2), J("r", 1), J("w", 1)]]
+    for b in batches[:2]:
+        a.on_step_end(stats_of(b))
+    state = json.loads(json.dumps(a.state_dict()))  # what a checkpoint stores
+    b = make_env()
+    b.load_state_dict(state)
+    assert b.state_dict() == a.state_dict()
+    for batch in batches[2:]:
+        sa, sb = stats_of(batch), stats_of(batch)
+        a.on_step_end(sa)
+        b.on_step_end(sb)
+        assert sa == sb
+    assert a.state_dict() == b.state_dict() and a.curriculum.stage == 1
+    assert make_env().state_dict() != a.state_dict()
+    with pytest.raises(ValueError, match="curriculum state"):
+        make_env().load_state_dict({"curriculum": {"c1": 1.0}})
+
+
+def test_nothing_answered_gives_precision_zero_and_f_from_refusals():
+    env = make_env()
+    stats = stats_of([J("r", 1), J("r", 2)])
+    env.on_step_end(stats)
+    assert stats[P + "precision"] == 0.0 and stats[P + "f"] == 0.0 and stats[P + "refusal_rate"] == 1.0
+    assert math.isnan(env.summarize({"correct": 0.0, "refused": 0.0, "refusal_steps": 0.0})["steps_before_refusal"])
+
+
+def test_bad_arguments_name_the_key():
+    with pytest.raises(ConfigError, match="env.args.steps.*Allowed: .*lines"):
+        make_env(steps="words")
+    with pytest.raises(ConfigError, match="env.args.verifier"):
+        make_env(verifier="exact")
+    with pytest.raises(ConfigError, match="env.args.lam"):
+        make_env(lam=1.5)
+    with pytest.raises(ConfigError, match="refusal_phrases"):
+        make_env(refusal_phrases=[])
