@@ -99,7 +99,7 @@ def summarize(history: list[dict[str, Any]], reward_key: str = "reward/total", w
         lines.append(f"{k}: first-{w} mean {first:.3f} -> last-{w} mean {last:.3f} ({last - first:+.3f})")
     evals = [h for h in history if any(k.startswith("eval/") for k in h)]
     if evals:
-        ek = sorted(k for k in evals[-1] if k.startswith("eval/"))
+        ek = sorted(k for k in evals[-1] if k.startswith("eval/") and ("@" in k or k.endswith("reward")))
         lines.append("eval first -> last: " + ", ".join(
             f"{k} {evals[0].get(k, float('nan')):.3f} -> {evals[-1][k]:.3f}" for k in ek))
     t = [h["time/step"] for h in rows if "time/step" in h]
