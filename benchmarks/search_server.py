@@ -168,7 +168,8 @@ def main() -> int:
            "target_p50_ms": a.target_p50_ms, "p50_within_target": concurrent["p50_ms"] <= a.target_p50_ms}
     print(json.dumps(res, indent=1))
     c, s = concurrent, sequential
-    print(f"\nserver workers {a.workers}; {a.clients} clients x {a.queries}: p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, "
+    print(f"\nserver workers {a.workers}; {a.clients} clients x {a.queries}: "
+          f"p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, "
           f"{c['throughput_qps']:.0f} req/s, errors {c['errors']}  "
           f"(target p50 <= {a.target_p50_ms:g} ms: {'met' if res['p50_within_target'] else 'MISSED'})")
     print(f"1 client sequential: p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, {s['throughput_qps']:.0f} req/s "

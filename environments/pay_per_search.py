@@ -82,6 +82,8 @@ def format_documents(docs: list[Document], max_words: int | None = None) -> str:
 class PayPerSearch(SingleTurn):
     """Multi-turn search QA with a per-search cost (the cost itself is the `search_cost` reward)."""
 
+    name = "pay_per_search"  # explicit: register() keeps an inherited name (SingleTurn's) otherwise
+
     def __init__(self, tokenizer, *, server_url: str = DEFAULT_URL, topk: int = 3, max_searches: int = 5,
                  search_enabled: bool = True, max_turn_tokens: int = 512, max_response_tokens: int = 4096,
                  max_turns: int | None = None, max_doc_words: int | None = None, timeout_s: float = 5.0,
@@ -89,8 +91,8 @@ class PayPerSearch(SingleTurn):
                  system_prompt: str | None = None) -> None:
         super().__init__(tokenizer, template=template, style=style, system_prompt=system_prompt,
                          max_tokens=max_turn_tokens, stop=STOP)
-        for key, v, lo in (("topk", topk, 1), ("max_searches", max_searches, 0), ("max_turn_tokens", max_turn_tokens, 1),
-                           ("max_response_tokens", max_response_tokens, 1)):
+        for key, v, lo in (("topk", topk, 1), ("max_searches", max_searches, 0),
+                           ("max_turn_tokens", max_turn_tokens, 1), ("max_response_tokens", max_response_tokens, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"env.args.{key}: must be an integer >= {lo}, got {v!r}.")
         self.max_searches, self.search_enabled = max_searches, search_enabled

@@ -144,10 +144,21 @@ def _cmd_data_export(a: argparse.Namespace) -> int:
     if a.format != "verl" or not a.out:
         raise SystemExit("rlreason data export --format verl --out FILE.parquet [--config CFG] SPEC...")
     cfg = load_config(a.config) if a.config else None
-    spec = parse_overrides(a.spec[1:]) if a.spec[1:] else (cfg.data.train if cfg else None)
-    if not spec:
+    if a.spec[1:]:
+        ds = build_dataset(parse_overrides(a.spec[1:]), key="data")
+    elif cfg is not None:  # the config's own train / eval split, made exactly as the local trainer makes it
+        from rlreason.data import train_test_split
+        ds, held_out = build_dataset(cfg.data.train, key="data.train"), None
+        if cfg.data.eval is not None:
+            held_out = build_dataset(cfg.data.eval, key="data.eval")
+        elif cfg.data.eval_size > 0:
+            ds, held_out = train_test_split(ds, test_size=cfg.data.eval_size, seed=cfg.seed)
+        if a.split == "eval":
+            if held_out is None:
+                raise SystemExit("rlreason data export --split eval: the config has no eval data (data.eval_size 0)")
+            ds = held_out
+    else:
         raise SystemExit("rlreason data export: give a builder spec (key=value ...) or --config")
-    ds = build_dataset(spec, key="data")
     env_name, env_args = (cfg.env.name, cfg.env.args) if cfg else ("single_turn", {})
     path = export_verl_parquet(ds, a.out, env_name=env_name, env_args=env_args, split=a.split)
     print(f"wrote {len(ds)} verl rows to {path}")
@@ -233,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--format", choices=["jsonl", "verl"], default="jsonl",
                    help="with `export`: verl = verl's parquet (prompt, data_source, reward_model, extra_info, agent_name)")
     d.add_argument("--config", help="with `export`: run config whose env renders prompts / names the agent loop")
-    d.add_argument("--split", default="train", help="with `export`: recorded in extra_info.split")
+    d.add_argument("--split", choices=["train", "eval"], default="train",
+                   help="with `export --config`: the config's train rows or its held-out eval rows")
     d.set_defaults(fn=cmd_data)
 
     v = sub.add_parser("verl-config", help="print/write the verl main_ppo overrides for a config (multi-GPU)",

@@ -37,7 +37,8 @@ class Registry(Generic[T]):
             if key in self._items and self._items[key] is not obj:
                 raise ValueError(f"{self.kind} '{key}' is already registered ({self._items[key]!r})")
             self._items[key] = obj
-            if inspect.isclass(obj) and not getattr(obj, "name", None):
+            # A subclass inherits its parent's `name`; it must log and resolve under its own key.
+            if inspect.isclass(obj) and not obj.__dict__.get("name"):
                 obj.name = key  # type: ignore[attr-defined]
             return obj
         return deco

@@ -74,3 +74,9 @@ def test_env_args_checked():
         build_environment("single_turn", None, {"max_token": 3})
     with pytest.raises(ConfigError, match="env.name: unknown environment 'singleturn'"):
         build_environment("singleturn", None, {})
+
+
+def test_registered_subclass_gets_its_own_name():
+    from environments.markovian import MarkovianThinking
+    from environments.single_turn import SingleTurn
+    assert SingleTurn.name == "single_turn" and MarkovianThinking.name == "markovian"

@@ -125,7 +125,8 @@ def test_search_then_answer_masks_and_context(tok, server):
     assert (m1, n1, m0, m2, n2) == (1, len(turn1), 0, 1, len(turn2))
     injected = s.response_ids[n1:n1 + n0]
     docs = tok.decode(injected)
-    assert docs.startswith("\n<document>\n(Title: Tokyo) Tokyo is the capital of Japan") and docs.count("<document>") == 2  # only 2 passages match
+    assert docs.startswith("\n<document>\n(Title: Tokyo) Tokyo is the capital of Japan")
+    assert docs.count("<document>") == 2  # only 2 of the passages match the query
     assert s.response_logprobs == [-0.5] * n1 + [0.0] * n0 + [-0.5] * n2
     # the second call sees prompt + generated + injected, token for token
     assert p.calls[1][0] == s.prompt_ids + s.response_ids[:n1 + n0]
@@ -289,3 +290,12 @@ def test_abstention_eval_hand_computed(tok, server):
     # answerability from the with-tool samples instead: both questions always answerable
     out = abstention_eval(FakeEngine(tok), {"server_url": server}, tok, examples, k=2, answerability="tool")
     assert out["abstention/n_always"] == 2 and out["abstention/abs_always"] == 0.5
+
+
+def test_undefined_rates_are_null_and_env_is_named(tok, server):
+    # every question closed-book-unanswerable -> no always-answerable question: abs_always is undefined
+    out = abstention_eval(FakeEngine(tok), {"server_url": server}, tok, [dict(EX, question="How high?",
+                                                                                answer="8,849 m")], k=1)
+    assert out["abstention/abs_always"] is None and out["abstention/delta"] is None
+    assert out["abstention/abs_never"] == 1.0
+    assert env(tok).name == "pay_per_search"  # metrics are logged as env/pay_per_search/...

@@ -17,7 +17,8 @@ Q = {"id": "q1", "question": "Where is the Eiffel Tower?", "answer": "Paris", "d
 
 
 def ep(answer: str | None, searches: int) -> Episode:
-    text = "<think> x </think>" + ("<search> q </search>" * searches) + (f"<answer> {answer} </answer>" if answer else "")
+    text = "<think> x </think>" + "<search> q </search>" * searches
+    text += f"<answer> {answer} </answer>" if answer else ""
     return Episode([Sample([1], [2], [0.0], [1])], transcript=text, metrics={"searches": float(searches)})
 
 

@@ -248,13 +248,15 @@ def cmd_heads(a: argparse.Namespace) -> int:
         engine = make_trace_engine(a.engine, meta["model"], fp32 if a.engine == "hf" else None, tok,
                                    dtype=meta["dtype"], temperature=0.0, max_model_len=a.max_model_len, seed=a.seed)
         base_sd = {k: v.clone() for k, v in fp32.state_dict().items()}
-        evals = {}
+        evals, base_traces = {}, None
         for name, hs in (("none", []), (f"top {len(heads)}", heads), (f"random {len(heads)}", rand)):
             sd = ablated_weights(fp32, hs, a.scale)
             fp32.load_state_dict(sd)
             engine.update_weights(sd.items())
-            evals[name], _ = evaluate_model(engine, fp32, harmful, harmless, max_think_tokens=a.max_think,
-                                            max_answer_tokens=a.max_answer, seed=a.seed)
+            evals[name], traces = evaluate_model(engine, fp32, harmful, harmless, max_think_tokens=a.max_think,
+                                                 max_answer_tokens=a.max_answer, seed=a.seed)
+            base_traces = base_traces or traces
+            evals[name]["changed_vs_none"] = _changed(traces, base_traces)
             fp32.load_state_dict(base_sd)
             print(f"  ablate {name:10s} {_fmt_eval(evals[name])}")
         result.update(ablated_heads=heads, random_heads=rand, ablation=evals)
@@ -263,10 +265,18 @@ def cmd_heads(a: argparse.Namespace) -> int:
     return 0
 
 
+def _changed(traces: list[dict], base: list[dict]) -> float:
+    """Share of traces whose thinking or answer differs from the baseline's (greedy decoding): shows
+    that new weights reached the engine even when no rate moves."""
+    return sum((t["think"], t["answer"]) != (b["think"], b["answer"]) for t, b in zip(traces, base)) / len(base)
+
+
 def _fmt_eval(m: dict) -> str:
     s = f"ASR {m['attack_success']:.3f} (n={m['n_harmful']})  over-refusal {m['over_refusal']:.3f}"
     if "gsm8k_acc" in m:
         s += f"  gsm8k acc {m['gsm8k_acc']:.3f}  ref NLL {m['ref_nll']:.3f} (n={m['n_gsm8k']})"
+    if "changed_vs_none" in m or "changed_vs_before" in m:
+        s += f"  traces changed {m.get('changed_vs_none', m.get('changed_vs_before')):.2f}"
     return s
 
 
@@ -299,7 +309,7 @@ def cmd_repair(a: argparse.Namespace) -> int:
     kw = dict(max_think_tokens=a.max_think, max_answer_tokens=a.max_answer, seed=a.seed)
     out = Path(a.out)
     results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "n_eval": a.n_eval}
-    results["before"], _ = evaluate_model(engine, model, harmful, harmless, **kw)
+    results["before"], before_traces = evaluate_model(engine, model, harmful, harmless, **kw)
     print(f"before           {_fmt_eval(results['before'])}")
     for path in a.sft:
         rows = read_jsonl(path)
@@ -310,7 +320,9 @@ def cmd_repair(a: argparse.Namespace) -> int:
         stats["seconds"] = round(time.monotonic() - t0, 1)
         engine.update_weights(model.state_dict().items())
         m, traces = evaluate_model(engine, model, harmful, harmless, **kw)
-        results[name] = {"sft_set": path, "n_sft": len(rows), **stats, **m}
+        m["changed_vs_before"] = _changed(traces, before_traces)
+        results[name] = {"sft_set": path, "n_sft": len(rows), **stats, **m,
+                         "samples": [{"prompt": t["prompt"], "answer": t["answer"][:200]} for t in traces[:4]]}
         print(f"after {name:10s} {_fmt_eval(m)}  (SFT on {len(rows)} rows, loss {stats['loss/first']:.2f} -> "
               f"{stats['loss/last']:.2f}, {stats['seconds']:.0f} s)")
         if a.save_models:

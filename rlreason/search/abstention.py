@@ -87,7 +87,7 @@ def abstention_eval(engine: Engine, env_args: dict[str, Any], tokenizer: Any, ex
     for q, a in zip(abst, a_q):
         buckets.setdefault(f"{round(a * k)}/{k}", []).extend(q)
     errors = sum(ep is None for run in (with_tool, no_tool, probe) for g in run for ep in g)
-    return {
+    out = {
         "abstention/questions": len(examples), "abstention/k": k, "abstention/answerability": answerability,
         "abstention/tool/accuracy": acc,
         "abstention/tool/searches": searches,
@@ -100,9 +100,11 @@ def abstention_eval(engine: Engine, env_args: dict[str, Any], tokenizer: Any, ex
         "abstention/abs_never": _mean(never), "abstention/abs_always": _mean(always),
         "abstention/delta": _mean(never) - _mean(always),
         "abstention/n_never": sum(a == 0.0 for a in a_q), "abstention/n_always": sum(a == 1.0 for a in a_q),
-        "abstention/by_answerability": {b: _mean(v) for b, v in sorted(buckets.items())},
+        "abstention/by_answerability": {b: _mean(v) for b, v in sorted(buckets.items())},  # never empty
         "abstention/env_errors": errors,
     }
+    # A rate over no questions (e.g. no always-answerable one) is undefined: null in the JSON, not NaN.
+    return {key: (None if isinstance(v, float) and v != v else v) for key, v in out.items()}
 
 
 def run_abstention_eval(cfg: Any, *, checkpoint: str | None = None, split: str = "eval") -> dict[str, Any]:

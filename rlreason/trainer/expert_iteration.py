@@ -13,7 +13,15 @@
 Setup is the GRPO trainer's (`grpo.setup`: model, engine, env, rubric, data, sampler, logger); the
 policy update is `sft.sft_epoch`. The environment must judge refusals (`summarize`, as curriculum_ei).
 With LoRA the checkpoints hold the adapter layout (base weights + lora_A/B); the engine gets the merged
-weights W + (alpha / r) B A."""
+weights W + (alpha / r) B A.
+
+Metrics (metrics.jsonl; step = round, 0 = the initial measurement):
+    env/<env>/accuracy, precision, refusal_rate, f, steps_before_refusal   this round's samples
+    env/<env>/c1, c2, stage, done                                          the curriculum after the round
+    eval/accuracy, precision, refusal_rate, f, steps_before_refusal        held-out, rounds 0 and last
+    ei/originals_kept (R > -1), ei/sft_rows (after resampling), ei/temperature (T)
+    loss/sft, loss/grad_norm, loss/sft_steps; reward/total, reward/idk; time/...
+and <run_dir>/precision_refusal.png plots precision against refusal rate over the rounds."""
 
 from __future__ import annotations
 

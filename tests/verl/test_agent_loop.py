@@ -162,7 +162,7 @@ def test_markovian_one_row_per_chunk(tmp_path, tiny_model_dir, engine):
         for i, o in enumerate(outs[1:], start=1):
             assert o.prompt_ids[:len(q)] == q  # every chunk restarts from the query ...
             assert len(o.prompt_ids) == len(q) + 2 + 6  # ... + head (2) + carry (m - head = 6)
-            assert len(o.response_ids) <= 16 - 8 if i else 16
+            assert len(o.response_ids) <= 16 - 8  # later chunks write C - m tokens
         assert [o.extra_fields["rlreason_row"] for o in outs] == list(range(len(outs)))
 
 
@@ -195,13 +195,6 @@ def test_pay_per_search_injected_documents_are_masked_and_n_min_is_group_level(t
               2: ["<search> capital of France </search>", "<answer> Paris </answer>"]}
     managers = {s: ScriptedServerManager(engine.tokenizer, t) for s, t in script.items()}
 
-    class PerSession:
-        async def generate(self, request_id, **kw):
-            raise AssertionError("replaced per session")
-
-    out = {}
-    for s in range(G):  # each session with its own script, all in one group (same uid)
-        pass
     sampling = dict(temperature=1.0, top_p=1.0, top_k=-1, logprobs=True)
 
     async def one(s):
