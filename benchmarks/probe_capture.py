@@ -127,7 +127,9 @@ def main() -> None:
         ratio = ""
         ref = results.get(("naive", l, kind))
         if m == "bounded" and ref:
-            ratio = f"   {r['tok_s'] / ref['tok_s']:.2f}x faster, {ref['peak_mb'] / max(r['peak_mb'], 1):.1f}x less memory"
+            mem = (f"{ref['peak_mb'] / r['peak_mb']:.1f}x less memory" if r["peak_mb"] >= 1
+                   else f"<1 MB vs {ref['peak_mb']:.0f} MB")
+            ratio = f"   {r['tok_s'] / ref['tok_s']:.2f}x faster, {mem}"
         print(f"{m + '/' + l + ' ' + shape[kind]:28s} {r['tokens']:7d} {r['tok_s']:8.0f} {r['peak_mb']:8.0f}{ratio}")
 
 

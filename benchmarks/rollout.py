@@ -83,7 +83,7 @@ def part_step(engine: str) -> dict:
         "data.train={source: gsm8k, split: train, limit: 64}", "data.eval_size=0",
         "env.name=single_turn", f"env.args.max_tokens={NEW_TOKENS}",
         f"trainer.prompts_per_step={PROMPTS}", f"trainer.samples_per_prompt={SAMPLES}",
-        "trainer.micro_batch_size=8", "trainer.lr=1e-6", "algo.kl_coef=0.0",
+        "trainer.micro_batch_size=4", "trainer.lr=1e-6", "algo.kl_coef=0.0",
         "logging.wandb=false", "logging.progress=false", "logging.log_samples=0",
         "rewards=[{name: math}, {name: boxed_format, weight: 0.1}]"])
     run = setup(cfg)

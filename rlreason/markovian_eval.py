@@ -97,7 +97,8 @@ def run_chunked_eval(cfg: RunConfig, budgets: list[int] | None = None, *, vary: 
 
     run, rows = _load(cfg, checkpoint, split)
     try:
-        longest_prompt = max((len(_prompt_ids(run.tokenizer, args, ex)) for ex in rows), default=0)
+        probe = build_environment("longcot", run.tokenizer, args)
+        longest_prompt = max((len(probe.encode_prompt(probe.prompt(ex))) for ex in rows), default=0)
         need = longest_prompt + max(max(s["budget"] for s in settings), max(s["chunk_size"] for s in settings))
         if need > run.engine.max_model_len:
             raise ConfigError(f"rollout.max_model_len: {run.engine.max_model_len} is too short for a "
@@ -143,11 +144,6 @@ def _load(cfg: RunConfig, checkpoint: str | None, split: str) -> tuple[Any, list
         n = min(len(run.train_rows), cfg.eval.max_problems)
         rows = [as_example(r) for r in run.train_rows.select(range(n))]
     return run, rows
-
-
-def _prompt_ids(tokenizer: Any, args: dict[str, Any], example: dict) -> list[int]:
-    env = build_environment("longcot", tokenizer, args)
-    return env.encode_prompt(env.prompt(example))
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -304,13 +304,19 @@ def report(run: Run, initial: dict[str, float], final: dict[str, float]) -> str:
 
 
 def plot_precision_refusal(history: list[dict[str, Any]], path: Path, env_name: str) -> None:
-    """Precision against refusal rate, one point per round (colour = round), held-out before/after as stars."""
+    """Precision against refusal rate of each round's samples (colour = round, label = the c1 it was
+    sampled under), and the held-out measurements before and after."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     p = f"env/{env_name}/"
-    rounds = [h for h in history if p + "precision" in h and "reward/total" in h]
+    rounds, c1_in_force, c1 = [], [], None
+    for h in history:  # a row logs c1 after its round; the round sampled under the previous row's
+        if p + "precision" in h and "reward/total" in h:
+            rounds.append(h)
+            c1_in_force.append(c1)
+        c1 = h.get(p + "c1", c1)
     evals = [h for h in history if "eval/precision" in h]
     fig, ax = plt.subplots(figsize=(6, 5))
     if rounds:
@@ -318,9 +324,9 @@ def plot_precision_refusal(history: list[dict[str, Any]], path: Path, env_name: 
         ax.plot(x, y, "-", color="0.7", lw=1)
         sc = ax.scatter(x, y, c=[h["step"] for h in rounds], cmap="viridis", zorder=3)
         fig.colorbar(sc, ax=ax, label="round")
-        for h in rounds:
-            ax.annotate(f"c1={h[p + 'c1']:.2f}", (h[p + "refusal_rate"], h[p + "precision"]), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
+        for xi, yi, c in zip(x, y, c1_in_force):
+            if c is not None:
+                ax.annotate(f"c1={c:.2f}", (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
     for h, label, marker in ((evals[0], "held-out, initial", "*"), (evals[-1], "held-out, final", "P"))[:len(evals)]:
         ax.scatter([h["eval/refusal_rate"]], [h["eval/precision"]], marker=marker, s=160, color="C3", label=label, zorder=4)
     ax.set_xlabel("refusal rate")

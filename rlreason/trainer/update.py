@@ -98,7 +98,7 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                 with autocast(ctx):
                     if ctx.value_head is not None:
                         logits, hidden = response_hidden(model, b)
-                        logits = logits / ctx.temperature if ctx.temperature > 0 else logits
+                        logits = logits / ctx.temperature if ctx.temperature > 0 and ctx.temperature != 1.0 else logits
                     else:
                         logits = response_logits(model, b, ctx.temperature)
                 logprobs = logprobs_from_logits(logits, b.response_ids)
@@ -122,11 +122,13 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                 if algo.entropy_coef > 0:
                     ent = entropy_from_logits(logits)
                     loss = loss - algo.entropy_coef * (ent * w).sum()
-                else:
+                elif s == 0:  # as a metric only, one micro-batch per mini-batch is enough: it costs a [B,T,V] softmax
                     with torch.no_grad():
                         ent = entropy_from_logits(logits.detach())
-                _acc(sums, counts, {**m_pg, "entropy": float((ent * b.response_mask).sum()
-                                                             / b.response_mask.sum().clamp(min=1))})
+                if algo.entropy_coef > 0 or s == 0:
+                    _acc(sums, counts, {"entropy": float((ent.detach() * b.response_mask).sum()
+                                                         / b.response_mask.sum().clamp(min=1))})
+                _acc(sums, counts, m_pg)
                 if is_w is not None:
                     _acc(sums, counts, {"tis_weight": float((is_w * b.response_mask).sum()
                                                             / b.response_mask.sum().clamp(min=1))})

@@ -73,6 +73,7 @@ def test_verl_builds_its_typed_configs_from_the_overrides():
     from verl.utils.config import omega_conf_to_dataclass
     from verl.workers.config import RolloutConfig
     cfg = compose_verl(overrides_for("markovian_rloo", nodes=1, gpus_per_node=8))
+    OmegaConf.resolve(cfg)  # as verl's TaskRunner does before anything reads the config
     algo = omega_conf_to_dataclass(cfg.algorithm, AlgoConfig)
     assert algo.adv_estimator == "rloo" and algo.filter_groups.enable
     actor = cfg.actor_rollout_ref.actor
