@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any
 
 from environments.single_turn import SingleTurn
 from rewards.idk import DEFAULT_PHRASES, STEP_COUNTERS, VERIFIERS, judge, phrase_pattern
@@ -148,10 +148,6 @@ class CurriculumEI(SingleTurn):
     `steps`: step counter (lines | sentences); `refusal_phrases`: what counts as a refusal; `verifier`:
     math | reasoning_gym; `c1`, `c2`, `step`: null = from the initial model; `lam`, `stop_threshold`,
     `max_rounds_per_stage`, `min_std`: the curriculum (module doc)."""
-
-    # Set here: the registry names a class only when it has no `name`, and SingleTurn's would be inherited
-    # (metrics would land under env/single_turn/).
-    name: ClassVar[str] = "curriculum_ei"
 
     def __init__(self, tokenizer, *, template: str = IDK_TEMPLATE, style: str = "chat",
                  system_prompt: str | None = None, max_tokens: int = 512, stop: list[str] | None = None,

@@ -100,7 +100,7 @@ def test_one_round_smoke(tmp_path):
     m = rows(run / "metrics.jsonl")
     assert m[0]["step"] == 0 and "eval/precision" in m[0] and m[0]["ei/temperature"] >= 0.05
     r1 = next(r for r in m if r["step"] == 1 and "reward/total" in r)
-    p = "env/curriculum_ei/"
+    p = f"env/{ScriptedEI.name}/"
     for k in ("accuracy", "precision", "refusal_rate", "f", "steps_before_refusal", "c1", "c2", "stage"):
         assert p + k in r1, k
     for k in ("loss/sft", "loss/grad_norm", "ei/sft_rows", "ei/originals_kept", "reward/idk", "time/update"):
@@ -149,7 +149,7 @@ def test_curriculum_env_under_the_grpo_trainer(tmp_path):
     grpo_train(cfg(tmp_path, "algorithm=grpo", "trainer.steps=2", "trainer.prompts_per_step=3",
                    "trainer.samples_per_prompt=3"))
     m = [r for r in rows(tmp_path / "run/metrics.jsonl") if "reward/total" in r]
-    p = "env/curriculum_ei/"
+    p = f"env/{ScriptedEI.name}/"
     assert [r[p + "stage"] for r in m] == [0.0, 1.0]
     assert m[0][p + "c1"] is not None and m[1][p + "c2"] == m[0][p + "c2"]
     state = json.loads((tmp_path / "run/checkpoints/step_000002/state.json").read_text())

@@ -125,8 +125,9 @@ def test_probe_save_load_roundtrip(tmp_path):
 # --- cliff --------------------------------------------------------------------------------------------
 
 def test_cliff_arithmetic_by_hand():
-    # prompt 0-1, thinking 2-5, </think> 6-7 (final 7), answer 8
-    s = torch.tensor([0.1, 0.2, 0.5, 0.9, 0.7, 0.6, 0.4, 0.15, 0.3])
+    # prompt 0-1, thinking 2-5, </think> 6-7 (final 7), answer 8; the scores just outside the thinking
+    # span (1 and 6) are higher than inside it, so an off-by-one span is caught
+    s = torch.tensor([0.1, 0.97, 0.5, 0.9, 0.7, 0.6, 0.95, 0.15, 0.3])
     assert cliff_size(s, 2, 6, 7) == pytest.approx(0.9 - 0.15)
     assert math.isnan(cliff_size(s, 2, 2, 7))  # no thinking written
     trace = {"id": "x", "harmful": True, "refused": False, "prompt_len": 2, "think_end": 6, "final_idx": 7}

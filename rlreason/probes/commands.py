@@ -40,6 +40,12 @@ def load_model(name: str, dtype: str) -> tuple[Any, Any]:
     return model, AutoTokenizer.from_pretrained(path)
 
 
+def load_model_tokenizer(name: str, dtype: str) -> Any:
+    from transformers import AutoTokenizer
+    from rlreason.models import resolve_model
+    return AutoTokenizer.from_pretrained(resolve_model(name, dtype=dtype))
+
+
 def make_trace_engine(kind: str, model_name: str, model: Any, tokenizer: Any, *, dtype: str,
                       temperature: float, max_model_len: int, seed: int) -> Any:
     from rlreason.models import resolve_model
@@ -105,12 +111,6 @@ def cmd_traces(a: argparse.Namespace) -> int:
         print(f"  {src:12s} refused {_rate([t for t in traces if t['source'] == src])}")
     print(f"wrote {a.out}")
     return 0
-
-
-def load_model_tokenizer(name: str, dtype: str) -> Any:
-    from transformers import AutoTokenizer
-    from rlreason.models import resolve_model
-    return AutoTokenizer.from_pretrained(resolve_model(name, dtype=dtype))
 
 
 # --- capture / train ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import math
 import random
 from typing import Callable
 
+from rlreason.probes.traces import THINK_CLOSE
 from rlreason.registry import ConfigError
 
 REFUSAL_RESPONSE = ("I'm sorry, but I can't help with that. The request could cause real harm to "
@@ -54,6 +55,5 @@ def select(rows: list[dict], p: float, method: str, *, seed: int = 0) -> list[di
 
 def sft_rows(traces: list[dict], refusal: str = REFUSAL_RESPONSE) -> list[dict]:
     """One SFT row per selected trace: response = own thinking + </think> + refusal."""
-    from rlreason.probes.traces import THINK_CLOSE
     return [{"id": t["id"], "prompt": t["prompt"], "response": f"{t['think']}{THINK_CLOSE}\n{refusal}"}
             for t in traces]
