@@ -101,6 +101,9 @@ class LoggingConfig:
     wandb_project: str = "rlreason"
     progress: bool = True  # progress bar
     log_samples: int = 2  # transcripts written to samples.jsonl per step
+    probe_dir: str | None = None  # a saved refusal probe (`rlreason probe train`): log probe/* metrics
+    probe_every: int = 10  # steps between probe measurements (with probe_dir)
+    probe_prompts: int = 16  # fixed JailbreakBench prompts the probe monitor scores
 
 
 @dataclass

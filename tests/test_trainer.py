@@ -111,3 +111,18 @@ def test_ppo_with_critic_gae_trains_value_head(tmp_path):
     blob = torch.load(tmp_path / "run/checkpoints/step_000002/trainer.pt", weights_only=False)
     w = blob["value_head"]["v.weight"]
     assert w.abs().sum() > 0  # started at zero, moved by the value loss
+
+
+def test_probe_monitor_logs_refusal_cliff_during_training(tmp_path):
+    """logging.probe_dir: a saved probe scores fixed harmful prompts every probe_every steps."""
+    from rlreason.probes.probe import LinearProbe, save_probe
+    torch.manual_seed(0)
+    probe = LinearProbe(64)  # tiny-random's hidden size
+    save_probe(probe, tmp_path / "probe", {"layer": 2})
+    c = cfg(tmp_path, "trainer.steps=2", f"logging.probe_dir={tmp_path}/probe", "logging.probe_every=2",
+            "logging.probe_prompts=2")
+    train(c)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    probe_rows = [r for r in rows if "probe/mean_cliff" in r]
+    assert [r["step"] for r in probe_rows] == [2]
+    assert 0.0 <= probe_rows[0]["probe/final_score"] <= 1.0

@@ -92,6 +92,7 @@ class Run:
     sampler: PromptSampler
     logger: MetricsLogger
     step: int = 0
+    probe_monitor: Any = None  # refusal-cliff probe as a training monitor (logging.probe_dir)
 
 
 def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
@@ -148,6 +149,11 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     logger = MetricsLogger(run_dir, config=to_dict(cfg), use_wandb=cfg.logging.wandb,
                            project=cfg.logging.wandb_project, name=cfg.name, resume=resume)
     run = Run(cfg, tokenizer, env, rubric, engine, ctx, data, eval_rows, sampler, logger)
+    if cfg.logging.probe_dir:
+        from rlreason.probes.data import jbb
+        from rlreason.probes.monitor import ProbeMonitor
+        prompts = [r["prompt"] for r in jbb()[:cfg.logging.probe_prompts]]
+        run.probe_monitor = ProbeMonitor(cfg.logging.probe_dir, prompts)
     if resume:
         _resume(run)
     return run
@@ -287,6 +293,8 @@ def train(cfg: RunConfig, *, resume: bool = False) -> str:
                 bar.set_postfix(reward=f"{m['reward/total']:.3f}", step_s=f"{m['time/step']:.1f}")
             if cfg.eval.every and run.step % cfg.eval.every == 0 and run.eval_rows:
                 run.logger.log(run.step, _eval(run))
+            if run.probe_monitor is not None and run.step % cfg.logging.probe_every == 0:
+                run.logger.log(run.step, run.probe_monitor(run.ctx.model, run.engine))
             if (tr.checkpoint_every and run.step % tr.checkpoint_every == 0) or run.step == tr.steps:
                 checkpoint(run)
     finally:
