@@ -6,6 +6,7 @@
     rlreason eval --chunked configs/markovian_cpu.yaml --budgets 1,2,3  # LongCoT vs Delethink per budget
     rlreason config keys            # every config key with its default and help
     rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/q/verl/overrides.txt
+    rlreason data export --format verl --config configs/quickstart.yaml --out runs/q/verl/train.parquet
     rlreason serve-search --port 8000   # retrieval server for pay_per_search (Search-R1 protocol)
 """
 
@@ -110,7 +111,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_data(a: argparse.Namespace) -> int:
     from rlreason.config import parse_overrides
     from rlreason.data import build_dataset
-    # --- verl (issue 7): `rlreason data export --format verl --out x.parquet SPEC...` ---------------
+    # --- verl (issue 7): `rlreason data export [SPEC...] --format verl --out x.parquet` -------------
     if a.spec and a.spec[0] == "export":
         return _cmd_data_export(a)
     # --- end verl ----------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ def _cmd_data_export(a: argparse.Namespace) -> int:
     from rlreason.data import build_dataset
     from rlreason.verl.export import export_verl_parquet
     if a.format != "verl" or not a.out:
-        raise SystemExit("rlreason data export --format verl --out FILE.parquet [--config CFG] SPEC...")
+        raise SystemExit("rlreason data export [SPEC...] --format verl --out FILE.parquet [--config CFG] [--split train|eval]")
     cfg = load_config(a.config) if a.config else None
     if a.spec[1:]:
         ds = build_dataset(parse_overrides(a.spec[1:]), key="data")

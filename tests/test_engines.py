@@ -90,3 +90,8 @@ def test_vllm_engine_real_model_logprobs_stop_and_weight_sync():
     z = eng.generate_batch([p], n=1, max_tokens=4, seed=3)[0][0]
     uniform = -torch.log(torch.tensor(float(model.config.vocab_size)))
     assert all(abs(lp - float(uniform)) < 1e-2 for lp in z.logprobs)  # zero weights -> uniform
+    # a second engine in the same process (eval after training) starts and generates
+    tiny = resolve_model("tiny-random", dtype="fp32")
+    eng2 = make_engine("vllm", model_dir=tiny, model=None, tokenizer=tok, sampling=SamplingConfig(1.0), dtype="bf16",
+                       max_model_len=256, kv_cache_gb=1, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
+    assert len(eng2.generate_batch([p[:10]], n=1, max_tokens=3, seed=0)[0][0].token_ids) == 3

