@@ -126,3 +126,37 @@ def test_probe_monitor_logs_refusal_cliff_during_training(tmp_path):
     probe_rows = [r for r in rows if "probe/mean_cliff" in r]
     assert [r["step"] for r in probe_rows] == [2]
     assert 0.0 <= probe_rows[0]["probe/final_score"] <= 1.0
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    """A run killed with SIGKILL mid-step resumes from its last checkpoint; metrics and weights then equal
+    those of an uninterrupted run with the same seed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "rlreason.cli", "train", *TINY, f"output_dir={out}", "trainer.steps=4",
+                "rewards=[{name: boxed_format, weight: 1.0}, {name: math, weight: 1.0}]", *extra]
+    env = dict(os.environ, RLREASON_NO_PRELOAD="1")
+    subprocess.run(cmd(tmp_path / "a"), check=True, env=env, capture_output=True)
+    p = subprocess.Popen(cmd(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path / "b" / "checkpoints" / "step_000002" / "state.json"
+    deadline = time.time() + 300
+    while not ck.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ck.exists(), "the run never wrote its step-2 checkpoint"
+    os.kill(p.pid, signal.SIGKILL)  # somewhere inside step 3
+    p.wait()
+    assert not (tmp_path / "b" / "checkpoints" / "step_000004").exists()
+    subprocess.run(cmd(tmp_path / "b", "--resume"), check=True, env=env, capture_output=True)
+    ra = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rb] == [1, 2, 3, 4]
+    for k in ("reward/total", "loss/policy", "rollout/response_tokens"):
+        assert [r[k] for r in ra] == [r[k] for r in rb], k
+    wa = load_file(str(tmp_path / "a/checkpoints/step_000004/model.safetensors"))
+    wb = load_file(str(tmp_path / "b/checkpoints/step_000004/model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
