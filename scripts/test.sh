@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# verl 0.9.1 pins transformers <5.11, so its adapter tests run in their own venv (tests/test_verl_bridge.py).
+bash scripts/setup_verl_venv.sh
 . .venv/bin/activate
 exec python -m pytest -q "$@"
