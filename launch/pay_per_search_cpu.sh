@@ -39,13 +39,13 @@ echo
 
 URL_OVERRIDE="env.args.server_url=$BASE/retrieve"
 if [ "$ABSTENTION" = 1 ]; then
-  rlreason eval "$CONFIG" "$URL_OVERRIDE" "$@" --abstention | tee "$RUN_DIR/abstention_initial.json"
+  rlreason eval "$CONFIG" "$URL_OVERRIDE" "$@" --abstention --json "$RUN_DIR/abstention_initial.json"
 fi
 rlreason train "$CONFIG" "$URL_OVERRIDE" "$@"
 if [ "$ABSTENTION" = 1 ]; then
   CKPT=$(ls -d "$RUN_DIR"/checkpoints/step_* 2>/dev/null | sort | tail -1 || true)
   if [ -n "$CKPT" ]; then
-    rlreason eval "$CONFIG" "$URL_OVERRIDE" "$@" --abstention --checkpoint "$CKPT" | tee "$RUN_DIR/abstention_final.json"
+    rlreason eval "$CONFIG" "$URL_OVERRIDE" "$@" --abstention --checkpoint "$CKPT" --json "$RUN_DIR/abstention_final.json"
   else
     echo "launch: no checkpoint under $RUN_DIR/checkpoints; skipping the final abstention evaluation" >&2
   fi

@@ -79,7 +79,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.overrides)
     if a.abstention:  # issue 4: MASH's read-off with the search tool removed
         from rlreason.search.abstention import run_abstention_eval
-        print(json.dumps(run_abstention_eval(cfg, checkpoint=a.checkpoint, split=a.split), indent=1))
+        _emit(run_abstention_eval(cfg, checkpoint=a.checkpoint, split=a.split), a.json)
         return 0
     # --- issue 3: zero-shot Markovian evaluation (rlreason/markovian_eval.py) ---
     if a.chunked:
@@ -92,8 +92,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(f"{res['problems']} problems x k={res['k']}, temperature {res['temperature']}; json: {out}")
         return 0
     # --- end issue 3 ---
-    print(json.dumps(run_eval(cfg, checkpoint=a.checkpoint, split=a.split), indent=1))
+    _emit(run_eval(cfg, checkpoint=a.checkpoint, split=a.split), a.json)
     return 0
+
+
+def _emit(result: dict, path: str | None) -> None:
+    """Print the result; with --json also write it to a file (engine logs share stdout, so a launcher
+    that wants clean JSON should use --json rather than redirecting stdout)."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -217,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*")
     e.add_argument("--checkpoint", help="a checkpoint directory (default: the config's model)")
     e.add_argument("--split", choices=["eval", "train"], default="eval")
+    e.add_argument("--json", help="also write the result as JSON to this file")
     e.add_argument("--abstention", action="store_true",
                    help="pay_per_search configs: accuracy/searches with the tool, then abstention with it removed")
     # --- issue 3: `rlreason eval --chunked CONFIG --budgets 1,2,4` (LongCoT vs Delethink per budget) ---
