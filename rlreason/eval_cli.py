@@ -9,24 +9,31 @@ from typing import Any
 from rlreason.config import RunConfig
 
 
-def run_eval(cfg: RunConfig, *, checkpoint: str | None = None, split: str = "eval") -> dict[str, Any]:
+def load_for_eval(cfg: RunConfig, checkpoint: str | None, split: str) -> tuple[Any, list[dict]]:
+    """The run of `cfg` as training builds it (engine, environment, rubric), with a checkpoint's weights
+    loaded into trainer and engine, and the problems of `split` — shared by every `rlreason eval` mode."""
     from safetensors.torch import load_file
 
-    from rlreason.trainer.evaluate import evaluate
     from rlreason.trainer.grpo import setup
+    from rlreason.trainer.rollout_phase import as_example
 
     cfg.logging.wandb = False
     cfg.logging.progress = False
     run = setup(cfg)
     if checkpoint:
-        path = Path(checkpoint)
-        tensors = load_file(str(path / "model.safetensors"))
-        run.ctx.model.load_state_dict(tensors, strict=False)
+        run.ctx.model.load_state_dict(load_file(str(Path(checkpoint) / "model.safetensors")), strict=False)
         run.engine.update_weights(run.ctx.model.state_dict().items())
     rows = run.eval_rows
     if split == "train":
-        from rlreason.trainer.rollout_phase import as_example
-        rows = [as_example(r) for r in run.train_rows.select(range(min(len(run.train_rows), cfg.eval.max_problems)))]
+        n = min(len(run.train_rows), cfg.eval.max_problems)
+        rows = [as_example(r) for r in run.train_rows.select(range(n))]
+    return run, rows
+
+
+def run_eval(cfg: RunConfig, *, checkpoint: str | None = None, split: str = "eval") -> dict[str, Any]:
+    from rlreason.trainer.evaluate import evaluate
+
+    run, rows = load_for_eval(cfg, checkpoint, split)
     out = evaluate(run.engine, run.env, run.rubric, rows, k=cfg.eval.k, temperature=cfg.eval.temperature,
                    seed=cfg.seed + 7)
     run.engine.close()

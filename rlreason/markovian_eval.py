@@ -15,7 +15,6 @@ C and m (`--vary max_chunks`, the default) or chunk sizes C with m = C/2 at the 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 from environments.markovian import CARRYOVER, CHUNK_SIZE, MAX_CHUNKS, delethink_budget
@@ -129,21 +128,8 @@ def _env_args(s: dict[str, int]) -> dict[str, int]:
 
 def _load(cfg: RunConfig, checkpoint: str | None, split: str) -> tuple[Any, list[dict]]:
     """The engine, tokenizer and rubric of `cfg` (as `rlreason eval` builds them) and the problems."""
-    from rlreason.trainer.grpo import setup
-    from rlreason.trainer.rollout_phase import as_example
-
-    cfg.logging.wandb = False
-    cfg.logging.progress = False
-    run = setup(cfg)
-    if checkpoint:
-        from safetensors.torch import load_file
-        run.ctx.model.load_state_dict(load_file(str(Path(checkpoint) / "model.safetensors")), strict=False)
-        run.engine.update_weights(run.ctx.model.state_dict().items())
-    rows = run.eval_rows
-    if split == "train":
-        n = min(len(run.train_rows), cfg.eval.max_problems)
-        rows = [as_example(r) for r in run.train_rows.select(range(n))]
-    return run, rows
+    from rlreason.eval_cli import load_for_eval
+    return load_for_eval(cfg, checkpoint, split)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

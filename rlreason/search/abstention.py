@@ -17,7 +17,6 @@ A model that abstains exactly when it does not know has abs_never = 1, abs_alway
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from rewards.qa import em_score, extract_answer, gold_answers
@@ -109,24 +108,12 @@ def abstention_eval(engine: Engine, env_args: dict[str, Any], tokenizer: Any, ex
 
 def run_abstention_eval(cfg: Any, *, checkpoint: str | None = None, split: str = "eval") -> dict[str, Any]:
     """The CLI path: the config's model (or a checkpoint), environment args and held-out split."""
-    from safetensors.torch import load_file
-
-    from rlreason.trainer.grpo import setup
-    from rlreason.trainer.rollout_phase import as_example
+    from rlreason.eval_cli import load_for_eval
 
     if cfg.env.name != "pay_per_search":
         raise ConfigError(f"env.name: --abstention needs 'pay_per_search', got '{cfg.env.name}'.")
-    cfg.logging.wandb = False
-    cfg.logging.progress = False
-    run = setup(cfg)
+    run, rows = load_for_eval(cfg, checkpoint, split)
     try:
-        if checkpoint:
-            run.ctx.model.load_state_dict(load_file(str(Path(checkpoint) / "model.safetensors")), strict=False)
-            run.engine.update_weights(run.ctx.model.state_dict().items())
-        rows = run.eval_rows
-        if split == "train":
-            n = min(len(run.train_rows), cfg.eval.max_problems)
-            rows = [as_example(r) for r in run.train_rows.select(range(n))]
         out = abstention_eval(run.engine, cfg.env.args, run.tokenizer, rows, k=cfg.eval.k,
                               temperature=cfg.eval.temperature, seed=cfg.seed + 7)
     finally:
