@@ -6,7 +6,7 @@ vLLM on this machine: SmolLM2-135M-Instruct thinks for exactly L tokens (EOS ign
                so every context holds at most |q| + C tokens
 
 both through the real environments (`environments/longcot.py`, `environments/markovian.py`) and the real
-engine, 2 sequences at a time, L in 1K..16K. Output quality is irrelevant here (EOS is ignored; beyond
+engine, 4 sequences at a time, L in 1K..16K. Output quality is irrelevant here (EOS is ignored; beyond
 SmolLM2's 8,192 trained positions the text is noise): only time and memory are measured.
 
 Per L and method: rollout wall time; peak KV cache, two ways:
@@ -23,7 +23,7 @@ Prints a table, the log-log growth exponent of time in L for each method, the Lo
 ratios at the largest L against the targets (Markovian exponent <= 1.1; at 16K time ratio >= 2, KV ratio
 >= 8), and writes a PNG.
 
-    flock /tmp/rlreason-cpu.lock python benchmarks/markovian_scaling.py            # ~20-30 min on 2 cores
+    flock /tmp/rlreason-cpu.lock python benchmarks/markovian_scaling.py            # ~70 min on 2 cores
     python benchmarks/markovian_scaling.py --lengths 1k,2k,4k --out runs/ms_small.png
 """
 
@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 
-C, M, KEEP_HEAD, BATCH = 1024, 512, 100, 2
+C, M, KEEP_HEAD, BATCH = 1024, 512, 100, 4
 LENGTHS = "1k,2k,4k,8k,16k"
 QUESTIONS = ["Explain step by step how long it takes to walk 12 km at 4 km per hour, then check the answer.",
              "Work out step by step how many ways 5 books can be ordered on a shelf, then double-check it."]
@@ -153,7 +153,7 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
-def plot(lc: list[dict], mk: list[dict], path: str, C: int, m: int) -> None:
+def plot(lc: list[dict], mk: list[dict], path: str, C: int, m: int, batch: int) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -170,7 +170,7 @@ def plot(lc: list[dict], mk: list[dict], path: str, C: int, m: int) -> None:
         ax.set_ylabel(ylab)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(f"SmolLM2-135M, vLLM on CPU, {BATCH} sequences, EOS ignored")
+    fig.suptitle(f"SmolLM2-135M, vLLM on CPU, {batch} sequences, EOS ignored")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -220,7 +220,7 @@ def main() -> None:
           f"{last_lc['kv_formula_mb'] / last_mk['kv_formula_mb']:.2f}x")
     print(f"KV: vLLM blocks in use x {lc['block_size']}-token blocks x {lc['kv_bytes_per_token']} B/token "
           f"(formula: same bytes/token x longest context per sequence x {a.batch})")
-    plot(lc["rows"], mk["rows"], a.out, a.chunk_size, a.carryover)
+    plot(lc["rows"], mk["rows"], a.out, a.chunk_size, a.carryover, a.batch)
     with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
         json.dump({"longcot": lc, "markovian": mk, "exponents": {"longcot": e_lc, "markovian": e_mk},
                    "time_ratio": t_ratio, "kv_ratio": kv_ratio}, f, indent=1)

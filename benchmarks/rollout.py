@@ -22,6 +22,9 @@ import sys
 import time
 
 PROMPTS, SAMPLES, NEW_TOKENS = 8, 4, 128
+REPEATS = 2  # timed generations per engine, after one warm-up generation of the same workload
+STEPS = 3  # training steps; the first includes warm-up, the others are averaged
+KV_CACHE_GB = 0.5  # the workload holds ~32 x 260 tokens x 23 KB = 0.2 GB of KV
 QUESTIONS = [f"Explain step by step how to compute {a} + {b}." for a, b in
              [(3, 5), (12, 7), (21, 4), (8, 9), (15, 15), (6, 30), (44, 2), (9, 1)]]
 
@@ -43,12 +46,14 @@ def part_generate() -> dict:
                                        return_dict=False) for q in QUESTIONS]
     sampling = SamplingConfig(temperature=1.0, ignore_eos=True)
     eng = make_engine("vllm", model_dir=d, model=None, tokenizer=tok, sampling=sampling, dtype="bf16",
-                      max_model_len=512, kv_cache_gb=1, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
-    eng.generate_batch(prompts[:2], n=1, max_tokens=8, seed=0)  # warm-up
-    t = time.perf_counter()
-    outs = eng.generate_batch(prompts, n=SAMPLES, max_tokens=NEW_TOKENS, seed=1)
-    dt_vllm = time.perf_counter() - t
-    n_vllm = sum(len(c.token_ids) for g in outs for c in g)
+                      max_model_len=512, kv_cache_gb=KV_CACHE_GB, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
+    eng.generate_batch(prompts, n=SAMPLES, max_tokens=NEW_TOKENS, seed=0)  # warm-up on the workload's shapes
+    dt_vllm, n_vllm = 0.0, 0
+    for rep in range(REPEATS):
+        t = time.perf_counter()
+        outs = eng.generate_batch(prompts, n=SAMPLES, max_tokens=NEW_TOKENS, seed=1 + rep)
+        dt_vllm += time.perf_counter() - t
+        n_vllm += sum(len(c.token_ids) for g in outs for c in g)
 
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
     syncs = []
@@ -60,13 +65,16 @@ def part_generate() -> dict:
     hf = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).eval()
     tok.padding_side = "left"
     batch = tok.pad({"input_ids": [p for p in prompts for _ in range(SAMPLES)]}, return_tensors="pt")
+    kw = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=True, temperature=1.0, top_k=0,
+              pad_token_id=tok.pad_token_id)
     with torch.no_grad():
-        hf.generate(**{k: v[:2] for k, v in batch.items()}, max_new_tokens=4, do_sample=True)  # warm-up
-        t = time.perf_counter()
-        out = hf.generate(**batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=True,
-                          temperature=1.0, top_k=0, pad_token_id=tok.pad_token_id)
-        dt_hf = time.perf_counter() - t
-    n_hf = (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
+        hf.generate(**batch, **kw)  # warm-up on the workload's shapes, as for vLLM
+        dt_hf, n_hf = 0.0, 0
+        for _ in range(REPEATS):
+            t = time.perf_counter()
+            out = hf.generate(**batch, **kw)
+            dt_hf += time.perf_counter() - t
+            n_hf += (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
     return {"vllm_tok_s": n_vllm / dt_vllm, "vllm_tokens": n_vllm, "hf_tok_s": n_hf / dt_hf, "hf_tokens": n_hf,
             "sync_s_mean": sum(syncs) / len(syncs), "sync_s_max": max(syncs)}
 
@@ -79,19 +87,20 @@ def part_step(engine: str) -> dict:
     out = tempfile.mkdtemp(prefix="rlreason-bench-")
     cfg = load_config(None, [
         f"output_dir={out}", "model.name=smollm2-135m-instruct", "model.dtype=bf16", f"rollout.engine={engine}",
-        "rollout.max_model_len=512", "rollout.kv_cache_gb=1",
+        "rollout.max_model_len=512", f"rollout.kv_cache_gb={KV_CACHE_GB}",
         "data.train={source: gsm8k, split: train, limit: 64}", "data.eval_size=0",
         "env.name=single_turn", f"env.args.max_tokens={NEW_TOKENS}",
         f"trainer.prompts_per_step={PROMPTS}", f"trainer.samples_per_prompt={SAMPLES}",
-        "trainer.micro_batch_size=4", "trainer.lr=1e-6", "algo.kl_coef=0.0",
+        "trainer.micro_batch_size=8", "trainer.lr=1e-6", "algo.kl_coef=0.0",
         "logging.wandb=false", "logging.progress=false", "logging.log_samples=0",
         "rewards=[{name: math}, {name: boxed_format, weight: 0.1}]"])
     run = setup(cfg)
     run.engine.sampling = type(run.engine.sampling)(temperature=1.0, ignore_eos=True)  # force 128 tokens
-    steps = [train_step(run) for _ in range(2)]  # the first step includes warm-up; report the second
-    m = steps[-1]
+    steps = [train_step(run) for _ in range(STEPS)]  # the first step includes warm-up: averaged without it
     keys = ("time/rollout", "time/reward", "time/update", "time/sync", "time/step", "rollout/response_tokens")
-    return {**{k: m[k] for k in keys}, "peak_rss_gb": peak_rss_gb(), "first_step_s": steps[0]["time/step"]}
+    mean = {k: sum(m[k] for m in steps[1:]) / (len(steps) - 1) for k in keys}
+    return {**mean, "peak_rss_gb": peak_rss_gb(), "first_step_s": steps[0]["time/step"],
+            "steps_s": [m["time/step"] for m in steps]}
 
 
 def run_part(*args: str) -> dict:
@@ -118,7 +127,7 @@ def main() -> None:
     print(f"2. weight sync (in-place reload_weights): mean {g['sync_s_mean']:.2f} s, max {g['sync_s_max']:.2f} s")
     v = run_part("step", "vllm")
     h = run_part("step", "hf")
-    print("\n3. one GRPO step (second step; first includes warm-up)")
+    print(f"\n3. one GRPO step (mean of steps 2..{STEPS}; the first includes warm-up)")
     print(f"   {'':14s}{'rollout':>9s}{'reward':>9s}{'update':>9s}{'sync':>9s}{'total':>9s}{'peak RSS':>10s}")
     for name, r in (("vLLM engine", v), ("HF engine", h)):
         print(f"   {name:14s}{r['time/rollout']:9.2f}{r['time/reward']:9.2f}{r['time/update']:9.2f}"

@@ -44,7 +44,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_model_len: int = 2048  # prompt + response tokens per request
-    kv_cache_gb: float = 2.0  # CPU KV cache size (VLLM_CPU_KVCACHE_SPACE)
+    kv_cache_gb: float = 2.0  # CPU KV cache size in GiB (fractions allowed); GPUs use gpu_memory_utilization
     gpu_memory_utilization: float = 0.4  # GPU share vLLM may take (the trainer shares the device)
     enable_prefix_caching: bool = True  # G samples of a prompt share its KV
 
@@ -81,6 +81,7 @@ class TrainerConfig:
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass; 1 x 1 = on-policy, no extra forward
     micro_batch_size: int = 8  # rows per forward/backward (gradient accumulation)
+    share_prompt_forward: bool = True  # rows with the same prompt run it once (exact; off = one pass per row)
     max_grad_norm: float = 1.0
     max_nonfinite_steps: int = 3  # consecutive NaN/inf losses tolerated (skipped) before stopping
     checkpoint_every: int = 10  # steps; 0 = only at the end

@@ -26,10 +26,20 @@ def _configure_env(kv_cache_gb: float, on_cpu: bool) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if on_cpu:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gb)))))
         ncpu = len(os.sched_getaffinity(0))
         # The default binding leaves one core idle on small machines (CPU_STACK.md).
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{ncpu - 1}")
+
+
+def _kv_cache_size(kv_cache_gb: float, on_cpu: bool) -> dict[str, int]:
+    """On CPU the KV cache is sized explicitly in bytes (fractions of a GiB allowed: the peer workload needs
+    ~0.2 GiB and every unused GiB is resident memory); VLLM_CPU_KVCACHE_SPACE, if the user set it, wins as
+    vLLM's legacy whole-GiB setting. On GPU gpu_memory_utilization decides."""
+    if not on_cpu or os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return {}
+    if kv_cache_gb <= 0:
+        raise ValueError(f"rollout.kv_cache_gb must be > 0 GiB, got {kv_cache_gb}")
+    return {"kv_cache_memory_bytes": int(kv_cache_gb * 2**30)}
 
 
 def _register_cpu_kernels_once() -> None:
@@ -84,6 +94,7 @@ class VLLMEngine(Engine):
             # Per-request seeds (exact resume) + a prefill split across steps makes vLLM rewind the
             # request's generator offset, which CPU generators do not support: schedule whole prompts.
             **({"enable_chunked_prefill": False} if on_cpu else {}),
+            **_kv_cache_size(kv_cache_gb, on_cpu),
         )
         self.engine = self.llm.llm_engine
         self._futures: dict[str, asyncio.Future] = {}

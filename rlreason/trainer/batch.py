@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlreason.trainer.shared_prefix import can_share, shared_prefix_logits
 from rlreason.types import Episode
 
 
@@ -51,6 +52,9 @@ class Batch:
     trace_ids: torch.Tensor  # [B]
     returns: torch.Tensor  # [B, T] (critic targets; zeros without a critic)
     old_values: torch.Tensor  # [B, T]
+    prompts: torch.Tensor  # [U, Pu] the distinct prompts, left-padded (shared-prefix forward)
+    prompt_mask: torch.Tensor  # [U, Pu]
+    prompt_index: torch.Tensor  # [B] row -> its prompt in `prompts`
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
@@ -83,13 +87,37 @@ def collate(rows: list[Row], pad_id: int, T: int | None = None) -> Batch:
             ret[i, :t] = torch.tensor(r.returns)
             old_v[i, :t] = torch.tensor(r.old_values)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    return Batch(input_ids, attn, pos, resp, mask, lps, adv, torch.tensor([r.trace_id for r in rows]), ret, old_v)
+    distinct: dict[tuple[int, ...], int] = {}
+    index = torch.tensor([distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows])
+    Pu = max(len(p) for p in distinct)
+    prompts = torch.full((len(distinct), Pu), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(distinct), Pu), dtype=torch.long)
+    for p, u in distinct.items():
+        prompts[u, Pu - len(p):] = torch.tensor(p)
+        prompt_mask[u, Pu - len(p):] = 1
+    return Batch(input_ids, attn, pos, resp, mask, lps, adv, torch.tensor([r.trace_id for r in rows]), ret, old_v,
+                 prompts, prompt_mask, index)
 
 
-def response_logits(model: torch.nn.Module, batch: Batch, temperature: float) -> torch.Tensor:
+def group_order(rows: list[Row], idx: list[int] | None = None) -> list[int]:
+    """`idx` (default: all rows) reordered so rows with the same prompt are adjacent and similar lengths sit
+    together: consecutive micro-batches then share prompts (one prompt forward per group) and carry little
+    padding. The loss is a weighted sum over rows, so the order changes nothing but the work."""
+    idx = list(range(len(rows))) if idx is None else idx
+    return sorted(idx, key=lambda i: (len(rows[i].prompt_ids), rows[i].prompt_ids, -len(rows[i].response_ids)))
+
+
+def response_logits(model: torch.nn.Module, batch: Batch, temperature: float, *, share_prompts: bool = True) -> torch.Tensor:
     """Logits [B, T, V] that predict each response token, divided by the sampling temperature (so
-    their log-softmax is the distribution the engine sampled from)."""
+    their log-softmax is the distribution the engine sampled from). Rows that share a prompt run it once
+    (`shared_prefix.py`) unless share_prompts is False."""
     T = batch.response_ids.shape[1]
+    if share_prompts and can_share(model, batch.prompts.shape[0], batch.response_ids.shape[0], T):
+        response_attention = (torch.arange(T, device=batch.attention_mask.device)
+                              < batch.attention_mask[:, -T:].sum(-1, keepdim=True)).long()
+        logits = shared_prefix_logits(model, batch.prompts, batch.prompt_mask, batch.prompt_index,
+                                      batch.response_ids, response_attention).float()
+        return logits / temperature if temperature > 0 and temperature != 1.0 else logits
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
     logits = out.logits[:, :-1, :].float()

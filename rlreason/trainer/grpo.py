@@ -128,13 +128,15 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     if cfg.algo.advantage == "gae":
         value_head = ValueHead(model.config.hidden_size).to(device)
     params = [*model.parameters(), *(value_head.parameters() if value_head is not None else [])]
-    optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+    # Fused AdamW: one kernel per parameter instead of foreach temporaries the size of the model.
+    optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
+                                  fused=device.type in ("cpu", "cuda") or None)
     warm = cfg.trainer.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     amp = torch.bfloat16 if cfg.model.dtype == "bf16" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ctx = UpdateContext(model, optimizer, scheduler, ref_model, device, amp, pad_id, cfg.rollout.temperature,
-                        value_head)
+                        value_head, share_prompts=cfg.trainer.share_prompt_forward)
 
     r = cfg.rollout
     engine = make_engine(r.engine, model_dir=model_dir, model=model, tokenizer=tokenizer,

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 from rlreason.algos.losses import logprobs_from_logits
 from rlreason.config import TrainerConfig
-from rlreason.trainer.batch import Row, collate, response_logits
+from rlreason.trainer.batch import Row, collate, group_order, response_logits
 from rlreason.trainer.update import UpdateContext, _step, autocast
 
 
@@ -28,14 +28,14 @@ def sft_epoch(rows: list[Row], ctx: UpdateContext, tr: TrainerConfig, *, batch_s
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     for s in range(0, len(order), batch_size):
-        batch = [rows[i] for i in order[s:s + batch_size]]
+        batch = [rows[i] for i in group_order(rows, order[s:s + batch_size])]  # same-prompt rows together
         n_tokens = max(sum(sum(r.response_mask) for r in batch), 1)
         ctx.optimizer.zero_grad(set_to_none=True)
         total, finite = 0.0, True
         for m in range(0, len(batch), tr.micro_batch_size):
             b = collate(batch[m:m + tr.micro_batch_size], ctx.pad_id).to(ctx.device)
             with autocast(ctx):
-                logits = response_logits(model, b, 1.0)  # [B, T, V]; the model's own distribution
+                logits = response_logits(model, b, 1.0, share_prompts=ctx.share_prompts)  # the model's own distribution
             logprobs = logprobs_from_logits(logits, b.response_ids)  # [B, T]
             loss = -(logprobs * b.response_mask).sum() / n_tokens
             if not loss.isfinite():

@@ -16,7 +16,7 @@ from rlreason.algos.kl import kl_estimate
 from rlreason.algos.losses import POLICY_LOSSES, entropy_from_logits, logprobs_from_logits, \
     token_weights, truncated_is_weights, value_loss
 from rlreason.config import AlgoConfig, TrainerConfig
-from rlreason.trainer.batch import Row, collate, response_logits
+from rlreason.trainer.batch import Row, collate, group_order, response_logits
 from rlreason.trainer.critic import response_hidden
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class UpdateContext:
     temperature: float
     value_head: torch.nn.Module | None = None  # PPO with a critic (algo.advantage=gae)
     nonfinite_streak: int = 0
+    share_prompts: bool = True  # one prompt forward per group (trainer.share_prompt_forward)
 
 
 def autocast(ctx: UpdateContext) -> contextlib.AbstractContextManager:
@@ -49,13 +50,17 @@ def autocast(ctx: UpdateContext) -> contextlib.AbstractContextManager:
 @torch.no_grad()
 def compute_logprobs(model: torch.nn.Module, rows: list[Row], ctx: UpdateContext, micro: int) -> list[torch.Tensor]:
     """Per-row response logprobs (no grad): old policy for multi-update PPO, or the reference model."""
-    out: list[torch.Tensor] = []
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    order = group_order(rows)
     for i in range(0, len(rows), micro):
-        b = collate(rows[i:i + micro], ctx.pad_id).to(ctx.device)
+        chunk = order[i:i + micro]
+        b = collate([rows[k] for k in chunk], ctx.pad_id).to(ctx.device)
         with autocast(ctx):
-            lp = logprobs_from_logits(response_logits(model, b, ctx.temperature), b.response_ids)
-        out.extend(lp[j, :len(r.response_ids)].float().cpu() for j, r in enumerate(rows[i:i + micro]))
-    return out
+            lp = logprobs_from_logits(response_logits(model, b, ctx.temperature, share_prompts=ctx.share_prompts),
+                                      b.response_ids)
+        for j, k in enumerate(chunk):
+            out[k] = lp[j, :len(rows[k].response_ids)].float().cpu()
+    return out  # type: ignore[return-value]
 
 
 def _pad_rows(values: list[torch.Tensor], T: int) -> torch.Tensor:
@@ -81,7 +86,9 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
         random.shuffle(order)  # python RNG is checkpointed, so a resumed run shuffles identically
         per_mb = -(-len(order) // tr.mini_batches)
         for m in range(tr.mini_batches):
-            idx = order[m * per_mb:(m + 1) * per_mb]
+            # Shuffling decides the mini-batches; inside one, rows sharing a prompt go together (one prompt
+            # forward per group, less padding) -- the weighted loss sum does not depend on row order.
+            idx = group_order(rows, order[m * per_mb:(m + 1) * per_mb])
             if not idx:
                 continue
             mb_rows = [rows[i] for i in idx]
@@ -100,7 +107,7 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                         logits, hidden = response_hidden(model, b)
                         logits = logits / ctx.temperature if ctx.temperature > 0 and ctx.temperature != 1.0 else logits
                     else:
-                        logits = response_logits(model, b, ctx.temperature)
+                        logits = response_logits(model, b, ctx.temperature, share_prompts=ctx.share_prompts)
                 logprobs = logprobs_from_logits(logits, b.response_ids)
                 old = (_pad_rows([old_logprobs[i] for i in idx[sl]], T).to(ctx.device)
                        if old_logprobs is not None else logprobs.detach())
