@@ -9,7 +9,7 @@ Prints, all measured in this run:
 Each part runs in its own subprocess so peak RSS is per configuration. tcmalloc/iomp are preloaded as
 the CLI does (set RLREASON_NO_PRELOAD=1 to measure without).
 
-    python benchmarks/rollout.py            # ~5 minutes on 2 cores
+    python benchmarks/rollout.py            # ~7 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def part_step(engine: str) -> dict:
         "data.train={source: gsm8k, split: train, limit: 64}", "data.eval_size=0",
         "env.name=single_turn", f"env.args.max_tokens={NEW_TOKENS}",
         f"trainer.prompts_per_step={PROMPTS}", f"trainer.samples_per_prompt={SAMPLES}",
-        "trainer.micro_batch_size=8", "trainer.lr=1e-6", "algo.kl_coef=0.0",
+        "trainer.micro_batch_size=4", "trainer.lr=1e-6", "algo.kl_coef=0.0",
         "logging.wandb=false", "logging.progress=false", "logging.log_samples=0",
         "rewards=[{name: math}, {name: boxed_format, weight: 0.1}]"])
     run = setup(cfg)
