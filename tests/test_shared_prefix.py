@@ -85,6 +85,10 @@ def test_not_shared_when_every_prompt_is_distinct_or_checkpointing():
     assert can_share(model, 2, 4, 5)
     assert not can_share(model, 4, 4, 5)  # nothing to share
     assert not can_share(model, 2, 4, 1)  # a one-token response has nothing after the prompt pass
+    model.config.sliding_window = 4
+    assert not can_share(model, 2, 4, 5)  # a sliding-window cache is not rebuilt: per-row path
+    model.config.use_sliding_window = False  # Qwen2-style: the window is configured but off
+    assert can_share(model, 2, 4, 5)
     model.gradient_checkpointing_enable()
     assert not can_share(model, 2, 4, 5)  # checkpointed layers drop the cache
 

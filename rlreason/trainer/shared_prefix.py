@@ -14,10 +14,14 @@ from transformers import DynamicCache
 
 
 def can_share(model: torch.nn.Module, n_prompts: int, n_rows: int, T: int) -> bool:
-    """Worth it and possible: some prompt repeats, responses have >= 2 tokens, and the model keeps a cache
-    in training mode (gradient checkpointing drops it)."""
+    """Worth it and possible: some prompt repeats, responses have >= 2 tokens, the model keeps a cache in
+    training mode (gradient checkpointing drops it), and every layer attends to the full context (a
+    sliding-window cache is not rebuilt here, so such models take the per-row path)."""
+    cfg = model.config
+    sliding = ("sliding_attention" in (getattr(cfg, "layer_types", None) or [])
+               or (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)))
     return (n_prompts < n_rows and T >= 2 and not getattr(model, "is_gradient_checkpointing", False)
-            and getattr(model.config, "is_encoder_decoder", False) is False)
+            and not getattr(cfg, "is_encoder_decoder", False) and not sliding)
 
 
 def shared_prefix_logits(model: torch.nn.Module, prompts: torch.Tensor, prompt_mask: torch.Tensor,
