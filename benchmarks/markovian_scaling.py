@@ -23,7 +23,7 @@ Prints a table, the log-log growth exponent of time in L for each method, the Lo
 ratios at the largest L against the targets (Markovian exponent <= 1.1; at 16K time ratio >= 2, KV ratio
 >= 8), and writes a PNG.
 
-    flock /tmp/rlreason-cpu.lock python benchmarks/markovian_scaling.py            # ~70 min on 2 cores
+    flock /tmp/rlreason-cpu.lock python benchmarks/markovian_scaling.py            # ~60 min on 2 cores
     python benchmarks/markovian_scaling.py --lengths 1k,2k,4k --out runs/ms_small.png
 """
 
