@@ -21,7 +21,7 @@ from rlreason.types import Completion
 log = logging.getLogger(__name__)
 
 
-def _configure_env(kv_cache_gb: float, on_cpu: bool) -> None:
+def _configure_env(on_cpu: bool) -> None:
     """vLLM reads these at import/start time; set them before importing it. Users can override."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -70,7 +70,7 @@ class VLLMEngine(Engine):
                  enable_prefix_caching: bool = True, enforce_eager: bool | None = None,
                  seed: int = 0) -> None:
         on_cpu = not torch.cuda.is_available()
-        _configure_env(kv_cache_gb, on_cpu)
+        _configure_env(on_cpu)
         from vllm import LLM
         if on_cpu:
             _register_cpu_kernels_once()

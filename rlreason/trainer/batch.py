@@ -113,13 +113,12 @@ def response_logits(model: torch.nn.Module, batch: Batch, temperature: float, *,
     (`shared_prefix.py`) unless share_prompts is False."""
     T = batch.response_ids.shape[1]
     if share_prompts and can_share(model, batch.prompts.shape[0], batch.response_ids.shape[0], T):
-        response_attention = (torch.arange(T, device=batch.attention_mask.device)
-                              < batch.attention_mask[:, -T:].sum(-1, keepdim=True)).long()
+        # The last T columns of the attention mask are the right-padded responses' own mask.
         logits = shared_prefix_logits(model, batch.prompts, batch.prompt_mask, batch.prompt_index,
-                                      batch.response_ids, response_attention).float()
-        return logits / temperature if temperature > 0 and temperature != 1.0 else logits
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
-    logits = out.logits[:, :-1, :].float()
+                                      batch.response_ids, batch.attention_mask[:, -T:]).float()
+    else:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
+        logits = out.logits[:, :-1, :].float()
     # Skipping the no-op division saves a [B, T, V] float32 copy (~200 MB at B=8, T=128).
     return logits / temperature if temperature > 0 and temperature != 1.0 else logits

@@ -30,7 +30,7 @@ def shared_prefix_logits(model: torch.nn.Module, prompts: torch.Tensor, prompt_m
     """Logits [R, T, V] predicting each response token, equal to one forward over prompt + response.
     prompts/prompt_mask [U, P] (left-padded distinct prompts), prompt_index [R] (row -> prompt),
     response_ids/response_attention [R, T] (right-padded)."""
-    U, P = prompts.shape
+    P = prompts.shape[1]
     T = response_ids.shape[1]
     prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=prompt_pos,
