@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import torch
 
 from rlreason.rollout.base import Engine, SamplingConfig
+from rlreason.rollout.cpu_sampler import patch_vllm_cpu_sampler
 from rlreason.types import Completion
 
 log = logging.getLogger(__name__)
@@ -68,12 +69,14 @@ class VLLMEngine(Engine):
     def __init__(self, model_dir: str, *, tokenizer: Any, sampling: SamplingConfig, dtype: str = "bf16",
                  max_model_len: int = 2048, kv_cache_gb: float = 2.0, gpu_memory_utilization: float = 0.4,
                  enable_prefix_caching: bool = True, enforce_eager: bool | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, sampling_patch: bool = True) -> None:
         on_cpu = not torch.cuda.is_available()
         _configure_env(on_cpu)
         from vllm import LLM
         if on_cpu:
             _register_cpu_kernels_once()
+            if sampling_patch:
+                patch_vllm_cpu_sampler()
 
         self.tokenizer = tokenizer
         self.sampling = sampling
