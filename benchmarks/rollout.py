@@ -9,7 +9,7 @@ Prints, all measured in this run:
 Each part runs in its own subprocess so peak RSS is per configuration. tcmalloc/iomp are preloaded as
 the CLI does (set RLREASON_NO_PRELOAD=1 to measure without).
 
-    python benchmarks/rollout.py            # ~7 minutes on 2 cores
+    python benchmarks/rollout.py            # ~9 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import time
 
 PROMPTS, SAMPLES, NEW_TOKENS = 8, 4, 128
-REPEATS = 3  # timed vLLM/HF generation pairs, interleaved, after one warm-up generation of each
+REPEATS = 5  # timed vLLM/HF generation pairs, interleaved, after one warm-up generation of each
 STEPS = 3  # training steps; the first includes warm-up, the others are averaged
 KV_CACHE_GB = 0.5  # the workload holds ~32 x 260 tokens x 23 KB = 0.2 GB of KV
 QUESTIONS = [f"Explain step by step how to compute {a} + {b}." for a, b in

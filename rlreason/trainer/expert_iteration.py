@@ -41,8 +41,8 @@ from rlreason.config import RunConfig
 from rlreason.registry import ENVIRONMENTS, ConfigError
 from rlreason.rollout import SamplingConfig
 from rlreason.trainer.batch import episodes_to_rows
-from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlreason.trainer.grpo import Run, _component_means, _env_metric_means, setup as grpo_setup
+from rlreason.trainer.checkpoint import save_checkpoint
+from rlreason.trainer.grpo import Run, _component_means, _env_metric_means, restore, setup as grpo_setup
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sft import sft_epoch
 
@@ -207,24 +207,15 @@ def checkpoint(run: Run, ei: EIState) -> None:
 
 
 def _resume(run: Run, ei: EIState) -> None:
-    ckpt = latest_checkpoint(run.cfg.run_dir / "checkpoints")
-    if ckpt is None:
-        log.warning("--resume: no checkpoint under %s; starting from scratch", run.cfg.run_dir / "checkpoints")
+    state = restore(run)
+    if state is None:
         return
-    state, torch_state = load_checkpoint(ckpt, model=run.ctx.model)
-    run.ctx.optimizer.load_state_dict(torch_state["optimizer"])
-    run.ctx.scheduler.load_state_dict(torch_state["scheduler"])
-    run.sampler.load_state_dict(state["sampler"])
-    run.env.load_state_dict(state["env"])
-    run.rubric.load_state_dict(state["rewards"])
     ei.__dict__.update(state["ei"])
-    run.step = state["step"]
     # grpo.setup opened the logger without history (it cannot resume before LoRA is injected): reload it.
     path = run.logger.path
     run.logger.history = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
     run.logger.truncate_after(run.step)
     sync(run)
-    log.info("resumed from %s (round %d)", ckpt, run.step)
 
 
 # --- the loop ----------------------------------------------------------------------------------------------

@@ -161,11 +161,14 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     return run
 
 
-def _resume(run: Run) -> None:
+def restore(run: Run) -> dict | None:
+    """Load the latest checkpoint into the run: weights, optimizer, scheduler, value head, sampler position,
+    environment and reward state, step. Returns the checkpoint's state (trainers keep their own extras
+    there), or None when there is no checkpoint yet."""
     ckpt = latest_checkpoint(run.cfg.run_dir / "checkpoints")
     if ckpt is None:
         log.warning("--resume: no checkpoint under %s; starting from scratch", run.cfg.run_dir / "checkpoints")
-        return
+        return None
     state, torch_state = load_checkpoint(ckpt, model=run.ctx.model)
     run.ctx.optimizer.load_state_dict(torch_state["optimizer"])
     run.ctx.scheduler.load_state_dict(torch_state["scheduler"])
@@ -175,9 +178,15 @@ def _resume(run: Run) -> None:
     run.env.load_state_dict(state["env"])
     run.rubric.load_state_dict(state["rewards"])
     run.step = state["step"]
+    log.info("resumed from %s (step %d)", ckpt, run.step)
+    return state
+
+
+def _resume(run: Run) -> None:
+    if restore(run) is None:
+        return
     run.logger.truncate_after(run.step)
     run.engine.update_weights(run.ctx.model.state_dict().items())
-    log.info("resumed from %s (step %d)", ckpt, run.step)
 
 
 def checkpoint(run: Run) -> None:
