@@ -88,3 +88,18 @@ def test_real_engine_samples_follow_the_model_distribution():
         freq = firsts.count(t) / n
         se = (q * (1 - q) / n) ** 0.5
         assert abs(freq - q) < 4 * se + 0.02, (t, freq, q)  # 0.02: bf16 engine vs fp32 forward
+
+
+def test_only_the_intended_fp32_narrowing_warning_is_dropped():
+    import logging
+
+    from rlreason.rollout.vllm_engine import _IntendedNarrowing
+
+    f = _IntendedNarrowing()
+    msg = "Attempted to load weight %s with dtype %s into parameter with dtype %s"
+
+    def rec(*args):
+        return logging.LogRecord("vllm.model_executor.models.utils", logging.WARNING, __file__, 1, msg, args, None)
+    assert not f.filter(rec("layers.0.w", torch.float32, torch.bfloat16))
+    assert f.filter(rec("layers.0.w", torch.bfloat16, torch.float16))  # a real mismatch still warns
+    assert f.filter(logging.LogRecord("x", logging.WARNING, __file__, 1, "something else %s", ("a",), None))

@@ -65,6 +65,23 @@ def _register_cpu_kernels_once() -> None:
     CpuPlatform.register_triton_kernel_overrides = classmethod(once)
 
 
+class _IntendedNarrowing(logging.Filter):
+    """The engine starts from the trainer's float32 directory (the master weights) and runs in bf16/fp16:
+    vLLM then warns once per tensor that it is narrowing a float32 weight. That cast is the point; drop
+    those lines and keep every other loading warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Attempted to load weight %s with dtype %s") and len(args) == 3
+                    and args[1] == torch.float32 and args[2] in (torch.bfloat16, torch.float16))
+
+
+def _quiet_intended_narrowing() -> None:
+    lg = logging.getLogger("vllm.model_executor.models.utils")
+    if not any(isinstance(f, _IntendedNarrowing) for f in lg.filters):
+        lg.addFilter(_IntendedNarrowing())
+
+
 class VLLMEngine(Engine):
     def __init__(self, model_dir: str, *, tokenizer: Any, sampling: SamplingConfig, dtype: str = "bf16",
                  max_model_len: int = 2048, kv_cache_gb: float = 2.0, gpu_memory_utilization: float = 0.4,
@@ -73,6 +90,7 @@ class VLLMEngine(Engine):
         on_cpu = not torch.cuda.is_available()
         _configure_env(on_cpu)
         from vllm import LLM
+        _quiet_intended_narrowing()
         if on_cpu:
             _register_cpu_kernels_once()
             if sampling_patch:
