@@ -81,8 +81,12 @@ def test_vllm_engine_real_model_logprobs_stop_and_weight_sync():
         logits = model(torch.tensor([p + c.token_ids])).logits[0, len(p) - 1:-1]
     ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
     assert (ref - torch.tensor(c.logprobs)).abs().mean() < 0.1  # bf16 engine vs fp32 trainer
-    s = eng.generate_batch([p], n=1, max_tokens=64, stop=["5"], seed=2)[0][0]
-    assert s.finish_reason == "stop" and s.text.endswith("5") and "6" not in s.text.split("5")[-1]
+    # Stop strings: EOS ignored (so only the stop string can end a sample early) and a low temperature (so
+    # the model counts); each sample must end right at its first "5", which is kept in the text.
+    eng.sampling = SamplingConfig(0.3, ignore_eos=True)
+    for s in eng.generate_batch([p], n=4, max_tokens=64, stop=["5"], seed=2)[0]:
+        assert s.finish_reason == "stop" and s.text.endswith("5") and "5" not in s.text[:-1], s.text
+    eng.sampling = SamplingConfig(1.0)
     with torch.no_grad():
         for prm in model.parameters():
             prm.zero_()
