@@ -63,3 +63,17 @@ def test_repo_configs_load():
     import pathlib
     for f in sorted(pathlib.Path("configs").glob("*.yaml")):
         load_config(str(f))
+
+
+def test_share_prompt_forward_auto_is_on_for_cpu_only():
+    import torch
+
+    from rlreason.config import load_config
+    from rlreason.registry import ConfigError
+    from rlreason.trainer.grpo import share_prompts
+    assert load_config(None, []).trainer.share_prompt_forward == "auto"
+    assert share_prompts("auto", torch.device("cpu")) and not share_prompts("auto", torch.device("cuda"))
+    assert share_prompts(True, torch.device("cuda")) and not share_prompts(False, torch.device("cpu"))
+    assert load_config(None, ["trainer.share_prompt_forward=false"]).trainer.share_prompt_forward is False
+    with pytest.raises(ConfigError, match="share_prompt_forward"):
+        load_config(None, ["trainer.share_prompt_forward=sometimes"])
