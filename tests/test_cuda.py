@@ -13,14 +13,14 @@ from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.models import resolve_model
 from rlreason.trainer.batch import collate, response_logits
 from rlreason.trainer.update import UpdateContext, policy_update
+from test_shared_prefix import _rows as shared_rows, assert_shared_equals_plain  # tests/ is on sys.path
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 CUDA = torch.device("cuda")
 
 
 def _rows(seed: int):
-    from test_shared_prefix import _rows as rows
-    return rows(seed, groups=3, G=4)
+    return shared_rows(seed, groups=3, G=4)
 
 
 def _model() -> torch.nn.Module:
@@ -33,18 +33,7 @@ def test_shared_prefix_equals_plain_forward_on_cuda_fp32_and_bf16():
     model = _model()
     b = collate(_rows(0), pad_id=0).to(CUDA)
     m = (b.attention_mask[:, -b.response_ids.shape[1]:, None] > 0)
-    plain = response_logits(model, b, 0.7, share_prompts=False) * m
-    w = torch.randn(plain.shape, device=CUDA, generator=torch.Generator(CUDA).manual_seed(0))
-    (plain * w).sum().backward()
-    g_plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    shared = response_logits(model, b, 0.7, share_prompts=True) * m
-    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=1e-3)
-    (shared * w).sum().backward()
-    for n, p in model.named_parameters():
-        if n in g_plain:
-            scale = float(g_plain[n].abs().max())
-            torch.testing.assert_close(p.grad, g_plain[n], atol=1e-4 * scale + 1e-6, rtol=1e-3, msg=n)
+    plain = assert_shared_equals_plain(model, b, 0, tol=1e-4)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         bf_plain = response_logits(model, b, 0.7, share_prompts=False) * m
         bf_shared = response_logits(model, b, 0.7, share_prompts=True) * m
