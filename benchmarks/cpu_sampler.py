@@ -12,23 +12,12 @@ Prints, both measured in this run:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 PAIRS = 6
 QUESTIONS = [f"Explain step by step how to compute {a} + {b}." for a, b in
              [(3, 5), (12, 7), (21, 4), (8, 9), (15, 15), (6, 30), (44, 2), (9, 1)]]
-
-
-def _preload() -> None:
-    """Re-exec with tcmalloc + Intel OpenMP preloaded, as the CLI and the other benchmarks run."""
-    if os.environ.get("RLREASON_NO_PRELOAD") or os.environ.get("LD_PRELOAD"):
-        return
-    libs = [p for p in ("/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-                        os.path.join(sys.prefix, "lib", "libiomp5.so")) if os.path.exists(p)]
-    if libs:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "LD_PRELOAD": ":".join(libs)})
 
 
 def kernel_ms() -> tuple[float, float]:
@@ -98,5 +87,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _preload()
+    from rlreason.cli import reexec_preloaded
+    reexec_preloaded(sys.argv)  # tcmalloc + Intel OpenMP, as the CLI runs
     main()

@@ -135,10 +135,8 @@ def part(method: str, lengths: list[int], batch: int, C: int, m: int, kv_cache_g
 def run_part(*args: str) -> dict:
     env = dict(os.environ)
     if not env.get("RLREASON_NO_PRELOAD"):
-        libs = [p for p in ("/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",) if os.path.exists(p)]
-        iomp = os.path.join(sys.prefix, "lib", "libiomp5.so")
-        libs += [iomp] if os.path.exists(iomp) else []
-        env["LD_PRELOAD"] = ":".join(libs)
+        from rlreason.cli import preload_libs
+        env["LD_PRELOAD"] = ":".join(preload_libs())
     p = subprocess.run([sys.executable, __file__, "--part", *args], env=env, stdout=subprocess.PIPE, text=True)
     lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode != 0 or not lines:

@@ -79,10 +79,8 @@ def run_case(a: argparse.Namespace) -> dict:
 
 
 def _preload_env() -> dict[str, str]:
-    from rlreason.cli import PRELOAD_LIBS
-    libs = [p for p in PRELOAD_LIBS if os.path.exists(p)][:1]
-    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
-    libs += [str(iomp)] if iomp.exists() else []
+    from rlreason.cli import preload_libs
+    libs = preload_libs()
     return {**os.environ, "LD_PRELOAD": ":".join(libs)} if libs else dict(os.environ)
 
 

@@ -110,10 +110,8 @@ def part_step(engine: str) -> dict:
 def run_part(*args: str) -> dict:
     env = dict(os.environ)
     if not env.get("RLREASON_NO_PRELOAD"):
-        libs = [p for p in ("/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",) if os.path.exists(p)]
-        iomp = os.path.join(sys.prefix, "lib", "libiomp5.so")
-        libs += [iomp] if os.path.exists(iomp) else []
-        env["LD_PRELOAD"] = ":".join(libs)
+        from rlreason.cli import preload_libs
+        env["LD_PRELOAD"] = ":".join(preload_libs())
     p = subprocess.run([sys.executable, __file__, "--part", *args], env=env, capture_output=True, text=True)
     lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if p.returncode != 0 or not lines:

