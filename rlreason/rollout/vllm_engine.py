@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import torch
 
 from rlreason.rollout.base import Engine, SamplingConfig
+from rlreason.rollout.cpu_norm import register_cpu_rms_norm
 from rlreason.rollout.cpu_sampler import patch_vllm_cpu_sampler
 from rlreason.types import Completion
 
@@ -86,15 +87,18 @@ class VLLMEngine(Engine):
     def __init__(self, model_dir: str, *, tokenizer: Any, sampling: SamplingConfig, dtype: str = "bf16",
                  max_model_len: int = 2048, kv_cache_gb: float = 2.0, gpu_memory_utilization: float = 0.4,
                  enable_prefix_caching: bool = True, enforce_eager: bool | None = None,
-                 seed: int = 0, sampling_patch: bool = True) -> None:
+                 seed: int = 0, sampling_patch: bool = True, cpu_rms_norm: bool = True) -> None:
         on_cpu = not torch.cuda.is_available()
         _configure_env(on_cpu)
         from vllm import LLM
         _quiet_intended_narrowing()
+        op_priority: dict[str, list[str]] = {}
         if on_cpu:
             _register_cpu_kernels_once()
             if sampling_patch:
                 patch_vllm_cpu_sampler()
+            if cpu_rms_norm:
+                op_priority = register_cpu_rms_norm()
 
         self.tokenizer = tokenizer
         self.sampling = sampling
@@ -116,6 +120,7 @@ class VLLMEngine(Engine):
             # request's generator offset, which CPU generators do not support: schedule whole prompts.
             **({"enable_chunked_prefill": False} if on_cpu else {}),
             **_kv_cache_size(kv_cache_gb, on_cpu),
+            **({"ir_op_priority": op_priority} if op_priority else {}),
         )
         self.engine = self.llm.llm_engine
         self._futures: dict[str, asyncio.Future] = {}

@@ -107,18 +107,16 @@ def group_order(rows: list[Row], idx: list[int] | None = None) -> list[int]:
     return sorted(idx, key=lambda i: (len(rows[i].prompt_ids), rows[i].prompt_ids, -len(rows[i].response_ids)))
 
 
-def response_logits(model: torch.nn.Module, batch: Batch, temperature: float, *, share_prompts: bool = True) -> torch.Tensor:
-    """Logits [B, T, V] that predict each response token, divided by the sampling temperature (so
-    their log-softmax is the distribution the engine sampled from). Rows that share a prompt run it once
-    (`shared_prefix.py`) unless share_prompts is False."""
+def response_logits(model: torch.nn.Module, batch: Batch, *, share_prompts: bool = True) -> torch.Tensor:
+    """Logits [B, T, V] that predict each response token, in the model's compute dtype (bf16 under autocast):
+    `logprobs_from_logits` applies the sampling temperature and works in float32 chunk by chunk, so no
+    [B, T, V] float32 copy is made here. Rows that share a prompt run it once (`shared_prefix.py`) unless
+    share_prompts is False."""
     T = batch.response_ids.shape[1]
     if share_prompts and can_share(model, batch.prompts.shape[0], batch.response_ids.shape[0], T):
         # The last T columns of the attention mask are the right-padded responses' own mask.
-        logits = shared_prefix_logits(model, batch.prompts, batch.prompt_mask, batch.prompt_index,
-                                      batch.response_ids, batch.attention_mask[:, -T:]).float()
-    else:
-        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
-        logits = out.logits[:, :-1, :].float()
-    # Skipping the no-op division saves a [B, T, V] float32 copy (~200 MB at B=8, T=128).
-    return logits / temperature if temperature > 0 and temperature != 1.0 else logits
+        return shared_prefix_logits(model, batch.prompts, batch.prompt_mask, batch.prompt_index,
+                                    batch.response_ids, batch.attention_mask[:, -T:])
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
+    return out.logits[:, :-1, :]

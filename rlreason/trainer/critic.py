@@ -26,11 +26,11 @@ class ValueHead(torch.nn.Module):
 
 
 def response_hidden(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [B,T,V], last hidden states [B,T,H]) at the positions predicting each response token."""
+    """(logits [B,T,V] in the compute dtype, last hidden states [B,T,H]) at the positions predicting each response token."""
     T = batch.response_ids.shape[1]
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 logits_to_keep=T + 1, use_cache=False, output_hidden_states=True)
-    return out.logits[:, :-1, :].float(), out.hidden_states[-1][:, -(T + 1):-1, :]
+    return out.logits[:, :-1, :], out.hidden_states[-1][:, -(T + 1):-1, :]
 
 
 @torch.no_grad()

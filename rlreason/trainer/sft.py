@@ -15,7 +15,7 @@ from collections import defaultdict
 from rlreason.algos.losses import logprobs_from_logits
 from rlreason.config import TrainerConfig
 from rlreason.trainer.batch import Row, collate, group_order, response_logits
-from rlreason.trainer.update import UpdateContext, _step, autocast
+from rlreason.trainer.update import UpdateContext, _step, autocast, full_precision
 
 
 def sft_epoch(rows: list[Row], ctx: UpdateContext, tr: TrainerConfig, *, batch_size: int) -> dict[str, float]:
@@ -32,17 +32,18 @@ def sft_epoch(rows: list[Row], ctx: UpdateContext, tr: TrainerConfig, *, batch_s
         n_tokens = max(sum(sum(r.response_mask) for r in batch), 1)
         ctx.optimizer.zero_grad(set_to_none=True)
         total, finite = 0.0, True
-        for m in range(0, len(batch), tr.micro_batch_size):
-            b = collate(batch[m:m + tr.micro_batch_size], ctx.pad_id).to(ctx.device)
-            with autocast(ctx):
-                logits = response_logits(model, b, 1.0, share_prompts=ctx.share_prompts)  # the model's own distribution
-            logprobs = logprobs_from_logits(logits, b.response_ids)  # [B, T]
-            loss = -(logprobs * b.response_mask).sum() / n_tokens
-            if not loss.isfinite():
-                finite = False
-                break
-            total += float(loss.detach())
-            loss.backward()
+        with autocast(ctx):  # one region per optimizer step: weights are cast to bf16 once
+            for m in range(0, len(batch), tr.micro_batch_size):
+                b = collate(batch[m:m + tr.micro_batch_size], ctx.pad_id).to(ctx.device)
+                logits = response_logits(model, b, share_prompts=ctx.share_prompts)
+                with full_precision(ctx):
+                    logprobs = logprobs_from_logits(logits, b.response_ids)  # [B, T], the model's own distribution
+                    loss = -(logprobs * b.response_mask).sum() / n_tokens
+                    if not loss.isfinite():
+                        finite = False
+                        break
+                    total += float(loss.detach())
+                    loss.backward()
         _step(ctx, tr, sums, counts, total if finite else float("nan"))
     out = {("sft" if k == "policy" else k): v / max(counts[k], 1) for k, v in sums.items()}
     out["sft_steps"] = float(counts["grad_norm"])

@@ -1,0 +1,81 @@
+"""The policy update's accumulation: splitting an optimizer step into micro-batches changes the work, not the
+update; and under bf16 autocast the fp32 weights are cast once per optimizer step, not once per micro-batch."""
+
+import random
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from rlreason.config import AlgoConfig, TrainerConfig
+from rlreason.trainer.update import UpdateContext, policy_update
+from test_shared_prefix import _model, _rows  # tests/ is on sys.path
+
+
+def _update(rows, micro: int, amp: torch.dtype | None, algo: AlgoConfig | None = None) -> dict[str, torch.Tensor]:
+    # float64 without autocast: micro-batching is exact up to rounding, and float32 rounding is amplified
+    # by the cancellation of +/- advantages in a tiny random model (~1e-4 of the update).
+    model = _model() if amp is not None else _model().double()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctx = UpdateContext(model, opt, None, None, torch.device("cpu"), amp, 0, 0.8)
+    random.seed(0)
+    policy_update(rows, ctx, algo or AlgoConfig(tis_cap=2.0), TrainerConfig(micro_batch_size=micro), None)
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+def test_micro_batch_split_gives_the_same_update():
+    rows = _rows(4, groups=3, G=4)
+    whole = _update(rows, 12, None)
+    for micro in (1, 5):
+        split = _update(rows, micro, None)
+        for n, d in whole.items():
+            torch.testing.assert_close(split[n], d, atol=1e-6 * float(d.abs().max()) + 1e-12, rtol=1e-6, msg=n)
+    assert any(float(d.abs().max()) > 0 for d in whole.values())
+
+
+def test_micro_batch_split_under_bf16_autocast_keeps_direction_and_size():
+    """bf16 rounds differently per batch shape, so not equal: but a split that dropped, repeated or mis-cast
+    a micro-batch would change the update's direction or size by far more than 2%."""
+    rows = _rows(4, groups=3, G=4)
+    whole = torch.cat([d.flatten() for d in _update(rows, 12, torch.bfloat16).values()])
+    for micro in (1, 5):
+        split = torch.cat([d.flatten() for d in _update(rows, micro, torch.bfloat16).values()])
+        assert torch.nn.functional.cosine_similarity(split, whole, dim=0) > 0.99
+        assert abs(split.norm() / whole.norm() - 1) < 0.02
+
+
+def test_entropy_kl_and_multi_epoch_terms_also_split_exactly():
+    rows = _rows(5, groups=2, G=4)
+    algo = AlgoConfig(entropy_coef=0.01, tis_cap=None)
+    whole, split = _update(rows, 8, None, algo), _update(rows, 3, None, algo)
+    for n, d in whole.items():
+        torch.testing.assert_close(split[n], d, atol=1e-4 * float(d.abs().max()) + 1e-9, rtol=1e-4, msg=n)
+
+
+class _CastCounter(TorchDispatchMode):
+    """Counts fp32 -> bf16 casts of 2-D tensors (the weight matrices) dispatched during the update."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func is torch.ops.aten._to_copy.default and args[0].dim() == 2 and args[0].dtype == torch.float32
+                and kwargs.get("dtype") == torch.bfloat16):
+            self.casts += 1
+        return func(*args, **kwargs)
+
+
+def test_bf16_weight_casts_once_per_optimizer_step_not_per_micro_batch():
+    rows = _rows(6, groups=3, G=4)
+    counts = {}
+    for micro in (12, 2):
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ctx = UpdateContext(model, opt, None, None, torch.device("cpu"), torch.bfloat16, 0, 1.0)
+        with _CastCounter() as counter:
+            policy_update(rows, ctx, AlgoConfig(), TrainerConfig(micro_batch_size=micro), None)
+        counts[micro] = counter.casts
+    assert counts[12] > 0
+    assert counts[2] == counts[12], counts  # 6 micro-batches, still one cast per weight
