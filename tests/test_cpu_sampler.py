@@ -33,6 +33,22 @@ def test_large_vocabulary_tail_keeps_its_mass():
     assert abs(float((ids == 0).double().mean()) - float(probs[0])) < 0.02
 
 
+@pytest.mark.parametrize("V", [256 * 3, 1000])  # whole blocks, and a padded last block
+def test_block_boundaries_and_sparse_rows(V):
+    """Mass at the first/last entry of blocks, in a padded tail, and rows with a single non-zero entry."""
+    torch.manual_seed(2)
+    n = 100_000
+    p = torch.zeros(V)
+    picks = [0, 255, 256, V - 1]
+    p[picks] = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    freq = torch.bincount(inverse_cdf_sample(p.repeat(n, 1), {}), minlength=V).double() / n
+    assert float(freq.sum() - freq[picks].sum()) == 0.0  # nothing outside the support
+    assert torch.allclose(freq[picks], p[picks].double(), atol=0.006), freq[picks]
+    one_hot = torch.zeros(5, V)
+    one_hot[torch.arange(5), torch.tensor([0, 255, 256, V - 2, V - 1])] = 1e-30  # tiny but non-zero
+    assert inverse_cdf_sample(one_hot, {}).tolist() == [0, 255, 256, V - 2, V - 1]
+
+
 def test_row_generators_make_rows_reproducible_and_independent_of_the_global_rng():
     probs = torch.rand(4, 1000)
     a = inverse_cdf_sample(probs, {1: torch.Generator().manual_seed(7), 3: torch.Generator().manual_seed(9)})
