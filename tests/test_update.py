@@ -79,3 +79,21 @@ def test_bf16_weight_casts_once_per_optimizer_step_not_per_micro_batch():
         counts[micro] = counter.casts
     assert counts[12] > 0
     assert counts[2] == counts[12], counts  # 6 micro-batches, still one cast per weight
+
+
+def test_gradient_checkpointing_recomputes_inside_the_step_region_and_matches():
+    """Checkpointed layers re-run their forward during backward, i.e. inside `full_precision`: they must
+    recompute under the forward's autocast state and give the same update as without checkpointing."""
+    rows = _rows(7, groups=2, G=3)
+    out = {}
+    for ckpt in (False, True):
+        model = _model()
+        if ckpt:
+            model.gradient_checkpointing_enable()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ctx = UpdateContext(model, opt, None, None, torch.device("cpu"), torch.bfloat16, 0, 1.0)
+        random.seed(0)
+        policy_update(rows, ctx, AlgoConfig(), TrainerConfig(micro_batch_size=2), None)
+        out[ckpt] = torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()])
+    assert torch.nn.functional.cosine_similarity(out[True], out[False], dim=0) > 0.999
