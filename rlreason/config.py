@@ -22,6 +22,9 @@ class ModelConfig:
     dtype: Literal["bf16", "fp32"] = "bf16"  # engine weights and training autocast (fp32 master weights)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     gradient_checkpointing: bool = False  # trade compute for activation memory on long sequences
+    # Trainer attention: auto = rlreason_cpu on CPU (grouped bf16 matmuls for short contexts, SDPA otherwise;
+    # trainer/cpu_attention.py), sdpa on GPU; or any transformers name (eager, sdpa, flash_attention_2, ...).
+    attn_implementation: str = "auto"
 
 
 @dataclass

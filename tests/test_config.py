@@ -56,6 +56,8 @@ def test_registry_names_validated_before_run():
         validate(load_config(None, ["algo.advantage=grpoo"]))
     with pytest.raises(ConfigError, match="algo.loss_agg_mode"):
         validate(load_config(None, ["algo.loss_agg_mode=mean"]))
+    with pytest.raises(ConfigError, match="model.attn_implementation: unknown 'spda'.*Allowed.*sdpa.*Did you mean 'sdpa'"):
+        validate(load_config(None, ["model.attn_implementation=spda"]))
     validate(load_config(None, []))  # defaults are valid
 
 

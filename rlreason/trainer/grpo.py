@@ -21,7 +21,7 @@ from rlreason.algos.kl import kl_estimate
 from rlreason.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES
 from rlreason.algos.sampling import nonzero_variance_groups
 from rlreason.config import RunConfig, to_dict
-from rlreason.registry import ConfigError, build_environment
+from rlreason.registry import ConfigError, build_environment, suggest
 from rlreason.rollout import Engine, SamplingConfig, make_engine
 from rlreason.rubric import Rubric
 from rlreason.trainer.batch import episodes_to_rows
@@ -49,9 +49,18 @@ def validate(cfg: RunConfig) -> None:
                           f"Allowed: {', '.join(LOSS_AGG_MODES)}.")
     if cfg.algo.kl_estimator not in ("k1", "k2", "k3"):
         raise ConfigError(f"algo.kl_estimator: '{cfg.algo.kl_estimator}' is not allowed. Allowed: k1, k2, k3.")
+    _check_attention(cfg.model.attn_implementation)
     for key in ("steps", "prompts_per_step", "samples_per_prompt", "micro_batch_size", "ppo_epochs", "mini_batches"):
         if getattr(cfg.trainer, key) < 1:
             raise ConfigError(f"trainer.{key}: must be >= 1, got {getattr(cfg.trainer, key)}")
+
+
+def _check_attention(setting: str) -> None:
+    from transformers import AttentionInterface
+    allowed = sorted({"auto", "eager", *AttentionInterface._global_mapping})
+    if setting not in allowed and "/" not in setting:  # "/": a kernel from the hub, which transformers checks
+        raise ConfigError(f"model.attn_implementation: unknown '{setting}'. Allowed: {', '.join(allowed)} "
+                          f"or a hub kernel (org/name).{suggest(setting, allowed)}")
 
 
 def pick_device(name: str) -> torch.device:
@@ -75,10 +84,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_policy(model_dir: str, device: torch.device, gradient_checkpointing: bool) -> torch.nn.Module:
+def attention_for(device: torch.device, setting: str) -> str:
+    """model.attn_implementation: `auto` picks the grouped-matmul attention on CPU, SDPA elsewhere."""
+    if setting != "auto":
+        return setting
+    if device.type == "cpu":
+        from rlreason.trainer import cpu_attention
+        return cpu_attention.register()
+    return "sdpa"
+
+
+def load_policy(model_dir: str, device: torch.device, gradient_checkpointing: bool,
+                attn_implementation: str = "auto") -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
     # fp32 master weights; bf16 compute comes from autocast (pure bf16 Adam loses small updates).
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                 attn_implementation=attention_for(device, attn_implementation))
+    model = model.to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -127,10 +149,10 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     eval_rows = [as_example(r) for r in eval_data.select(range(min(len(eval_data), cfg.eval.max_problems)))] \
         if eval_data is not None else []
 
-    model = load_policy(model_dir, device, cfg.model.gradient_checkpointing)
+    model = load_policy(model_dir, device, cfg.model.gradient_checkpointing, cfg.model.attn_implementation)
     ref_model = None
     if cfg.algo.kl_coef > 0:
-        ref_model = load_policy(model_dir, device, False).eval().requires_grad_(False)
+        ref_model = load_policy(model_dir, device, False, cfg.model.attn_implementation).eval().requires_grad_(False)
     value_head = None
     if cfg.algo.advantage == "gae":
         value_head = ValueHead(model.config.hidden_size).to(device)
