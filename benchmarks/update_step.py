@@ -1,6 +1,7 @@
 """The policy update of one GRPO step on the peer workload (32 rows = 8 prompts x 4 samples, prompts 80-200
 tokens, 128-token responses, micro-batch 4, bf16 autocast, fused AdamW), on whatever device is there:
-shared-prefix forward (one prompt pass per group) vs one forward per row, interleaved, in one run.
+shared-prefix forward (one prompt pass per group) vs one forward per row, interleaved, in one run; on CPU
+also the trainer's grouped-matmul attention (model.attn_implementation=auto) vs SDPA on the shared path.
 SmolLM2-135M's architecture with random weights (the time does not depend on their values), so it also runs
 where the packaged model is not installed. tcmalloc + Intel OpenMP are preloaded as the CLI does:
 
@@ -18,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.trainer.batch import Row
+from rlreason.trainer.grpo import attention_for
 from rlreason.trainer.update import UpdateContext, policy_update
 
 REPEATS = 3
@@ -31,7 +33,8 @@ def main() -> None:
         cfg = AutoConfig.from_pretrained(resolve_model("smollm2-135m-instruct", dtype="fp32"))
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).to(dev)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").to(dev)
+    grouped = attention_for(dev, "auto")  # what the trainer uses here: rlreason_cpu on CPU, sdpa on GPU
     random.seed(0)
     rows = []
     for i in range(32):
@@ -41,7 +44,8 @@ def main() -> None:
                         random.choice([-1.0, 1.0]), i, i // 4))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=dev.type in ("cpu", "cuda"))
 
-    def once(share: bool) -> float:
+    def once(share: bool, attn: str = "sdpa") -> float:
+        model.set_attn_implementation(attn)
         ctx = UpdateContext(model, opt, None, None, dev, torch.bfloat16, 0, 1.0, share_prompts=share)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -51,13 +55,16 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    once(True), once(False)  # warm-up
-    pairs = [(once(False), once(True)) for _ in range(REPEATS)]
-    plain = sorted(p for p, _ in pairs)[REPEATS // 2]
-    shared = sorted(s for _, s in pairs)[REPEATS // 2]
+    variants = [(False, "sdpa"), (True, "sdpa")] + ([(True, grouped)] if grouped != "sdpa" else [])
+    for v in variants:
+        once(*v)  # warm-up
+    runs = [[once(*v) for v in variants] for _ in range(REPEATS)]  # interleaved
+    med = [sorted(r[i] for r in runs)[REPEATS // 2] for i in range(len(variants))]
     name = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
-    print(f"update on {name}: per-row forward {plain:.2f} s   shared prefix {shared:.2f} s   "
-          f"ratio {plain / shared:.2f}x (median of {REPEATS} interleaved pairs)")
+    print(f"update on {name}: per-row forward {med[0]:.2f} s   shared prefix {med[1]:.2f} s   "
+          f"ratio {med[0] / med[1]:.2f}x (medians of {REPEATS} interleaved runs, SDPA attention)")
+    if len(med) > 2:
+        print(f"  shared prefix with {grouped} attention {med[2]:.2f} s   ratio vs SDPA {med[1] / med[2]:.2f}x")
 
 
 if __name__ == "__main__":
