@@ -44,8 +44,8 @@ class UpdateContext:
 def autocast(ctx: UpdateContext) -> contextlib.AbstractContextManager:
     """Mixed precision for the model's forward. Opened once around all micro-batches of an optimizer step
     (with `full_precision` inside for the loss and backward), autocast's cache keeps the bf16 copy of each
-    fp32 weight for the whole step instead of re-casting all 135M parameters per micro-batch (~10% of a CPU
-    update); the cache is dropped when the outermost region closes, so no copy outlives the weights."""
+    fp32 weight for the whole step instead of re-casting all 135M parameters per micro-batch (40-95 ms
+    each on 2 CPU cores); the cache is dropped when the outermost region closes, so no copy outlives the weights."""
     if ctx.amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=ctx.device.type, dtype=ctx.amp_dtype)
