@@ -14,9 +14,9 @@ import contextlib
 import sys
 import time
 
+from peer_workload import engine_tok_s, model_and_prompts, pair_ratios
+
 PAIRS = 6
-QUESTIONS = [f"Explain step by step how to compute {a} + {b}." for a, b in
-             [(3, 5), (12, 7), (21, 4), (8, 9), (15, 15), (6, 30), (44, 2), (9, 1)]]
 
 
 def _native(ir):
@@ -42,10 +42,8 @@ def kernel_us(ir, priority: dict[str, list[str]]) -> tuple[float, float]:
 
 
 def main() -> None:
-    from transformers import AutoTokenizer
     from vllm import ir
 
-    from rlreason.models import resolve_model
     from rlreason.rollout import SamplingConfig
     from rlreason.rollout.cpu_norm import register_cpu_rms_norm
     from rlreason.rollout.vllm_engine import VLLMEngine
@@ -53,33 +51,23 @@ def main() -> None:
     priority = register_cpu_rms_norm()
     if not priority:
         raise SystemExit("this vLLM has no C++ rms_norm kernels (or no IR): nothing to compare")
-    native, ours = kernel_us(ir, priority)
-    print(f"1. fused add + RMSNorm, 32 x 576 bf16: native {native:.1f} us   C++ {ours:.1f} us   "
-          f"ratio {native / ours:.2f}x")
+    native_us, c_us = kernel_us(ir, priority)
+    print(f"1. fused add + RMSNorm, 32 x 576 bf16: native {native_us:.1f} us   C++ {c_us:.1f} us   "
+          f"ratio {native_us / c_us:.2f}x")
 
-    d = resolve_model("smollm2-135m-instruct", dtype="fp32")
-    tok = AutoTokenizer.from_pretrained(d)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
-                                       return_dict=False) for q in QUESTIONS]
+    d, tok, prompts = model_and_prompts()
     eng = VLLMEngine(d, tokenizer=tok, sampling=SamplingConfig(temperature=1.0, ignore_eos=True), max_model_len=512,
                      kv_cache_gb=0.5, seed=0)
-
-    def tok_s(seed: int) -> float:
-        t = time.perf_counter()
-        outs = eng.generate_batch(prompts, n=4, max_tokens=128, seed=seed)
-        return sum(len(c.token_ids) for g in outs for c in g) / (time.perf_counter() - t)
-
-    tok_s(0)
-    pairs = []
+    engine_tok_s(eng, prompts, 0)
+    base, ours = [], []
     for i in range(PAIRS):
         with _native(ir):
-            base = tok_s(1 + i)
-        pairs.append((base, tok_s(1 + i)))
-    ratios = sorted(o / b for b, o in pairs)
-    med = (ratios[(PAIRS - 1) // 2] + ratios[PAIRS // 2]) / 2
-    print(f"2. generation, peer workload: native RMSNorm {sum(b for b, _ in pairs) / PAIRS:.1f} tok/s   C++ "
-          f"{sum(o for _, o in pairs) / PAIRS:.1f} tok/s   ratio {med:.2f}x (median of {PAIRS} interleaved pairs "
-          f"in one engine; range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+            base.append(engine_tok_s(eng, prompts, 1 + i))
+        ours.append(engine_tok_s(eng, prompts, 1 + i))
+    med, lo, hi = pair_ratios(base, ours)
+    print(f"2. generation, peer workload: native RMSNorm {sum(base) / PAIRS:.1f} tok/s   C++ "
+          f"{sum(ours) / PAIRS:.1f} tok/s   ratio {med:.2f}x (median of {PAIRS} interleaved pairs "
+          f"in one engine; range {lo:.2f}-{hi:.2f})")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from __future__ import annotations
 import sys
 import time
 
+from peer_workload import engine_tok_s, model_and_prompts, pair_ratios
+
 PAIRS = 6
-QUESTIONS = [f"Explain step by step how to compute {a} + {b}." for a, b in
-             [(3, 5), (12, 7), (21, 4), (8, 9), (15, 15), (6, 30), (44, 2), (9, 1)]]
 
 
 def kernel_ms() -> tuple[float, float]:
@@ -47,30 +47,18 @@ def kernel_ms() -> tuple[float, float]:
     return ms(vllm_step), ms(ours_step)
 
 
-def engine_tok_s() -> tuple[list[float], list[float]]:
-    from transformers import AutoTokenizer
-
-    from rlreason.models import resolve_model
+def generation_pairs() -> tuple[list[float], list[float]]:
     from rlreason.rollout import SamplingConfig
     from rlreason.rollout.vllm_engine import VLLMEngine
 
-    d = resolve_model("smollm2-135m-instruct", dtype="fp32")
-    tok = AutoTokenizer.from_pretrained(d)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
-                                       return_dict=False) for q in QUESTIONS]
+    d, tok, prompts = model_and_prompts()
     kw = dict(tokenizer=tok, sampling=SamplingConfig(temperature=1.0, ignore_eos=True), max_model_len=512,
               kv_cache_gb=0.5, seed=0)
     # vLLM binds its sampler's forward when the engine is built: the first engine keeps vLLM's own.
     theirs = VLLMEngine(d, sampling_patch=False, **kw)
     ours = VLLMEngine(d, **kw)
-
-    def tok_s(eng, seed: int) -> float:
-        t = time.perf_counter()
-        outs = eng.generate_batch(prompts, n=4, max_tokens=128, seed=seed)
-        return sum(len(c.token_ids) for g in outs for c in g) / (time.perf_counter() - t)
-
-    tok_s(theirs, 0), tok_s(ours, 0)  # warm-up on the workload's shapes
-    pairs = [(tok_s(theirs, 1 + i), tok_s(ours, 1 + i)) for i in range(PAIRS)]
+    engine_tok_s(theirs, prompts, 0), engine_tok_s(ours, prompts, 0)  # warm-up on the workload's shapes
+    pairs = [(engine_tok_s(theirs, prompts, 1 + i), engine_tok_s(ours, prompts, 1 + i)) for i in range(PAIRS)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -78,12 +66,11 @@ def main() -> None:
     v_ms, o_ms = kernel_ms()
     print(f"1. sampling one decode step (32 x 49,152): vLLM fused Gumbel {v_ms:.2f} ms   inverse-CDF {o_ms:.2f} ms"
           f"   ratio {v_ms / o_ms:.2f}x")
-    theirs, ours = engine_tok_s()
-    ratios = sorted(o / t for t, o in zip(theirs, ours))
-    med = (ratios[(len(ratios) - 1) // 2] + ratios[len(ratios) // 2]) / 2
+    theirs, ours = generation_pairs()
+    med, lo, hi = pair_ratios(theirs, ours)
     print(f"2. generation, peer workload: vLLM sampler {sum(theirs) / len(theirs):.1f} tok/s   inverse-CDF "
           f"{sum(ours) / len(ours):.1f} tok/s   ratio {med:.2f}x (median of {PAIRS} interleaved pairs; "
-          f"range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+          f"range {lo:.2f}-{hi:.2f})")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ import subprocess
 import sys
 import time
 
-PROMPTS, SAMPLES, NEW_TOKENS = 8, 4, 128
+from peer_workload import NEW_TOKENS, PROMPTS, SAMPLES, model_and_prompts, pair_ratios
+
 REPEATS = 5  # timed vLLM/HF generation pairs, interleaved, after one warm-up generation of each
 STEPS = 3  # training steps; the first includes warm-up, the others are averaged
 KV_CACHE_GB = 0.5  # the workload holds ~32 x 260 tokens x 23 KB = 0.2 GB of KV
-QUESTIONS = [f"Explain step by step how to compute {a} + {b}." for a, b in
-             [(3, 5), (12, 7), (21, 4), (8, 9), (15, 15), (6, 30), (44, 2), (9, 1)]]
 
 
 def peak_rss_gb() -> float:
@@ -35,15 +34,11 @@ def peak_rss_gb() -> float:
 
 def part_generate() -> dict:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from rlreason.models import resolve_model
     from rlreason.rollout import SamplingConfig, make_engine
 
-    d = resolve_model("smollm2-135m-instruct", dtype="fp32")
-    tok = AutoTokenizer.from_pretrained(d)
-    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
-                                       return_dict=False) for q in QUESTIONS]
+    d, tok, prompts = model_and_prompts()
     sampling = SamplingConfig(temperature=1.0, ignore_eos=True)
     eng = make_engine("vllm", model_dir=d, model=None, tokenizer=tok, sampling=sampling, dtype="bf16",
                       max_model_len=512, kv_cache_gb=KV_CACHE_GB, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
@@ -77,9 +72,9 @@ def part_generate() -> dict:
     pairs = [(vllm_once(1 + rep), hf_once()) for rep in range(REPEATS)]
     v_rates = [n / dt for (dt, n), _ in pairs]
     h_rates = [n / dt for _, (dt, n) in pairs]
-    ratios = sorted(v / h for v, h in zip(v_rates, h_rates))
+    med, lo, hi = pair_ratios(h_rates, v_rates)
     return {"vllm_tok_s": sum(v_rates) / REPEATS, "hf_tok_s": sum(h_rates) / REPEATS,
-            "ratio_median": ratios[len(ratios) // 2], "ratio_min": ratios[0], "ratio_max": ratios[-1],
+            "ratio_median": med, "ratio_min": lo, "ratio_max": hi,
             "sync_s_mean": sum(syncs) / len(syncs), "sync_s_max": max(syncs)}
 
 

@@ -1,0 +1,36 @@
+"""The peer workload the engine benchmarks share: SmolLM2-135M-Instruct, 8 chat prompts x 4 samples x 128 new
+tokens (EOS ignored, so every sample is 128 tokens), and how an interleaved A/B of it is summarised."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+PROMPTS, SAMPLES, NEW_TOKENS = 8, 4, 128
+QUESTIONS = [f"Explain step by step how to compute {a} + {b}." for a, b in
+             [(3, 5), (12, 7), (21, 4), (8, 9), (15, 15), (6, 30), (44, 2), (9, 1)]]
+
+
+def model_and_prompts() -> tuple[str, Any, list[list[int]]]:
+    """(fp32 model dir, tokenizer, the PROMPTS chat prompts as token ids)."""
+    from transformers import AutoTokenizer
+
+    from rlreason.models import resolve_model
+    d = resolve_model("smollm2-135m-instruct", dtype="fp32")
+    tok = AutoTokenizer.from_pretrained(d)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
+                                       return_dict=False) for q in QUESTIONS]
+    return d, tok, prompts
+
+
+def engine_tok_s(eng: Any, prompts: list[list[int]], seed: int) -> float:
+    """Generated tokens per second of one generate_batch of the workload."""
+    t = time.perf_counter()
+    outs = eng.generate_batch(prompts, n=SAMPLES, max_tokens=NEW_TOKENS, seed=seed)
+    return sum(len(c.token_ids) for g in outs for c in g) / (time.perf_counter() - t)
+
+
+def pair_ratios(base: list[float], ours: list[float]) -> tuple[float, float, float]:
+    """(median, min, max) of the per-pair ratios ours/base of interleaved runs."""
+    r = sorted(o / b for b, o in zip(base, ours))
+    return (r[(len(r) - 1) // 2] + r[len(r) // 2]) / 2, r[0], r[-1]
