@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from rlreason.algos.kl import kl_estimate
-from rlreason.algos.losses import POLICY_LOSSES, entropy_from_logits, logprobs_from_logits, \
+from rlreason.algos.losses import POLICY_LOSSES, PolicyLossFn, entropy_from_logits, logprobs_from_logits, \
     token_weights, truncated_is_weights, value_loss
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.trainer.batch import Batch, Row, collate, group_order, response_logits
@@ -91,7 +91,7 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
     updates = tr.ppo_epochs * tr.mini_batches
     # With a single update the sampling policy equals the current one: old = new.detach(), no extra pass.
     old_logprobs = compute_logprobs(model, rows, ctx, tr.micro_batch_size) if updates > 1 else None
-    POLICY_LOSSES.get(algo.policy_loss, "algo.policy_loss")  # fail on a bad name before any work
+    loss_fn = POLICY_LOSSES.get(algo.policy_loss, "algo.policy_loss")
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
     order = list(range(len(rows)))
@@ -124,8 +124,8 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                                if old_logprobs is not None else None)
                         ref = (_pad_rows([ref_logprobs[i] for i in idx[sl]], T).to(ctx.device)
                                if algo.kl_coef > 0 and not algo.kl_in_reward and ref_logprobs is not None else None)
-                        loss = _micro_loss(ctx, algo, b, logits, hidden, weights[sl, :T].to(ctx.device), old, ref,
-                                           sums, counts, entropy_metric=s == 0)
+                        loss = _micro_loss(ctx, algo, loss_fn, b, logits, hidden, weights[sl, :T].to(ctx.device),
+                                           old, ref, sums, counts, entropy_metric=s == 0)
                         if not torch.isfinite(loss):
                             finite = False
                             break
@@ -135,12 +135,11 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
     return {f"loss/{k}": v / max(counts[k], 1) for k, v in sums.items()}
 
 
-def _micro_loss(ctx: UpdateContext, algo: AlgoConfig, b: Batch, logits: torch.Tensor, hidden: torch.Tensor | None,
-                w: torch.Tensor, old: torch.Tensor | None, ref: torch.Tensor | None, sums: dict, counts: dict,
-                *, entropy_metric: bool) -> torch.Tensor:
+def _micro_loss(ctx: UpdateContext, algo: AlgoConfig, loss_fn: PolicyLossFn, b: Batch, logits: torch.Tensor,
+                hidden: torch.Tensor | None, w: torch.Tensor, old: torch.Tensor | None, ref: torch.Tensor | None,
+                sums: dict, counts: dict, *, entropy_metric: bool) -> torch.Tensor:
     """The weighted loss of one micro-batch (policy + optional value, KL and entropy terms); metrics go to
     sums/counts. `old` None means a single update: the sampling policy is the current one."""
-    loss_fn = POLICY_LOSSES.get(algo.policy_loss, "algo.policy_loss")
     logprobs = logprobs_from_logits(logits, b.response_ids, ctx.temperature)
     old = logprobs.detach() if old is None else old
     is_w = (truncated_is_weights(old, b.rollout_logprobs, b.response_mask, cap=algo.tis_cap)
