@@ -34,6 +34,37 @@ def test_grouped_attention_equals_sdpa_in_fp32(seed):
         torch.testing.assert_close(g_got[n], g, atol=1e-5 * float(g.abs().max()) + 1e-9, rtol=1e-3, msg=n)
 
 
+def test_unpadded_causal_pass_takes_the_matmul_path_and_equals_sdpa(monkeypatch):
+    """One prompt, no padding: transformers hands over no mask (causal); it is built here, not sent to SDPA."""
+    cpu_attention.register()
+    model = _model()
+    b = collate(_rows(4, groups=1, G=3), pad_id=0)
+    assert bool(b.prompt_mask.all())
+    ref, g_ref = _logits_and_grads(model, b, "sdpa", False)
+    calls = []
+    real = cpu_attention.sdpa_attention_forward
+    monkeypatch.setattr(cpu_attention, "sdpa_attention_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got, g_got = _logits_and_grads(model, b, cpu_attention.NAME, False)
+    assert calls == []
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    for n, g in g_ref.items():
+        torch.testing.assert_close(g_got[n], g, atol=1e-5 * float(g.abs().max()) + 1e-9, rtol=1e-3, msg=n)
+
+
+def test_mask_bias_is_built_once_per_mask_and_rebuilt_for_a_new_one():
+    mask = torch.ones(2, 1, 3, 5, dtype=torch.bool).tril(diagonal=2)
+    mask[1, :, :, 0] = False
+    a = cpu_attention._mask_bias(mask, 2, 3, 2, torch.bfloat16)
+    assert cpu_attention._mask_bias(mask, 2, 3, 2, torch.bfloat16) is a
+    assert a.shape == (2 * 3, 2 * 3, 5)
+    expect = torch.zeros(2, 1, 1, 3, 5, dtype=torch.bfloat16).masked_fill(~mask[:, :, None], torch.finfo(torch.bfloat16).min)
+    assert torch.equal(a, expect.expand(2, 3, 2, 3, 5).reshape(6, 6, 5))
+    other = mask.clone()
+    other[0, :, :, 1] = False
+    b = cpu_attention._mask_bias(other, 2, 3, 2, torch.bfloat16)
+    assert b is not a and bool((b[0, :, 1] < 0).all()) and bool((a[0, :, 1] == 0).all())
+
+
 def test_grouped_attention_under_bf16_autocast_is_as_close_as_sdpa():
     cpu_attention.register()
     model = _model()
@@ -41,6 +72,7 @@ def test_grouped_attention_under_bf16_autocast_is_as_close_as_sdpa():
     exact, _ = _logits_and_grads(model, b, "sdpa", False)
     err_sdpa = (_logits_and_grads(model, b, "sdpa", True)[0] - exact).abs().mean()
     err_ours = (_logits_and_grads(model, b, cpu_attention.NAME, True)[0] - exact).abs().mean()
+    assert torch.isfinite(err_ours)  # fully masked (left-padding) rows stay finite under bf16
     assert err_ours <= 1.5 * err_sdpa + 1e-4, (err_ours, err_sdpa)
 
 
