@@ -85,6 +85,22 @@ def test_shared_prefix_logits_and_gradients_equal_plain_forward(seed):
     assert_shared_equals_plain(_model(), b, seed, tol=1e-5)
 
 
+def test_one_token_prompts_share_too():
+    """The prompt pass stops one token short, so a one-token prompt leaves an all-padding row there (its
+    response pass attends to the prompt token it starts with); if every prompt is one token, nothing is shared."""
+    rows = _rows(5)
+    for r in rows[:3]:  # the first group's prompt becomes one token long
+        r.prompt_ids = rows[0].prompt_ids[:1]
+    b = collate(rows, pad_id=0)
+    assert b.prompts.shape[1] >= 2 and int(b.prompt_mask.sum(-1).min()) == 1
+    assert_shared_equals_plain(_model(), b, 5, tol=1e-5)
+    for r in rows:
+        r.prompt_ids = r.prompt_ids[:1]
+    b = collate(rows, pad_id=0)
+    assert b.prompts.shape[1] == 1
+    assert_shared_equals_plain(_model(), b, 5, tol=1e-5)
+
+
 def test_not_shared_when_every_prompt_is_distinct_or_checkpointing():
     from rlreason.trainer.shared_prefix import can_share
     model = _model()

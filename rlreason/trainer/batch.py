@@ -113,7 +113,8 @@ def response_logits(model: torch.nn.Module, batch: Batch, *, share_prompts: bool
     [B, T, V] float32 copy is made here. Rows that share a prompt run it once (`shared_prefix.py`) unless
     share_prompts is False."""
     T = batch.response_ids.shape[1]
-    if share_prompts and can_share(model, batch.prompts.shape[0], batch.response_ids.shape[0], T):
+    if share_prompts and batch.prompts.shape[1] >= 2 and can_share(model, batch.prompts.shape[0],
+                                                                    batch.response_ids.shape[0], T):
         # The last T columns of the attention mask are the right-padded responses' own mask.
         return shared_prefix_logits(model, batch.prompts, batch.prompt_mask, batch.prompt_index,
                                     batch.response_ids, batch.attention_mask[:, -T:])

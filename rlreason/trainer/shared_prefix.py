@@ -28,20 +28,25 @@ def shared_prefix_logits(model: torch.nn.Module, prompts: torch.Tensor, prompt_m
                          prompt_index: torch.Tensor, response_ids: torch.Tensor,
                          response_attention: torch.Tensor) -> torch.Tensor:
     """Logits [R, T, V] predicting each response token, equal to one forward over prompt + response.
-    prompts/prompt_mask [U, P] (left-padded distinct prompts), prompt_index [R] (row -> prompt),
-    response_ids/response_attention [R, T] (right-padded)."""
+    prompts/prompt_mask [U, P] (left-padded distinct prompts, P >= 2), prompt_index [R] (row -> prompt),
+    response_ids/response_attention [R, T] (right-padded).
+
+    The prompt pass stops one token short: each prompt's last token opens its rows' response pass, so all
+    T predictions come out of one vocabulary projection (no separate first-token logits to gather and
+    concatenate, and one [V, H] weight gradient per pass instead of two)."""
     P = prompts.shape[1]
     T = response_ids.shape[1]
-    prompt_pos = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=prompts, attention_mask=prompt_mask, position_ids=prompt_pos,
+    head_mask = prompt_mask[:, :-1]
+    out = model(input_ids=prompts[:, :-1], attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
                 past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1, :].index_select(0, prompt_index)  # [R, V]: predicts response token 0
+    # out.logits is not used: no gradient reaches that projection.
     cache = DynamicCache([(layer.keys.index_select(0, prompt_index), layer.values.index_select(0, prompt_index))
                           for layer in out.past_key_values.layers])
-    mask = prompt_mask.index_select(0, prompt_index)
-    start = mask.sum(-1, keepdim=True)  # each row's first response position (left padding has no position)
-    rest = model(input_ids=response_ids[:, :-1], attention_mask=torch.cat([mask, response_attention[:, :-1]], 1),
-                 position_ids=start + torch.arange(T - 1, device=start.device),
-                 cache_position=torch.arange(P, P + T - 1, device=start.device),
-                 past_key_values=cache, use_cache=True).logits  # [R, T-1, V]: predict tokens 1..T-1
-    return torch.cat([first.unsqueeze(1), rest], dim=1)
+    mask = head_mask.index_select(0, prompt_index)
+    start = mask.sum(-1, keepdim=True)  # each row's last prompt token's position (left padding has none)
+    last = prompts[:, -1:].index_select(0, prompt_index)
+    return model(input_ids=torch.cat([last, response_ids[:, :-1]], 1),
+                 attention_mask=torch.cat([mask, torch.ones_like(last), response_attention[:, :-1]], 1),
+                 position_ids=start + torch.arange(T, device=start.device),
+                 cache_position=torch.arange(P - 1, P - 1 + T, device=start.device),
+                 past_key_values=cache, use_cache=True).logits  # [R, T, V]
