@@ -101,6 +101,9 @@ def load_policy(model_dir: str, device: torch.device, gradient_checkpointing: bo
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                  attn_implementation=attention_for(device, attn_implementation))
     model = model.to(device)
+    if device.type == "cpu":
+        from rlreason.trainer.fused_rms_norm import fuse_rms_norms
+        fuse_rms_norms(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
