@@ -9,7 +9,7 @@ Prints, all measured in this run:
 Each part runs in its own subprocess so peak RSS is per configuration. tcmalloc/iomp are preloaded as
 the CLI does (set RLREASON_NO_PRELOAD=1 to measure without).
 
-    python benchmarks/rollout.py            # ~9 minutes on 2 cores
+    python benchmarks/rollout.py            # ~12 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from peer_workload import NEW_TOKENS, PROMPTS, SAMPLES, model_and_prompts, pair_ratios
 
 REPEATS = 5  # timed vLLM/HF generation pairs, interleaved, after one warm-up generation of each
-STEPS = 3  # training steps; the first includes warm-up, the others are averaged
+STEPS = 5  # training steps; the first includes warm-up, the others are averaged (and their median printed)
 KV_CACHE_GB = 0.5  # the workload holds ~32 x 260 tokens x 23 KB = 0.2 GB of KV
 
 
@@ -130,6 +130,10 @@ def main() -> None:
     for name, r in (("vLLM engine", v), ("HF engine", h)):
         print(f"   {name:14s}{r['time/rollout']:9.2f}{r['time/reward']:9.2f}{r['time/update']:9.2f}"
               f"{r['time/sync']:9.2f}{r['time/step']:9.2f}{r['peak_rss_gb']:8.2f} GB")
+    timed = sorted(v["steps_s"][1:])
+    med = (timed[(len(timed) - 1) // 2] + timed[len(timed) // 2]) / 2
+    print(f"   vLLM-engine steps 2..{STEPS}: " + ", ".join(f"{x:.1f}" for x in v["steps_s"][1:])
+          + f" s (median {med:.2f} s; this VM's speed drifts by tens of percent within minutes)")
     print(f"   step-time ratio HF/vLLM = {h['time/step'] / v['time/step']:.2f}x; "
           f"targets: step <= 19 s, peak RSS <= 6.5 GB -> "
           f"{'met' if v['time/step'] <= 19 else 'NOT met'} / {'met' if v['peak_rss_gb'] <= 6.5 else 'NOT met'}")

@@ -1,7 +1,8 @@
 """The policy update of one GRPO step on the peer workload (32 rows = 8 prompts x 4 samples, prompts 80-200
 tokens, 128-token responses, micro-batch 4, bf16 autocast, fused AdamW), on whatever device is there:
 shared-prefix forward (one prompt pass per group) vs one forward per row, interleaved, in one run; on CPU
-also the trainer's grouped-matmul attention (model.attn_implementation=auto) vs SDPA on the shared path.
+also the trainer's grouped-matmul attention (model.attn_implementation=auto) vs SDPA on the shared path, and
+that plus the fused RMSNorm that load_policy applies on CPU (rlreason/trainer/fused_rms_norm.py).
 SmolLM2-135M's architecture with random weights (the time does not depend on their values), so it also runs
 where the packaged model is not installed. tcmalloc + Intel OpenMP are preloaded as the CLI does:
 
@@ -19,10 +20,16 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.trainer.batch import Row
+from rlreason.trainer.fused_rms_norm import fuse_rms_norms
 from rlreason.trainer.grpo import attention_for
 from rlreason.trainer.update import UpdateContext, policy_update
 
-REPEATS = 3
+REPEATS = 4
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
 
 
 def main() -> None:
@@ -44,8 +51,12 @@ def main() -> None:
                         random.choice([-1.0, 1.0]), i, i // 4))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=dev.type in ("cpu", "cuda"))
 
-    def once(share: bool, attn: str = "sdpa") -> float:
+    def once(share: bool, attn: str = "sdpa", fused_norm: bool = False) -> float:
         model.set_attn_implementation(attn)
+        for m in model.modules():
+            m.__dict__.pop("forward", None)  # the modules' own forward ...
+        if fused_norm:
+            fuse_rms_norms(model)  # ... or the fused RMSNorm routed in per instance
         ctx = UpdateContext(model, opt, None, None, dev, torch.bfloat16, 0, 1.0, share_prompts=share)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -55,16 +66,24 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t
 
-    variants = [(False, "sdpa"), (True, "sdpa")] + ([(True, grouped)] if grouped != "sdpa" else [])
+    variants = [(False, "sdpa"), (True, "sdpa")]
+    if grouped != "sdpa":
+        variants += [(True, grouped), (True, grouped, True)]
     for v in variants:
         once(*v)  # warm-up
-    runs = [[once(*v) for v in variants] for _ in range(REPEATS)]  # interleaved
-    med = [sorted(r[i] for r in runs)[REPEATS // 2] for i in range(len(variants))]
+    runs = []
+    for r in range(REPEATS):  # interleaved, every other round in reverse order so no variant always follows another
+        order = list(range(len(variants)))[::1 if r % 2 == 0 else -1]
+        times = {i: once(*variants[i]) for i in order}
+        runs.append([times[i] for i in range(len(variants))])
+    med = [_median([r[i] for r in runs]) for i in range(len(variants))]
     name = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"update on {name}: per-row forward {med[0]:.2f} s   shared prefix {med[1]:.2f} s   "
           f"ratio {med[0] / med[1]:.2f}x (medians of {REPEATS} interleaved runs, SDPA attention)")
     if len(med) > 2:
         print(f"  shared prefix with {grouped} attention {med[2]:.2f} s   ratio vs SDPA {med[1] / med[2]:.2f}x")
+        print(f"  ... and the fused RMSNorm {med[3]:.2f} s   ratio vs without {med[2] / med[3]:.2f}x   "
+              f"(all together vs per-row SDPA {med[0] / med[3]:.2f}x)")
 
 
 if __name__ == "__main__":
