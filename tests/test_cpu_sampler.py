@@ -119,3 +119,16 @@ def test_only_the_intended_fp32_narrowing_warning_is_dropped():
     assert not f.filter(rec("layers.0.w", torch.float32, torch.bfloat16))
     assert f.filter(rec("layers.0.w", torch.bfloat16, torch.float16))  # a real mismatch still warns
     assert f.filter(logging.LogRecord("x", logging.WARNING, __file__, 1, "something else %s", ("a",), None))
+
+
+def test_only_the_rotary_cache_reload_warning_is_dropped():
+    import logging
+
+    from rlreason.rollout.vllm_engine import _IntendedNarrowing
+
+    def rec(layer: str) -> logging.LogRecord:
+        return logging.LogRecord("vllm.model_executor.model_loader.reload.layerwise", logging.WARNING, __file__, 1,
+                                 "%s: Failed to load weights", (layer,), None)
+    f = _IntendedNarrowing()
+    assert not f.filter(rec("RotaryEmbedding"))
+    assert f.filter(rec("QKVParallelLinear"))  # a layer with real weights failing to load still warns

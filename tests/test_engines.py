@@ -1,7 +1,5 @@
 """Rollout engines on the tiny model: the HF engine always; vLLM in the slow set (real engine)."""
 
-import asyncio
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -90,6 +88,14 @@ def test_vllm_engine_real_model_logprobs_stop_and_weight_sync():
     for s in eng.generate_batch([p], n=4, max_tokens=64, stop=["5"], seed=2)[0]:
         assert s.finish_reason == "stop" and s.text.endswith("5") and "5" not in s.text[:-1], s.text
     eng.sampling = SamplingConfig(1.0)
+    # Reloading the same weights in place leaves the engine's function intact (its rotary cache, which the
+    # checkpoint does not carry, included): logprobs still agree with the trainer's forward.
+    eng.update_weights(model.state_dict().items())
+    c = eng.generate_batch([p], n=1, max_tokens=32, seed=4)[0][0]
+    with torch.no_grad():
+        logits = model(torch.tensor([p + c.token_ids])).logits[0, len(p) - 1:-1]
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+    assert (ref - torch.tensor(c.logprobs)).abs().mean() < 0.1
     with torch.no_grad():
         for prm in model.parameters():
             prm.zero_()
