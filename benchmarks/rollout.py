@@ -9,7 +9,7 @@ Prints, all measured in this run:
 Each part runs in its own subprocess so peak RSS is per configuration. tcmalloc/iomp are preloaded as
 the CLI does (set RLREASON_NO_PRELOAD=1 to measure without).
 
-    python benchmarks/rollout.py            # ~12 minutes on 2 cores
+    python benchmarks/rollout.py            # ~14 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 
 from peer_workload import NEW_TOKENS, PROMPTS, SAMPLES, model_and_prompts, pair_ratios
 
-REPEATS = 5  # timed vLLM/HF generation pairs, interleaved, after one warm-up generation of each
+REPEATS = 10  # timed vLLM/HF generation pairs, interleaved, after one warm-up generation of each
 STEPS = 5  # training steps; the first includes warm-up, the others are averaged (and their median printed)
 KV_CACHE_GB = 0.5  # the workload holds ~32 x 260 tokens x 23 KB = 0.2 GB of KV
 
