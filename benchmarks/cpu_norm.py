@@ -14,7 +14,7 @@ import contextlib
 import sys
 import time
 
-from peer_workload import engine_tok_s, model_and_prompts, pair_ratios
+from peer_workload import engine_tok_s, model_and_prompts, pair_ratios, vllm_engine
 
 PAIRS = 6
 
@@ -44,9 +44,7 @@ def kernel_us(ir, priority: dict[str, list[str]]) -> tuple[float, float]:
 def main() -> None:
     from vllm import ir
 
-    from rlreason.rollout import SamplingConfig
     from rlreason.rollout.cpu_norm import register_cpu_rms_norm
-    from rlreason.rollout.vllm_engine import VLLMEngine
 
     priority = register_cpu_rms_norm()
     if not priority:
@@ -56,8 +54,7 @@ def main() -> None:
           f"ratio {native_us / c_us:.2f}x")
 
     d, tok, prompts = model_and_prompts()
-    eng = VLLMEngine(d, tokenizer=tok, sampling=SamplingConfig(temperature=1.0, ignore_eos=True), max_model_len=512,
-                     kv_cache_gb=0.5, seed=0)
+    eng = vllm_engine(d, tok)
     engine_tok_s(eng, prompts, 0)
     base, ours = [], []
     for i in range(PAIRS):

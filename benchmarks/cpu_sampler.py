@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
-from peer_workload import engine_tok_s, model_and_prompts, pair_ratios
+from peer_workload import engine_tok_s, model_and_prompts, pair_ratios, vllm_engine
 
 PAIRS = 6
 
@@ -48,15 +48,10 @@ def kernel_ms() -> tuple[float, float]:
 
 
 def generation_pairs() -> tuple[list[float], list[float]]:
-    from rlreason.rollout import SamplingConfig
-    from rlreason.rollout.vllm_engine import VLLMEngine
-
     d, tok, prompts = model_and_prompts()
-    kw = dict(tokenizer=tok, sampling=SamplingConfig(temperature=1.0, ignore_eos=True), max_model_len=512,
-              kv_cache_gb=0.5, seed=0)
     # vLLM binds its sampler's forward when the engine is built: the first engine keeps vLLM's own.
-    theirs = VLLMEngine(d, sampling_patch=False, **kw)
-    ours = VLLMEngine(d, **kw)
+    theirs = vllm_engine(d, tok, sampling_patch=False)
+    ours = vllm_engine(d, tok)
     engine_tok_s(theirs, prompts, 0), engine_tok_s(ours, prompts, 0)  # warm-up on the workload's shapes
     pairs = [(engine_tok_s(theirs, prompts, 1 + i), engine_tok_s(ours, prompts, 1 + i)) for i in range(PAIRS)]
     return [p[0] for p in pairs], [p[1] for p in pairs]

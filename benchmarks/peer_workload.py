@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 PROMPTS, SAMPLES, NEW_TOKENS = 8, 4, 128
+MAX_MODEL_LEN = 512
+KV_CACHE_GB = 0.5  # the workload holds ~32 x 260 tokens x 23 KB = 0.2 GB of KV
 QUESTIONS = [f"Explain step by step how to compute {a} + {b}." for a, b in
              [(3, 5), (12, 7), (21, 4), (8, 9), (15, 15), (6, 30), (44, 2), (9, 1)]]
 
@@ -23,6 +25,15 @@ def model_and_prompts() -> tuple[str, Any, list[list[int]]]:
     return d, tok, prompts
 
 
+def vllm_engine(model_dir: str, tok: Any, **overrides: Any) -> Any:
+    """The vLLM engine the CPU A/B benchmarks time: the workload's sampling (temperature 1, EOS ignored), context
+    and KV cache; `overrides` are VLLMEngine arguments (the variant under test)."""
+    from rlreason.rollout import SamplingConfig
+    from rlreason.rollout.vllm_engine import VLLMEngine
+    return VLLMEngine(model_dir, tokenizer=tok, sampling=SamplingConfig(temperature=1.0, ignore_eos=True),
+                      max_model_len=MAX_MODEL_LEN, kv_cache_gb=KV_CACHE_GB, seed=0, **overrides)
+
+
 def engine_tok_s(eng: Any, prompts: list[list[int]], seed: int) -> float:
     """Generated tokens per second of one generate_batch of the workload."""
     t = time.perf_counter()
@@ -30,7 +41,12 @@ def engine_tok_s(eng: Any, prompts: list[list[int]], seed: int) -> float:
     return sum(len(c.token_ids) for g in outs for c in g) / (time.perf_counter() - t)
 
 
+def median(xs: list[float]) -> float:
+    r = sorted(xs)
+    return (r[(len(r) - 1) // 2] + r[len(r) // 2]) / 2
+
+
 def pair_ratios(base: list[float], ours: list[float]) -> tuple[float, float, float]:
     """(median, min, max) of the per-pair ratios ours/base of interleaved runs."""
-    r = sorted(o / b for b, o in zip(base, ours))
-    return (r[(len(r) - 1) // 2] + r[len(r) // 2]) / 2, r[0], r[-1]
+    r = [o / b for b, o in zip(base, ours)]
+    return median(r), min(r), max(r)

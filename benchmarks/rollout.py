@@ -21,11 +21,11 @@ import subprocess
 import sys
 import time
 
-from peer_workload import NEW_TOKENS, PROMPTS, SAMPLES, model_and_prompts, pair_ratios
+from peer_workload import KV_CACHE_GB, MAX_MODEL_LEN, NEW_TOKENS, PROMPTS, SAMPLES, median, model_and_prompts, \
+    pair_ratios
 
 REPEATS = 10  # timed vLLM/HF generation pairs, interleaved, after one warm-up generation of each
 STEPS = 5  # training steps; the first includes warm-up, the others are averaged (and their median printed)
-KV_CACHE_GB = 0.5  # the workload holds ~32 x 260 tokens x 23 KB = 0.2 GB of KV
 
 
 def peak_rss_gb() -> float:
@@ -41,7 +41,7 @@ def part_generate() -> dict:
     d, tok, prompts = model_and_prompts()
     sampling = SamplingConfig(temperature=1.0, ignore_eos=True)
     eng = make_engine("vllm", model_dir=d, model=None, tokenizer=tok, sampling=sampling, dtype="bf16",
-                      max_model_len=512, kv_cache_gb=KV_CACHE_GB, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
+                      max_model_len=MAX_MODEL_LEN, kv_cache_gb=KV_CACHE_GB, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
     syncs = []
     for _ in range(5):
@@ -86,7 +86,7 @@ def part_step(engine: str) -> dict:
     out = tempfile.mkdtemp(prefix="rlreason-bench-")
     cfg = load_config(None, [
         f"output_dir={out}", "model.name=smollm2-135m-instruct", "model.dtype=bf16", f"rollout.engine={engine}",
-        "rollout.max_model_len=512", f"rollout.kv_cache_gb={KV_CACHE_GB}",
+        f"rollout.max_model_len={MAX_MODEL_LEN}", f"rollout.kv_cache_gb={KV_CACHE_GB}",
         "data.train={source: gsm8k, split: train, limit: 64}", "data.eval_size=0",
         "env.name=single_turn", f"env.args.max_tokens={NEW_TOKENS}",
         f"trainer.prompts_per_step={PROMPTS}", f"trainer.samples_per_prompt={SAMPLES}",
@@ -130,10 +130,8 @@ def main() -> None:
     for name, r in (("vLLM engine", v), ("HF engine", h)):
         print(f"   {name:14s}{r['time/rollout']:9.2f}{r['time/reward']:9.2f}{r['time/update']:9.2f}"
               f"{r['time/sync']:9.2f}{r['time/step']:9.2f}{r['peak_rss_gb']:8.2f} GB")
-    timed = sorted(v["steps_s"][1:])
-    med = (timed[(len(timed) - 1) // 2] + timed[len(timed) // 2]) / 2
     print(f"   vLLM-engine steps 2..{STEPS}: " + ", ".join(f"{x:.1f}" for x in v["steps_s"][1:])
-          + f" s (median {med:.2f} s; this VM's speed drifts by tens of percent within minutes)")
+          + f" s (median {median(v['steps_s'][1:]):.2f} s; this VM's speed drifts by tens of percent within minutes)")
     print(f"   step-time ratio HF/vLLM = {h['time/step'] / v['time/step']:.2f}x; "
           f"targets: step <= 19 s, peak RSS <= 6.5 GB -> "
           f"{'met' if v['time/step'] <= 19 else 'NOT met'} / {'met' if v['peak_rss_gb'] <= 6.5 else 'NOT met'}")

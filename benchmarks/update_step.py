@@ -24,12 +24,9 @@ from rlreason.trainer.fused_rms_norm import fuse_rms_norms
 from rlreason.trainer.grpo import attention_for
 from rlreason.trainer.update import UpdateContext, policy_update
 
+from peer_workload import median
+
 REPEATS = 4
-
-
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
 
 
 def main() -> None:
@@ -76,7 +73,7 @@ def main() -> None:
         order = list(range(len(variants)))[::1 if r % 2 == 0 else -1]
         times = {i: once(*variants[i]) for i in order}
         runs.append([times[i] for i in range(len(variants))])
-    med = [_median([r[i] for r in runs]) for i in range(len(variants))]
+    med = [median([r[i] for r in runs]) for i in range(len(variants))]
     name = torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"update on {name}: per-row forward {med[0]:.2f} s   shared prefix {med[1]:.2f} s   "
           f"ratio {med[0] / med[1]:.2f}x (medians of {REPEATS} interleaved runs, SDPA attention)")
