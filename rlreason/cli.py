@@ -71,11 +71,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     from rlreason.config import load_config
     from rlreason.trainer.grpo import train
     cfg = load_config(a.config, a.overrides)
+    if a.resume:  # the run's stored config, with this command line's overrides on top
+        from rlreason.trainer.run_dir import config_for_resume
+        cfg = config_for_resume(cfg, a.overrides, source=a.config)
     if cfg.algorithm == "expert_iteration":
         from rlreason.trainer.expert_iteration import train as train_ei
-        summary = train_ei(cfg, resume=a.resume)
+        summary = train_ei(cfg, resume=a.resume, overwrite=a.overwrite)
     else:
-        summary = train(cfg, resume=a.resume)
+        summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
     print(summary)
     print(f"run directory: {cfg.run_dir}")
     return 0
@@ -216,6 +219,21 @@ def _split_config(a: argparse.Namespace) -> None:
         a.config = None
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags anywhere: `rlreason train cfg.yaml --resume trainer.steps=40` (argparse stops collecting
+    positionals at the first flag, so later key=value overrides come back unrecognised: they are overrides)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(args, "config", None) is None and "=" not in extra[0]:
+            args.config, extra = extra[0], extra[1:]
+        args.overrides = [*args.overrides, *extra]
+    _split_config(args)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlreason", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "All keys: `rlreason config keys`.")
     t.add_argument("config", nargs="?", help="YAML config (e.g. configs/quickstart.yaml)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-6")
-    t.add_argument("--resume", action="store_true", help="continue exactly from the run's last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue exactly from the run's newest complete checkpoint, with the run's stored config "
+                        "(overrides given with --resume change it and are printed)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in a run directory that already holds a run (deletes its checkpoints and logs)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a model/checkpoint on the held-out split (pass@k, avg@k)")
@@ -305,8 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _maybe_preload()
-    args = build_parser().parse_args(argv)
-    _split_config(args)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rlreason.registry import ConfigError

@@ -12,8 +12,7 @@ from rlreason.config import RunConfig
 def load_for_eval(cfg: RunConfig, checkpoint: str | None, split: str) -> tuple[Any, list[dict]]:
     """The run of `cfg` as training builds it (engine, environment, rubric), with a checkpoint's weights
     loaded into trainer and engine, and the problems of `split` — shared by every `rlreason eval` mode."""
-    from safetensors.torch import load_file
-
+    from rlreason.trainer.checkpoint import load_weights
     from rlreason.trainer.grpo import setup
     from rlreason.trainer.rollout_phase import as_example
 
@@ -21,7 +20,7 @@ def load_for_eval(cfg: RunConfig, checkpoint: str | None, split: str) -> tuple[A
     cfg.logging.progress = False
     run = setup(cfg)
     if checkpoint:
-        run.ctx.model.load_state_dict(load_file(str(Path(checkpoint) / "model.safetensors")), strict=False)
+        load_weights(Path(checkpoint), run.ctx.model)  # strict: never the base model under the checkpoint's name
         run.engine.update_weights(run.ctx.model.state_dict().items())
     rows = run.eval_rows
     if split == "train":

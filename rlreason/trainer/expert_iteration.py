@@ -25,7 +25,6 @@ and <run_dir>/precision_refusal.png plots precision against refusal rate over th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -43,6 +42,8 @@ from rlreason.rollout import SamplingConfig
 from rlreason.trainer.batch import episodes_to_rows
 from rlreason.trainer.checkpoint import save_checkpoint
 from rlreason.trainer.grpo import Run, _component_means, _env_metric_means, restore, setup as grpo_setup
+from rlreason.trainer.grpo import validate as grpo_validate
+from rlreason.trainer.run_dir import prepare_run_dir
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sft import sft_epoch
 
@@ -212,8 +213,7 @@ def _resume(run: Run, ei: EIState) -> None:
         return
     ei.__dict__.update(state["ei"])
     # grpo.setup opened the logger without history (it cannot resume before LoRA is injected): reload it.
-    path = run.logger.path
-    run.logger.history = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    run.logger.history = run.logger.load_history()
     run.logger.truncate_after(run.step)
     sync(run)
 
@@ -244,8 +244,11 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> tuple[Run, EIState]:
     return run, ei
 
 
-def train(cfg: RunConfig, *, resume: bool = False) -> str:
-    """Run (or continue) expert iteration; returns the summary written to `<run_dir>/summary.txt`."""
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> str:
+    """Run (or continue) expert iteration; returns the summary written to `<run_dir>/summary.txt`.
+    Without `resume` a run directory that already holds a run is refused unless `overwrite`."""
+    grpo_validate(cfg)
+    prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     run, ei = setup(cfg, resume=resume)
     e, tr = cfg.ei, cfg.trainer
     bar = None

@@ -29,6 +29,7 @@ from rlreason.trainer.critic import ValueHead, assign_gae
 from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlreason.trainer.evaluate import evaluate
 from rlreason.trainer.metrics import MetricsLogger
+from rlreason.trainer.run_dir import prepare_run_dir
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sampler import PromptSampler
 from rlreason.trainer.update import UpdateContext, compute_logprobs, policy_update
@@ -194,14 +195,16 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
 
 
 def restore(run: Run) -> dict | None:
-    """Load the latest checkpoint into the run: weights, optimizer, scheduler, value head, sampler position,
-    environment and reward state, step. Returns the checkpoint's state (trainers keep their own extras
-    there), or None when there is no checkpoint yet."""
+    """Load the newest complete checkpoint into the run: weights, optimizer, scheduler, value head, sampler
+    position, environment and reward state, step. Returns the checkpoint's state (trainers keep their own
+    extras there), or None when the run has no checkpoint yet (its logs are then cleared: the run starts
+    over). Damaged checkpoints are reported and skipped; when every one is damaged this raises."""
     ckpt = latest_checkpoint(run.cfg.run_dir / "checkpoints")
     if ckpt is None:
         log.warning("--resume: no checkpoint under %s; starting from scratch", run.cfg.run_dir / "checkpoints")
+        run.logger.truncate_after(-1)
         return None
-    state, torch_state = load_checkpoint(ckpt, model=run.ctx.model)
+    state, torch_state = load_checkpoint(ckpt, model=run.ctx.model, verify=False)
     run.ctx.optimizer.load_state_dict(torch_state["optimizer"])
     run.ctx.scheduler.load_state_dict(torch_state["scheduler"])
     if run.ctx.value_head is not None:
@@ -318,8 +321,11 @@ def _env_metric_means(env_name: str, episodes: list[Episode]) -> dict[str, float
             for k in keys}
 
 
-def train(cfg: RunConfig, *, resume: bool = False) -> str:
-    """Run (or continue) training; returns the text summary written to `<run_dir>/summary.txt`."""
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> str:
+    """Run (or continue) training; returns the text summary written to `<run_dir>/summary.txt`.
+    Without `resume` a run directory that already holds a run is refused unless `overwrite`."""
+    validate(cfg)
+    prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     run = setup(cfg, resume=resume)
     tr = cfg.trainer
     bar = None

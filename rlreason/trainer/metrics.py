@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlreason.registry import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -22,9 +24,7 @@ class MetricsLogger:
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
-        self.history: list[dict[str, Any]] = []
-        if resume and self.path.exists():
-            self.history = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        self.history: list[dict[str, Any]] = self.load_history() if resume else []
         self.wandb = None
         if use_wandb:
             try:
@@ -36,10 +36,21 @@ class MetricsLogger:
             except Exception as e:  # noqa: BLE001 - monitoring must not stop training
                 log.warning("wandb disabled: %s", e)
 
+    def load_history(self) -> list[dict[str, Any]]:
+        """The rows a resumed run continues from; a missing file or a torn last line is a warning."""
+        if not self.path.exists():
+            log.warning("--resume: %s is missing; the metrics of the steps before the checkpoint are lost",
+                        self.path)
+            return []
+        return read_jsonl(self.path)
+
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows of steps after the checkpoint (they will be recomputed)."""
+        """On resume, drop rows (metrics and samples) of steps after the checkpoint: they will be
+        recomputed, and a second copy would make two histories of the same steps."""
         self.history = [h for h in self.history if h["step"] <= step]
-        self.path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        _write_jsonl(self.path, self.history)
+        if self.samples_path.exists():
+            _write_jsonl(self.samples_path, [s for s in read_jsonl(self.samples_path) if s.get("step", 0) <= step])
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -64,6 +75,36 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.finish()
         return summary
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a log this package appends to. A torn last line (a write cut short by a kill, a power loss
+    or a full disk) is dropped with a warning; a damaged line before it is an error naming the line."""
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                log.warning("%s:%d: dropped a torn last line (a write cut short)", path, i)
+                break
+            raise ConfigError(f"{path}:{i}: not valid JSON ({e}); remove or repair the line to resume") from e
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ConfigError(f"{path}:{i}: not a log row (an object with an integer 'step')")
+        rows.append(row)
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _wandb_id(run_dir: Path) -> str:
