@@ -101,7 +101,8 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, torch_stat
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp, old = root / f".{final.name}.tmp", root / f".{final.name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in root.glob(".step_*.tmp"):  # from a run killed mid-write
+        shutil.rmtree(leftover, ignore_errors=True)
     try:
         tmp.mkdir()
         # Tied embeddings share storage; safetensors wants distinct tensors.
@@ -122,11 +123,11 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, torch_stat
         os.replace(tmp, final)
         _fsync_dir(root)
         write_json_atomic(root / "latest.json", {"step": step, "path": final.name})
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not final.exists():
-            os.replace(old, final)
-        if e.errno == errno.ENOSPC:
+        if old.exists():  # put the old copy back, or drop it when the new one made it into place
+            os.replace(old, final) if not final.exists() else shutil.rmtree(old, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise CheckpointError(f"no space left on {root}: the checkpoint of step {step} was not written "
                                   f"(earlier checkpoints are intact); free space and --resume") from e
         raise
