@@ -336,3 +336,35 @@ def test_resume_refuses_changes_that_cannot_happen_mid_run(tmp_path, change, no_
     with pytest.raises(ConfigError) as e:
         train(_cfg(tmp_path / "run", change), resume=True)
     assert change.split("=")[0] in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(tmp_path):
+    """`--resume trainer.lr=...` is printed as a change, so it must change the run: the optimizer and
+    scheduler state restored from the checkpoint carry the old learning rate."""
+    import types
+
+    from rlreason.trainer.grpo import restore
+
+    def parts(lr):
+        torch.manual_seed(0)
+        m = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4))
+        return m, opt, sched
+    m, opt, sched = parts(1e-3)
+    m(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    save_checkpoint(tmp_path / "run" / "checkpoints", 1, model=m,
+                    torch_state={"optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+                    state={"sampler": {}, "env": {}, "rewards": {}}, keep=2)
+    m2, opt2, sched2 = parts(2e-3)  # what setup builds from the resumed config
+    noop = types.SimpleNamespace(load_state_dict=lambda s: None)
+    run = types.SimpleNamespace(cfg=_cfg(tmp_path / "run", "trainer.lr=2e-3", "trainer.weight_decay=0.1"),
+                                ctx=types.SimpleNamespace(model=m2, optimizer=opt2, scheduler=sched2, value_head=None),
+                                sampler=noop, env=noop, rubric=noop, logger=_logger(tmp_path / "run"), step=0)
+    restore(run)
+    assert run.step == 1 and sched2.last_epoch == 1
+    assert opt2.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.5)  # warmup factor at step 1
+    assert opt2.param_groups[0]["weight_decay"] == 0.1
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])

@@ -207,6 +207,7 @@ def restore(run: Run) -> dict | None:
     state, torch_state = load_checkpoint(ckpt, model=run.ctx.model, verify=False)
     run.ctx.optimizer.load_state_dict(torch_state["optimizer"])
     run.ctx.scheduler.load_state_dict(torch_state["scheduler"])
+    _apply_trainer_settings(run)
     if run.ctx.value_head is not None:
         run.ctx.value_head.load_state_dict(torch_state["value_head"])
     run.sampler.load_state_dict(state["sampler"])
@@ -215,6 +216,19 @@ def restore(run: Run) -> dict | None:
     run.step = state["step"]
     log.info("resumed from %s (step %d)", ckpt, run.step)
     return state
+
+
+def _apply_trainer_settings(run: Run) -> None:
+    """The restored optimizer/scheduler state carries the learning rate and weight decay the checkpoint was
+    written with; a resumed config that changes them (`--resume trainer.lr=...`) must take effect."""
+    tr, opt, sched = run.cfg.trainer, run.ctx.optimizer, run.ctx.scheduler
+    if any(b != tr.lr for b in sched.base_lrs):
+        sched.base_lrs = [tr.lr] * len(opt.param_groups)
+        for g, factor in zip(opt.param_groups, sched.lr_lambdas):
+            g["initial_lr"], g["lr"] = tr.lr, tr.lr * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
+    for g in opt.param_groups:
+        g["weight_decay"] = tr.weight_decay
 
 
 def _resume(run: Run) -> None:

@@ -104,7 +104,10 @@ def config_for_resume(cfg: RunConfig, overrides: list[str], source: str | None =
         return cfg
     raw = deep_merge(load_stored(stored), parse_overrides(overrides))
     raw["name"], raw["output_dir"] = cfg.name, cfg.output_dir  # the directory that was found
-    resumed = from_dict(RunConfig, raw, "")
+    try:
+        resumed = from_dict(RunConfig, raw, "")
+    except ConfigError as e:  # the command line's overrides were checked by load_config already
+        raise ConfigError(f"{stored}: {e}") from e
     ignored = _diff(to_dict(resumed), to_dict(cfg))
     if ignored:
         print(f"--resume: {source or 'the config'} differs from the run's {stored} in {', '.join(ignored)}; "
