@@ -368,3 +368,12 @@ def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(tmp_path):
     assert opt2.param_groups[0]["lr"] == pytest.approx(2e-3 * 0.5)  # warmup factor at step 1
     assert opt2.param_groups[0]["weight_decay"] == 0.1
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+
+
+def test_resume_with_only_damaged_checkpoints_fails_before_the_model_loads(tmp_path, no_model_load):
+    from rlreason.trainer.grpo import train
+    _save(tmp_path / "run" / "checkpoints", 1)
+    bad = tmp_path / "run" / "checkpoints" / "step_000001" / "trainer.pt"
+    bad.write_bytes(b"\0" * 10)
+    with pytest.raises(ConfigError, match=str(bad)):
+        train(_cfg(tmp_path / "run"), resume=True)

@@ -150,9 +150,29 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged") from e
 
 
+_VERIFIED: dict[Path, tuple] = {}  # checkpoints whose checksums matched, with their files' (size, mtime)
+
+
+def _signature(path: Path) -> tuple:
+    return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir()))
+
+
 def check_checkpoint(path: Path) -> str | None:
     """What is wrong with the checkpoint at `path` (naming the file), or None when every file is present
-    and matches the sha256 recorded in its state.json."""
+    and matches the sha256 recorded in its state.json. A checkpoint verified once in this process and not
+    touched since is not hashed again (the run directory check and the restore both ask)."""
+    if not path.is_dir():
+        return f"{path} is missing"
+    signature = _signature(path)
+    if _VERIFIED.get(path) == signature:
+        return None
+    problem = _check(path)
+    if problem is None:
+        _VERIFIED[path] = signature
+    return problem
+
+
+def _check(path: Path) -> str | None:
     state_file = path / "state.json"
     if not state_file.exists():
         return f"{state_file} is missing"

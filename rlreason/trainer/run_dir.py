@@ -19,6 +19,7 @@ import yaml
 
 from rlreason.config import RunConfig, deep_merge, from_dict, parse_overrides, to_dict
 from rlreason.registry import ConfigError
+from rlreason.trainer.checkpoint import latest_checkpoint
 
 CONFIG_FILE = "config.yaml"
 # What a run writes into its directory; --overwrite removes these and nothing else.
@@ -75,6 +76,7 @@ def prepare_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool) -> None:
     if resume:
         if stored.exists():
             _apply_changes(load_stored(stored), to_dict(cfg), stored)
+        latest_checkpoint(run_dir / "checkpoints")  # a run with only damaged checkpoints fails here, not after loading
     elif holds_run(run_dir):
         if not overwrite:
             raise ConfigError(f"output_dir: {run_dir} already holds a run (checkpoints or metrics); "
