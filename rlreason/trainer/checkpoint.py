@@ -246,11 +246,12 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
 def load_trainer_state(path: Path) -> dict[str, Any]:
     f = path / "trainer.pt"
     try:
-        return torch.load(f, weights_only=True, map_location="cpu")
+        return torch.load(f, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:200]
+        found = [ln.strip().split(". ")[0] for ln in str(e).splitlines() if "Unsupported" in ln][:1]
         raise CheckpointError(f"{f}: refusing to load: it holds objects other than tensors and plain containers, "
-                              f"which could run code ({first}). rlreason never writes such a file.") from e
+                              f"which could run code{' (' + found[0][:160] + ')' if found else ''}; rlreason "
+                              f"never writes such a file") from e
 
 
 def load_checkpoint(path: Path, *, model: torch.nn.Module, verify: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
