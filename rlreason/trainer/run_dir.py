@@ -27,7 +27,8 @@ RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "samples.jsonl", "summary.txt", "
                "precision_refusal.png", CONFIG_FILE, "wandb_id.txt", "wandb")
 # Values a checkpoint is tied to: the weights' shapes, the prompts' order, the group structure.
 FIXED_MID_RUN = ("algorithm", "seed", "model.name", "env.name", "data.train", "data.eval", "data.eval_size",
-                 "trainer.samples_per_prompt", "algo.advantage", "ei.lora_rank", "name", "output_dir")
+                 "trainer.samples_per_prompt", "algo.advantage", "ei.lora_rank", "ei.lora_alpha", "name",
+                 "output_dir")
 
 
 def check_location(cfg: RunConfig) -> Path:
