@@ -9,11 +9,11 @@ across training steps per question and saved in checkpoints (`state_dict`):
     otc_strict R = otc, but 0 for any search when n = 0   (a question answered without search once must
                                                            never be searched again)
     linear     R = C * max(0, 1 - cost * m)               cost defaults to 1 / (max_searches + 1)
+    none       R = C                                      Search-R1
 
 C is EM of the answer the environment accepted (`rewards.qa.final_answer`), and max_searches is the
 environment's `env.args.max_searches`, which pay_per_search stamps on every episode
 (`episode.info["max_searches"]`): one value, so the reward's limit cannot drift from the environment's.
-    none       R = C                                      Search-R1
 
 OTC, as read from the paper (section 3.2) and MASH's code (reward_functions.py, otc_grpo_penalty):
 f(m, n) = 0 if m = n = 0; m if n = 0; 2nm / (m + n) otherwise (it equals n exactly when m = n), and
