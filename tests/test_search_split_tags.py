@@ -81,7 +81,7 @@ caps = st.lists(st.integers(1, 12), min_size=1, max_size=8)
 VERDICT = ("searches", "answered", "invalid_actions", "abstained", "tool_errors")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=texts, caps=caps, max_searches=st.integers(0, 3), search_enabled=st.booleans(),
        unbounded=st.booleans())
 def test_env_and_rewards_agree_under_any_turn_split(text, caps, max_searches, search_enabled, unbounded):
@@ -105,7 +105,7 @@ def test_env_and_rewards_agree_under_any_turn_split(text, caps, max_searches, se
     assert ep.reward_components == {"qa_em": em, "qa_answered": ep.metrics["answered"]}
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=texts, caps=caps, max_searches=st.integers(0, 3))
 def test_turn_splits_do_not_change_the_verdict(text, caps, max_searches):
     """A policy that stops at the first closing tag of the text since the last tool message (a stop check
