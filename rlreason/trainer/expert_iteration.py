@@ -71,6 +71,12 @@ def resample(rewards: list[float], T: float, num_draws: int, rng: random.Random)
     return list(range(n)) + rng.choices(range(n), weights=weights, k=num_draws)
 
 
+def fine_tuning_set(rewards: list[float], T: float, num_draws: int, rng: random.Random) -> list[int]:
+    """Indices of one round's fine-tuning set: `resample` (every original, then draws by exp(R / T)),
+    keeping only R > -1, i.e. correct answers and refusals; a wrong answer is never trained on."""
+    return [i for i in resample(rewards, T, num_draws, rng) if rewards[i] > -1.0]
+
+
 # --- LoRA --------------------------------------------------------------------------------------------
 
 def add_lora(run: Run) -> None:
@@ -142,7 +148,7 @@ def initial_measurement(run: Run, ei: EIState) -> None:
     precision = out["eval/precision"]
     T = run.cfg.ei.resample_temperature
     ei.temperature = T if T is not None else max(precision, MIN_TEMPERATURE)
-    stats = dict(means)
+    stats = {**means, "rollout/episodes": out["eval/episodes"]}  # the count: the refusals' sample std
     run.env.on_step_end(stats)  # first call: initialise c1, c2 from these refusals
     run.logger.log(0, {**out, **stats, "ei/temperature": ei.temperature})
 
@@ -158,8 +164,8 @@ def train_round(run: Run, ei: EIState) -> dict[str, float]:
     rewards = [ep.reward for ep in episodes]
     t_rollout = time.perf_counter() - t0
 
-    picked = resample(rewards, ei.temperature, round(e.resample_factor * len(rewards)), random.Random(seed))
-    kept = [episodes[i] for i in picked if rewards[i] > -1.0]  # correct answers and refusals
+    picked = fine_tuning_set(rewards, ei.temperature, round(e.resample_factor * len(rewards)), random.Random(seed))
+    kept = [episodes[i] for i in picked]
     rows = episodes_to_rows(kept, [0.0] * len(kept), list(range(len(kept))))
     t1 = time.perf_counter()
     loss_metrics = sft_epoch(rows, run.ctx, cfg.trainer, batch_size=e.batch_size) if rows \
