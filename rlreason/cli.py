@@ -2,7 +2,7 @@
 
     rlreason train configs/quickstart.yaml trainer.lr=1e-6 trainer.steps=5
     rlreason train configs/quickstart.yaml --resume
-    rlreason eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/step_000040
+    rlreason eval configs/quickstart.yaml --checkpoint latest   # or a checkpoint directory
     rlreason eval --chunked configs/markovian_cpu.yaml --budgets 1,2,3  # LongCoT vs Delethink per budget
     rlreason config keys            # every config key with its default and help
     rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/q/verl/overrides.txt
@@ -83,8 +83,13 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from rlreason.config import load_config
-    from rlreason.eval_cli import run_eval
+    from rlreason.eval_cli import CheckpointNotFound, resolve_checkpoint, run_eval
     cfg = load_config(a.config, a.overrides)
+    try:
+        a.checkpoint = resolve_checkpoint(cfg, a.checkpoint)
+    except CheckpointNotFound as e:
+        print(f"rlreason eval: {e}", file=sys.stderr)
+        return 2
     if a.abstention:  # issue 4: MASH's read-off with the search tool removed
         from rlreason.search.abstention import run_abstention_eval
         _emit(run_abstention_eval(cfg, checkpoint=a.checkpoint, split=a.split), a.json)
@@ -138,8 +143,10 @@ def cmd_data(a: argparse.Namespace) -> int:
     if a.out:
         ds.to_json(a.out)
         print(f"wrote {len(ds)} rows to {a.out}")
-    for row in ds.select(range(min(a.show, len(ds)))):
+    shown = min(a.show, len(ds))
+    for row in ds.select(range(shown)):
         print(json.dumps(row)[:400])
+    print(f"showing {shown} of {len(ds)} rows" + (" (--show N for more)" if shown < len(ds) else ""))
     return 0
 
 
@@ -233,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a model/checkpoint on the held-out split (pass@k, avg@k)")
     e.add_argument("config", nargs="?")
     e.add_argument("overrides", nargs="*")
-    e.add_argument("--checkpoint", help="a checkpoint directory (default: the config's model)")
+    e.add_argument("--checkpoint", help="a checkpoint directory, or `latest` for the run's newest "
+                                         "(default: the config's model)")
     e.add_argument("--split", choices=["eval", "train"], default="eval")
     e.add_argument("--json", help="also write the result as JSON to this file")
     e.add_argument("--abstention", action="store_true",
@@ -256,10 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_models)
 
     d = sub.add_parser("data", help="build a dataset from a spec and preview or save it",
-                       description="e.g. rlreason data source=reasoning_gym task=basic_arithmetic size=10")
+                       description="e.g. rlreason data source=reasoning_gym task=basic_arithmetic size=10 "
+                                   "(seed defaults to 0)")
     d.add_argument("spec", nargs="+", help="builder spec as key=value")
     d.add_argument("--out", help="write the rows as JSONL")
-    d.add_argument("--show", type=int, default=3)
+    d.add_argument("--show", type=int, default=3, help="print the first N rows (default 3)")
     # --- verl (issue 7): `rlreason data export --format verl ...` ---
     d.add_argument("--format", choices=["jsonl", "verl"], default="jsonl",
                    help="with `export`: verl = verl's parquet (prompt, data_source, reward_model, extra_info, agent_name)")
