@@ -5,8 +5,8 @@
     rlreason eval configs/quickstart.yaml --checkpoint latest   # or a checkpoint directory
     rlreason eval --chunked configs/markovian_cpu.yaml --budgets 1,2,3  # LongCoT vs Delethink per budget
     rlreason config keys            # every config key with its default and help
-    rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/q/verl/overrides.txt
-    rlreason data export --format verl --config configs/quickstart.yaml --out runs/q/verl/train.parquet
+    rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/quickstart/verl/overrides.txt
+    rlreason data export --format verl --config configs/quickstart.yaml --out runs/quickstart/verl/train.parquet
     rlreason serve-search --port 8000   # retrieval server for pay_per_search (Search-R1 protocol)
 """
 

@@ -57,3 +57,19 @@ def test_data_seed_default_is_zero():
     a = build_dataset({"source": "reasoning_gym", "task": "basic_arithmetic", "size": 4})
     b = build_dataset({"source": "reasoning_gym", "task": "basic_arithmetic", "size": 4, "seed": 0})
     assert a["question"] == b["question"]
+
+
+def test_help_examples_parse_and_name_no_missing_checkpoint():
+    """`rlreason --help` shows examples; each must parse, and a --checkpoint example must work on a fresh
+    run (`latest`), not name a step the documented runs never make."""
+    import re
+    import shlex
+
+    import rlreason.cli as cli
+    examples = [re.sub(r"\s+#.*$", "", ln.strip()) for ln in cli.__doc__.splitlines()
+                if ln.strip().startswith("rlreason ")]
+    assert examples
+    for ex in examples:
+        args = cli.build_parser().parse_args(shlex.split(ex)[1:])
+        if getattr(args, "checkpoint", None):
+            assert args.checkpoint == "latest", ex
