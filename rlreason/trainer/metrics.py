@@ -154,10 +154,14 @@ def plot_rewards(history: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     rows = [h for h in history if "reward/total" in h]
     fig, ax = plt.subplots(figsize=(7, 4))
+    # Only the reward terms `reward/<name>` share the reward axis; deeper keys (`reward/search_cost/n_min`,
+    # a search count with -1 for "none yet", or `/errors`) are diagnostics on other scales.
     keys = ["reward/total"] + sorted({k for h in rows for k in h if k.startswith("reward/")
-                                      and k != "reward/total" and not k.endswith("/errors")})
+                                      and k != "reward/total" and k.count("/") == 1})
     for k in keys:
         pts = [(h["step"], h[k]) for h in rows if k in h]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, lw=2 if k == "reward/total" else 1)
@@ -165,6 +169,7 @@ def plot_rewards(history: list[dict[str, Any]], path: Path) -> None:
     if ev:
         ax.plot([p[0] for p in ev], [p[1] for p in ev], "o--", label="eval avg@k")
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean reward")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
