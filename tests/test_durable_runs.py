@@ -304,7 +304,7 @@ def test_resume_flag_is_accepted_after_overrides(tmp_path, captured_train):
     assert kw["resume"] and cfg.trainer.steps == 7 and cfg.run_dir == tmp_path / "r"
 
 
-# --- issue 22.3: --resume continues the run's stored config -------------------------------------------------
+# --- --resume continues the run's stored config ----------------------------------------------------------
 
 def _yaml(tmp_path, lr, steps):
     p = tmp_path / "c.yaml"
