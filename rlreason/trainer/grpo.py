@@ -29,6 +29,7 @@ from rlreason.trainer.critic import ValueHead, assign_gae
 from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlreason.trainer.evaluate import evaluate
 from rlreason.trainer.metrics import MetricsLogger
+from rlreason.trainer.perf import PerfMeter
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sampler import PromptSampler
 from rlreason.trainer.update import UpdateContext, compute_logprobs, policy_update
@@ -125,6 +126,7 @@ class Run:
     logger: MetricsLogger
     step: int = 0
     probe_monitor: Any = None  # refusal-cliff probe as a training monitor (logging.probe_dir)
+    perf: PerfMeter | None = None  # perf/ metrics: model shape and the device's peak FLOP/s
 
 
 def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
@@ -183,6 +185,7 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     logger = MetricsLogger(run_dir, config=to_dict(cfg), use_wandb=cfg.logging.wandb,
                            project=cfg.logging.wandb_project, name=cfg.name, resume=resume)
     run = Run(cfg, tokenizer, env, rubric, engine, ctx, data, eval_rows, sampler, logger)
+    run.perf = PerfMeter(model, device, amp or torch.float32)
     if cfg.logging.probe_dir:
         from rlreason.probes.data import jbb
         from rlreason.probes.monitor import ProbeMonitor
@@ -250,6 +253,7 @@ def train_step(run: Run) -> dict[str, float]:
     t1 = time.perf_counter()
     ref_logprobs = None
     rows = episodes_to_rows(episodes, [0.0] * len(episodes), group_ids)
+    all_lens = [len(r.prompt_ids) + len(r.response_ids) for r in rows]
     if algo.kl_coef > 0 and run.ctx.ref_model is not None:
         ref_logprobs = compute_logprobs(run.ctx.ref_model, rows, run.ctx, tr.micro_batch_size)
         if algo.kl_in_reward:  # r <- r - beta * sum_t KL(pi || ref) over the trace's trained tokens
@@ -296,6 +300,7 @@ def train_step(run: Run) -> dict[str, float]:
         "time/rollout": t_rollout, "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
         "time/step": time.perf_counter() - t0,
         "lr": run.ctx.optimizer.param_groups[0]["lr"],
+        **_perf_metrics(run, all_lens, rows, episodes, t_rollout, t_reward + t_update),
     }
     run.env.on_step_end(metrics)
     run.logger.log(run.step, metrics)
@@ -305,6 +310,22 @@ def train_step(run: Run) -> dict[str, float]:
              "reward": g[0].reward, "components": g[0].reward_components, "info": g[0].info}
             for ex, g in list(zip(examples, groups))[:cfg.logging.log_samples]])
     return metrics
+
+
+def _perf_metrics(run: Run, all_lens: list[int], rows: list, episodes: list[Episode], t_rollout: float,
+                  t_trainer: float) -> dict[str, float]:
+    """perf/ metrics of the step. Forward-only passes: reference logprobs, the policy's for KL-in-reward and
+    the critic's values over every row; old logprobs over the kept rows when the batch takes > 1 update."""
+    if run.perf is None:
+        return {}
+    algo, tr = run.cfg.algo, run.cfg.trainer
+    has_ref = algo.kl_coef > 0 and run.ctx.ref_model is not None
+    all_passes = int(has_ref) + int(has_ref and algo.kl_in_reward) + int(algo.advantage == "gae")
+    kept_lens = [len(r.prompt_ids) + len(r.response_ids) for r in rows]
+    return run.perf.step(trained_lens=kept_lens, epochs=tr.ppo_epochs,
+                         forward_lens=all_lens * all_passes + kept_lens * (tr.ppo_epochs * tr.mini_batches > 1),
+                         generated_tokens=sum(ep.num_trained_tokens for ep in episodes), rollout_s=t_rollout,
+                         update_s=t_trainer)
 
 
 def _component_means(episodes: list[Episode]) -> dict[str, float]:
