@@ -37,8 +37,10 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, torch_state: dict[str, Any],
-                    state: dict[str, Any], keep: int) -> Path:
-    """`torch_state`: optimizer/scheduler state dicts; `state`: JSON-able (sampler, env, rewards)."""
+                    state: dict[str, Any], keep: int, tokenizer: Any = None) -> Path:
+    """`torch_state`: optimizer/scheduler state dicts; `state`: JSON-able (sampler, env, rewards). With the
+    `tokenizer`, config and tokenizer files go beside the weights: a Hugging Face model directory
+    (rlreason/export.py)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp = root / f".step_{step:06d}.tmp"
@@ -49,6 +51,9 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, torch_stat
     save_file(tensors, str(tmp / "model.safetensors"))
     torch.save({**torch_state, "rng": rng_state()}, tmp / "trainer.pt")
     _write_json(tmp / "state.json", {"step": step, **state})
+    if tokenizer is not None:
+        from rlreason.export import write_hf_metadata
+        write_hf_metadata(tmp, model, tokenizer)
     for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())

@@ -206,7 +206,7 @@ def checkpoint(run: Run, ei: EIState) -> None:
                                  "scheduler": run.ctx.scheduler.state_dict()},
                     state={"sampler": run.sampler.state_dict(), "env": run.env.state_dict(),
                            "rewards": run.rubric.state_dict(), "ei": ei.__dict__},
-                    keep=run.cfg.trainer.keep_checkpoints)
+                    keep=run.cfg.trainer.keep_checkpoints, tokenizer=run.tokenizer)
 
 
 def _resume(run: Run, ei: EIState) -> None:

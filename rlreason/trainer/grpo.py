@@ -232,7 +232,7 @@ def checkpoint(run: Run) -> None:
                                     if run.ctx.value_head is not None else {})},
                     state={"sampler": run.sampler.state_dict(), "env": run.env.state_dict(),
                            "rewards": run.rubric.state_dict()},
-                    keep=run.cfg.trainer.keep_checkpoints)
+                    keep=run.cfg.trainer.keep_checkpoints, tokenizer=run.tokenizer)
 
 
 def train_step(run: Run) -> dict[str, float]:
