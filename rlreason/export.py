@@ -56,7 +56,8 @@ def lora_scale(adapter: dict[str, Any]) -> float:
     return alpha / r**0.5 if adapter.get("use_rslora") else alpha / r
 
 
-def merge_lora(tensors: dict[str, torch.Tensor], scale: float, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+def merge_lora(tensors: dict[str, torch.Tensor], scale: float,
+               adapter_name: str = "default") -> dict[str, torch.Tensor]:
     """peft layout -> plain names with W' = W + scale * B A, computed in float32 and stored in W's dtype.
     `x.base_layer.weight` [out, in], `x.lora_A.<name>.weight` [r, in], `x.lora_B.<name>.weight` [out, r]."""
     out: dict[str, torch.Tensor] = {}
@@ -68,7 +69,8 @@ def merge_lora(tensors: dict[str, torch.Tensor], scale: float, adapter_name: str
             continue
         name = key.replace(".base_layer.", ".")
         prefix = key[: key.index(".base_layer.")]
-        a, b = tensors.get(f"{prefix}.lora_A.{adapter_name}.weight"), tensors.get(f"{prefix}.lora_B.{adapter_name}.weight")
+        a = tensors.get(f"{prefix}.lora_A.{adapter_name}.weight")
+        b = tensors.get(f"{prefix}.lora_B.{adapter_name}.weight")
         if key.endswith(".weight") and a is not None and b is not None:
             t = (t.float() + scale * (b.float() @ a.float())).to(t.dtype)
         out[name] = t
