@@ -148,23 +148,23 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_vllm_engine_loads_an_exported_checkpoint(trained, tmp_path):
-    """The real vLLM engine starts from the exported directory; its sampling logprobs agree with the
-    trained weights' forward (bf16 engine vs fp32 reference)."""
+def test_vllm_engine_loads_an_exported_checkpoint_and_the_checkpoint_itself(trained, tmp_path):
+    """The real vLLM engine starts from the exported directory and from the checkpoint as it is; its sampling
+    logprobs agree with the trained weights' forward (bf16 engine vs fp32 reference)."""
     from rlreason.rollout import SamplingConfig, make_engine
-    out = export_checkpoint(trained, tmp_path / "hf")
-    tok = AutoTokenizer.from_pretrained(out)
-    eng = make_engine("vllm", model_dir=str(out), model=None, tokenizer=tok, sampling=SamplingConfig(1.0),
-                      dtype="bf16", max_model_len=256, kv_cache_gb=0.25, gpu_memory_utilization=0.3,
-                      enable_prefix_caching=False, seed=0)
-    try:
-        p = tok.encode("What is 2 + 3? Put the final answer in \\boxed{}.")
-        c = eng.generate_batch([p], n=1, max_tokens=16, seed=1)[0][0]
-        assert len(c.token_ids) >= 1
-        ref_model = trained_reference(trained)
-        with torch.no_grad():
-            lg = ref_model(torch.tensor([p + c.token_ids])).logits[0, len(p) - 1:-1].float()
-        ref = torch.log_softmax(lg, -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
-        assert (ref - torch.tensor(c.logprobs)).abs().mean() < 0.1
-    finally:
-        eng.close()
+    ref_model = trained_reference(trained)
+    for model_dir in (export_checkpoint(trained, tmp_path / "hf"), trained):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        eng = make_engine("vllm", model_dir=str(model_dir), model=None, tokenizer=tok, sampling=SamplingConfig(1.0),
+                          dtype="bf16", max_model_len=256, kv_cache_gb=0.25, gpu_memory_utilization=0.3,
+                          enable_prefix_caching=False, seed=0)
+        try:
+            p = tok.encode("What is 2 + 3? Put the final answer in \\boxed{}.")
+            c = eng.generate_batch([p], n=1, max_tokens=16, seed=1)[0][0]
+            assert len(c.token_ids) >= 1
+            with torch.no_grad():
+                lg = ref_model(torch.tensor([p + c.token_ids])).logits[0, len(p) - 1:-1].float()
+            ref = torch.log_softmax(lg, -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+            assert (ref - torch.tensor(c.logprobs)).abs().mean() < 0.1, model_dir
+        finally:
+            eng.close()

@@ -126,7 +126,7 @@ def datasheet_flops(device_name: str, dtype: torch.dtype) -> float | None:
 def probe_flops(linear_shapes: Sequence[tuple[int, int, int]], device: torch.device, dtype: torch.dtype,
                 tokens: int = PROBE_TOKENS, repeats: int = PROBE_REPEATS) -> float:
     """FLOP/s of the model's matmul mix: each distinct linear layer as a [tokens, in] x [in, out] matmul,
-    weighted by how often it occurs; the best of `repeats` timings after one warm-up."""
+    weighted by how often it occurs; each shape's best of `repeats` timings after one warm-up."""
     gen = torch.Generator(device).manual_seed(0)  # a private generator: the run's RNG streams stay untouched
     x = {i: torch.randn(tokens, i, device=device, dtype=dtype, generator=gen) for i, _, _ in linear_shapes}
     w = {(i, o): torch.randn(o, i, device=device, dtype=dtype, generator=gen) for i, o, _ in linear_shapes}
@@ -136,19 +136,18 @@ def probe_flops(linear_shapes: Sequence[tuple[int, int, int]], device: torch.dev
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    best = float("inf")
+    best = {(i, o): float("inf") for i, o, _ in linear_shapes}
     with torch.no_grad():
         for r in range(repeats + 1):
-            times = 0.0
-            for i, o, c in linear_shapes:
+            for i, o, _ in linear_shapes:
                 sync()
                 t0 = time.perf_counter()
                 torch.nn.functional.linear(x[i], w[(i, o)])
                 sync()
-                times += (time.perf_counter() - t0) * c
-            if r > 0:  # the first round warms up kernels and caches
-                best = min(best, times)
-    return flops / best
+                if r > 0:  # the first round warms up kernels and caches
+                    best[(i, o)] = min(best[(i, o)], time.perf_counter() - t0)
+    # Each shape's fastest time: on a shared machine the minimum is the least disturbed measurement.
+    return flops / sum(best[(i, o)] * c for i, o, c in linear_shapes)
 
 
 def device_peak_flops(shape: ModelShape, device: torch.device, dtype: torch.dtype,
