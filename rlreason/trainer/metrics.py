@@ -26,7 +26,7 @@ class MetricsLogger:
         if resume and self.path.exists():
             self.history = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
         self.wandb = None
-        self._samples_table: Any = None  # wandb.Table of the transcripts (log_samples)
+        self._samples_table: Any = None  # wandb.Table of the transcripts (log_samples); False once it failed
         self._sample_components: list[str] = []
         if use_wandb:
             try:
@@ -55,8 +55,12 @@ class MetricsLogger:
         with self.samples_path.open("a") as f:
             for s in samples:
                 f.write(json.dumps({"step": step, **s}) + "\n")
-        if self.wandb is not None and samples:
-            self._log_sample_table(step, samples)
+        if self.wandb is not None and samples and self._samples_table is not False:
+            try:
+                self._log_sample_table(step, samples)
+            except Exception as e:  # noqa: BLE001 - monitoring must not stop training
+                log.warning("wandb samples table disabled: %s", e)
+                self._samples_table = False
 
     def _log_sample_table(self, step: int, samples: list[dict[str, Any]]) -> None:
         """The transcripts as one wandb table, `samples`, growing by this step's rows (INCREMENTAL mode
