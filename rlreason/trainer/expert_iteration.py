@@ -43,6 +43,7 @@ from rlreason.rollout import SamplingConfig
 from rlreason.trainer.batch import episodes_to_rows
 from rlreason.trainer.checkpoint import save_checkpoint
 from rlreason.trainer.grpo import Run, _component_means, _env_metric_means, restore, setup as grpo_setup
+from rlreason.trainer.perf import sequences
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sft import sft_epoch
 
@@ -184,9 +185,9 @@ def train_round(run: Run, ei: EIState) -> dict[str, float]:
         "time/rollout": t_rollout, "time/update": t_update, "time/sync": t_sync,
         "time/step": time.perf_counter() - t0,
         "lr": run.ctx.optimizer.param_groups[0]["lr"],
-        **(run.perf.step(trained_lens=[len(r.prompt_ids) + len(r.response_ids) for r in rows], epochs=1,
-                         forward_lens=[], generated_tokens=sum(ep.num_trained_tokens for ep in episodes),
-                         rollout_s=t_rollout, update_s=t_update) if run.perf is not None else {}),
+        **(run.perf.step(trained=sequences(rows), epochs=1, forward=[], share_prompts=run.ctx.share_prompts,
+                         generated_tokens=sum(ep.num_trained_tokens for ep in episodes), rollout_s=t_rollout,
+                         update_s=t_update) if run.perf is not None else {}),
     }
     run.env.on_step_end(metrics)  # one curriculum round; adds accuracy, precision, ..., c1, c2, stage
     run.logger.log(run.step, metrics)

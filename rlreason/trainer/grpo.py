@@ -29,7 +29,7 @@ from rlreason.trainer.critic import ValueHead, assign_gae
 from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlreason.trainer.evaluate import evaluate
 from rlreason.trainer.metrics import MetricsLogger
-from rlreason.trainer.perf import PerfMeter
+from rlreason.trainer.perf import PerfMeter, sequences
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sampler import PromptSampler
 from rlreason.trainer.update import UpdateContext, compute_logprobs, policy_update
@@ -253,7 +253,7 @@ def train_step(run: Run) -> dict[str, float]:
     t1 = time.perf_counter()
     ref_logprobs = None
     rows = episodes_to_rows(episodes, [0.0] * len(episodes), group_ids)
-    all_lens = [len(r.prompt_ids) + len(r.response_ids) for r in rows]
+    all_rows = rows
     if algo.kl_coef > 0 and run.ctx.ref_model is not None:
         ref_logprobs = compute_logprobs(run.ctx.ref_model, rows, run.ctx, tr.micro_batch_size)
         if algo.kl_in_reward:  # r <- r - beta * sum_t KL(pi || ref) over the trace's trained tokens
@@ -300,7 +300,7 @@ def train_step(run: Run) -> dict[str, float]:
         "time/rollout": t_rollout, "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
         "time/step": time.perf_counter() - t0,
         "lr": run.ctx.optimizer.param_groups[0]["lr"],
-        **_perf_metrics(run, all_lens, rows, episodes, t_rollout, t_reward + t_update),
+        **_perf_metrics(run, all_rows, rows, episodes, t_rollout, t_reward + t_update),
     }
     run.env.on_step_end(metrics)
     run.logger.log(run.step, metrics)
@@ -312,7 +312,7 @@ def train_step(run: Run) -> dict[str, float]:
     return metrics
 
 
-def _perf_metrics(run: Run, all_lens: list[int], rows: list, episodes: list[Episode], t_rollout: float,
+def _perf_metrics(run: Run, all_rows: list, rows: list, episodes: list[Episode], t_rollout: float,
                   t_trainer: float) -> dict[str, float]:
     """perf/ metrics of the step. Forward-only passes: reference logprobs, the policy's for KL-in-reward and
     the critic's values over every row; old logprobs over the kept rows when the batch takes > 1 update."""
@@ -320,10 +320,12 @@ def _perf_metrics(run: Run, all_lens: list[int], rows: list, episodes: list[Epis
         return {}
     algo, tr = run.cfg.algo, run.cfg.trainer
     has_ref = algo.kl_coef > 0 and run.ctx.ref_model is not None
-    all_passes = int(has_ref) + int(has_ref and algo.kl_in_reward) + int(algo.advantage == "gae")
-    kept_lens = [len(r.prompt_ids) + len(r.response_ids) for r in rows]
-    return run.perf.step(trained_lens=kept_lens, epochs=tr.ppo_epochs,
-                         forward_lens=all_lens * all_passes + kept_lens * (tr.ppo_epochs * tr.mini_batches > 1),
+    every, kept = sequences(all_rows), sequences(rows)
+    forward = [every] * (int(has_ref) + int(has_ref and algo.kl_in_reward) + int(algo.advantage == "gae")) \
+        + [kept] * (tr.ppo_epochs * tr.mini_batches > 1)
+    shared = run.ctx.share_prompts and algo.advantage != "gae" \
+        and not getattr(run.ctx.model, "is_gradient_checkpointing", False)
+    return run.perf.step(trained=kept, epochs=tr.ppo_epochs, forward=forward, share_prompts=shared,
                          generated_tokens=sum(ep.num_trained_tokens for ep in episodes), rollout_s=t_rollout,
                          update_s=t_trainer)
 

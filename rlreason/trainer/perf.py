@@ -14,9 +14,11 @@ head and layer forward, x3 with the backward. T^2 counts the whole score matrix,
 halving for the causal mask). N counts every linear layer, lm_head included; the embedding lookup is a
 gather, not a matmul, so a tied embedding is counted once (as lm_head).
 
-These are model FLOPs: the work the tokens need, whatever the implementation saves. The CPU trainer runs
-a group's shared prompt once (trainer.share_prompt_forward), so it executes fewer FLOPs than counted and
-its MFU reads as useful work per second, which is what MFU measures.
+With trainer.share_prompt_forward (the CPU default) the trainer runs each distinct prompt once and the
+group's responses on top of its keys and values; the count follows (`pass_flops`): counting each row's
+prompt again would put GRPO's MFU above 1 on short-answer tasks (G copies of a long prompt). Otherwise
+these are model FLOPs: rematerialisation (gradient checkpointing) is not counted, and LoRA's frozen weights
+are counted as if they had gradients.
 
 The peak: on CUDA the datasheet's dense bf16 (fp32 without autocast) figure for known GPUs; elsewhere
 (CPU, unknown GPUs) a probe: the model's own linear layers as matmuls of a 2048-token micro-batch in the
@@ -33,7 +35,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Hashable, Iterable, Sequence
 
 import torch
 
@@ -75,30 +77,49 @@ def model_shape(model: torch.nn.Module) -> ModelShape:
                       linear_shapes=tuple(sorted((i, o, c) for (i, o), c in counts.items())))
 
 
-def train_flops(shape: ModelShape, seq_lens: Sequence[int]) -> float:
-    """Forward + backward FLOPs of sequences of these lengths: sum_T 6 N T + 12 L H Q T^2."""
-    lhq = shape.layers * shape.heads * shape.head_dim
-    return float(sum(6 * shape.matmul_params * t + 12 * lhq * t * t for t in seq_lens))
+Seq = tuple[Hashable, int, int]  # (prompt key, prompt tokens P, response tokens R) of one trained row
 
 
-def forward_flops(shape: ModelShape, seq_lens: Sequence[int]) -> float:
-    """Forward-only FLOPs (old/reference logprobs, values): sum_T 2 N T + 4 L H Q T^2."""
-    lhq = shape.layers * shape.heads * shape.head_dim
-    return float(sum(2 * shape.matmul_params * t + 4 * lhq * t * t for t in seq_lens))
+def sequences(rows: Iterable[Any]) -> list[Seq]:
+    """(prompt key, P, R) of rows with `prompt_ids` and `response_ids`; rows with equal prompts share a key."""
+    return [(tuple(r.prompt_ids), len(r.prompt_ids), len(r.response_ids)) for r in rows]
 
 
-def step_perf(shape: ModelShape, peak_flops: float, *, trained_lens: Sequence[int], epochs: int,
-              forward_lens: Sequence[int], generated_tokens: int, rollout_s: float, update_s: float,
-              device: torch.device) -> dict[str, float]:
-    """The step's perf/ metrics. `trained_lens`: prompt+response length of each row the update trains
-    (each goes through `epochs` forward+backward passes); `forward_lens`: one entry per row and per extra
-    forward pass (old/reference logprobs, KL-in-reward, values); `update_s`: the trainer's time for all of
-    them; `generated_tokens`: response tokens the engine sampled in `rollout_s`."""
-    flops = epochs * train_flops(shape, trained_lens) + forward_flops(shape, forward_lens)
+def pass_flops(shape: ModelShape, seqs: Sequence[Seq], *, backward: bool, share_prompts: bool) -> float:
+    """Model FLOPs of one pass over these rows: k N T + a L H Q T^2 per sequence of T = P + R tokens, with
+    (k, a) = (6, 12) forward + backward and (2, 4) forward only. With `share_prompts` each distinct prompt
+    runs once, k N P + a L H Q P^2, and each row's response on top of it, k N R + a L H Q R (P + R) (its R
+    queries against P + R keys)."""
+    k, a = (6, 12) if backward else (2, 4)
+    n, lhq = shape.matmul_params, shape.layers * shape.heads * shape.head_dim
+    if not share_prompts:
+        return float(sum(k * n * (p + r) + a * lhq * (p + r) ** 2 for _, p, r in seqs))
+    prompts = {key: p for key, p, _ in seqs}
+    return float(sum(k * n * p + a * lhq * p * p for p in prompts.values())
+                 + sum(k * n * r + a * lhq * r * (p + r) for _, p, r in seqs))
+
+
+def pass_tokens(seqs: Sequence[Seq], *, share_prompts: bool) -> int:
+    """Tokens one pass processes: P + R per row, or each distinct prompt once plus every response."""
+    if not share_prompts:
+        return sum(p + r for _, p, r in seqs)
+    return sum({key: p for key, p, _ in seqs}.values()) + sum(r for _, _, r in seqs)
+
+
+def step_perf(shape: ModelShape, peak_flops: float, *, trained: Sequence[Seq], epochs: int,
+              forward: Sequence[Sequence[Seq]], share_prompts: bool, generated_tokens: int, rollout_s: float,
+              update_s: float, device: torch.device) -> dict[str, float]:
+    """The step's perf/ metrics. `trained`: the rows the update trains, each epoch one forward + backward
+    pass over them; `forward`: the extra forward-only passes (old/reference logprobs, KL-in-reward, values),
+    each a list of rows; `update_s`: the trainer's time for all of them; `generated_tokens`: response
+    tokens the engine sampled in `rollout_s`."""
+    flops = epochs * pass_flops(shape, trained, backward=True, share_prompts=share_prompts) \
+        + sum(pass_flops(shape, f, backward=False, share_prompts=share_prompts) for f in forward)
     tflops = flops / update_s / 1e12 if update_s > 0 else 0.0
+    tokens = epochs * pass_tokens(trained, share_prompts=share_prompts)
     return {
         "perf/rollout_tokens_per_s": generated_tokens / rollout_s if rollout_s > 0 else 0.0,
-        "perf/update_tokens_per_s": epochs * sum(trained_lens) / update_s if update_s > 0 else 0.0,
+        "perf/update_tokens_per_s": tokens / update_s if update_s > 0 else 0.0,
         "perf/update_tflops": tflops,
         "perf/mfu": tflops * 1e12 / peak_flops if peak_flops > 0 else 0.0,
         "perf/peak_tflops": peak_flops / 1e12,
