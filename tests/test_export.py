@@ -68,7 +68,8 @@ def test_export_loads_in_transformers_with_the_trained_logits(trained, tmp_path,
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert model.dtype == torch.float32 and json.loads((out / "config.json").read_text())["dtype"] == "float32"
     assert torch.allclose(logits(model), logits(trained_reference(trained)), atol=1e-5)
-    assert AutoTokenizer.from_pretrained(out).decode([450, 3921]) == AutoTokenizer.from_pretrained(trained).decode([450, 3921])
+    tok_out, tok_ckpt = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(trained)
+    assert tok_out.decode([450, 3921]) == tok_ckpt.decode([450, 3921])
 
     half = export_checkpoint(trained, tmp_path / "bf16", dtype="bf16")
     m16 = AutoModelForCausalLM.from_pretrained(half).eval()
@@ -104,7 +105,8 @@ def test_lora_checkpoint_exports_merged(tmp_path, rslora):
 def test_merge_lora_by_hand():
     """W' = W + (alpha / r) B A on literal numbers (r = 1, scale 2)."""
     t = {"q.base_layer.weight": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "q.base_layer.bias": torch.tensor([0.5, 0.5]),
-         "q.lora_A.default.weight": torch.tensor([[1.0, -1.0]]), "q.lora_B.default.weight": torch.tensor([[2.0], [0.5]]),
+         "q.lora_A.default.weight": torch.tensor([[1.0, -1.0]]),
+         "q.lora_B.default.weight": torch.tensor([[2.0], [0.5]]),
          "norm.weight": torch.tensor([1.0, 1.0])}
     out = merge_lora(t, 2.0)
     assert set(out) == {"q.weight", "q.bias", "norm.weight"}
@@ -120,7 +122,8 @@ def _err(capsys, argv):
 
 
 def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
-    assert "no such directory" in _err(capsys, ["export", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert "no such directory" in _err(capsys, ["export", "--checkpoint", str(tmp_path / "nope"),
+                                                "--out", str(tmp_path / "o")])
     (tmp_path / "empty").mkdir()
     assert "not an rlreason checkpoint" in _err(capsys, ["export", "--checkpoint", str(tmp_path / "empty"),
                                                          "--out", str(tmp_path / "o")])

@@ -307,7 +307,8 @@ def train_step(run: Run) -> dict[str, float]:
     if cfg.logging.log_samples:
         run.logger.log_samples(run.step, [
             {"id": ex.get("id"), "prompt": ex.get("prompt"), "answer": ex.get("answer"),
-             "transcript": g[0].transcript, "reward": g[0].reward, "components": g[0].reward_components, "info": g[0].info}
+             "transcript": g[0].transcript, "reward": g[0].reward, "components": g[0].reward_components,
+             "info": g[0].info}
             for ex, g in list(zip(examples, groups))[:cfg.logging.log_samples]])
     return metrics
 
