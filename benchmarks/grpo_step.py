@@ -1,4 +1,4 @@
-"""The issue's name for the GRPO-step benchmark: the same measurements as `benchmarks/rollout.py`
+"""The GRPO-step benchmark under its own name: the same measurements as `benchmarks/rollout.py`
 (vLLM vs HF tokens/s with the ratio, weight-sync seconds, one step's rollout/reward/update/sync
 breakdown and peak RSS vs the HF-engine step, all measured in one run)."""
 

@@ -12,10 +12,13 @@ every round):
 
     first call        initialise from the initial model's refusals, d_i = steps before refusal i:
                         step = min(0.2 std(d), 0.5),  c1 = mean(d) + step,  c2 = -ln(0.1) / (4 std(d))
-                      An initial model that never refuses: mean and std of the steps of all its responses
-                      (a refusal then has to show the effort a typical answer shows). std is floored at
-                      `min_std` (one refusal, or all at the same d, would give c2 = inf). c1 / c2 / step
-                      given in env.args are kept as given.
+                      with the sample std (ddof = 1) of the k refusals; k comes from the episode count the
+                      trainer passes as `rollout/episodes`. An initial model that never refuses: mean and
+                      std of the steps of all its responses (a refusal then has to show the effort a typical
+                      answer shows). c1 / c2 / step given in env.args are kept as given.
+                      `min_std` (off by default; the paper has no floor) floors std. Without it, one refusal
+                      or all at the same d leave std undefined or 0 and c2 infinite: the run stops with an
+                      error naming env.args.min_std (or give env.args.c2 and env.args.step).
     every later call  one round of the current stage. The stage ends when precision and refusal rate
                       moved less than `stop_threshold` since the stage's previous round, or after
                       `max_rounds_per_stage` rounds (so a stage trains at least 2 rounds unless that is 1):
@@ -53,10 +56,16 @@ def outcome_stats(means: dict[str, float], lam: float) -> dict[str, float]:
             "steps_before_refusal": means["refusal_steps"] / ref if ref > 0 else math.nan}
 
 
-def _mean_std(s: float, s2: float, n: float) -> tuple[float, float]:
-    """Mean and std from the means of x, x^2 over a share n of the batch."""
-    mean = s / n
-    return mean, math.sqrt(max(s2 / n - mean * mean, 0.0))
+def mean_sample_std(s: float, s2: float, share: float, episodes: float) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1) of x over the k = share * episodes episodes that have it, from
+    the batch means s = sum(x) / episodes and s2 = sum(x^2) / episodes:
+        mean = s / share,  var = k / (k - 1) * (s2 / share - mean^2)
+    std is NaN for k < 2 (undefined)."""
+    mean = s / share
+    k = round(share * episodes)
+    if k < 2:
+        return mean, math.nan
+    return mean, math.sqrt(max(s2 / share - mean * mean, 0.0) * k / (k - 1))
 
 
 @dataclass
@@ -66,7 +75,7 @@ class Curriculum:
     lam: float = 0.2
     stop_threshold: float = 0.003
     max_rounds_per_stage: int = 3
-    min_std: float = 1.0
+    min_std: float | None = None  # a floor on the initial std; None = the paper's formula, no floor
     c1: float | None = None
     c2: float | None = None
     step: float | None = None
@@ -81,13 +90,32 @@ class Curriculum:
 
     SETTINGS = ("lam", "stop_threshold", "max_rounds_per_stage", "min_std")
 
-    def initialise(self, means: dict[str, float], out: dict[str, float]) -> None:
+    def initialise(self, means: dict[str, float], out: dict[str, float], episodes: float | None) -> None:
+        """c1, c2, step from the initial model's refusals (Auto-CEI, arXiv 2410.07627, Sec. 3.2):
+        step = min(0.2 std, 0.5), c1 = mean + step, c2 = -ln(0.1) / (4 std); `episodes` is the batch size
+        the means are over (the sample std needs the count of refusals)."""
         ref = means["refused"]
         if ref > 0:
-            mean, std = _mean_std(means["refusal_steps"], means["refusal_steps_sq"], ref)
+            s, s2, share = means["refusal_steps"], means["refusal_steps_sq"], ref
+            what = "refusal(s) of the initial model"
         else:  # the initial model never refuses: use the effort of all its responses
-            mean, std = _mean_std(means["steps"], means["steps_sq"], 1.0)
-        std = max(std, self.min_std)
+            s, s2, share = means["steps"], means["steps_sq"], 1.0
+            what = "response(s) of an initial model that never refuses"
+        mean, std = s / share, math.nan
+        if self.step is None or self.c2 is None:
+            if episodes is None:
+                raise ValueError("the curriculum's first update needs the episode count (the trainer's "
+                                 "'rollout/episodes' stat) for the sample std of the refusals' steps")
+            mean, std = mean_sample_std(s, s2, share, episodes)
+            if self.min_std is not None:
+                std = self.min_std if math.isnan(std) else max(std, self.min_std)
+            if not std > 0:
+                k = round(share * episodes)
+                spread = "one value" if k < 2 else f"all after {mean:g} steps"
+                raise ConfigError(
+                    f"env.args.min_std: the steps of the {k} {what} have no spread ({spread}), so c2 = -ln(0.1) "
+                    f"/ (4 std) is undefined; set env.args.min_std (a floor on std, e.g. 1.0) or give env.args.c2 "
+                    f"and env.args.step.")
         if self.step is None:
             self.step = min(0.2 * std, 0.5)
         if self.c1 is None:
@@ -97,10 +125,11 @@ class Curriculum:
         self.started, self.f_prev = True, out["f"]
         self._record("init", out)
 
-    def update(self, means: dict[str, float], out: dict[str, float]) -> str:
-        """Advance by one round's stats; returns what happened (init, round, stage_end, done)."""
+    def update(self, means: dict[str, float], out: dict[str, float], episodes: float | None = None) -> str:
+        """Advance by one round's stats; returns what happened (init, round, stage_end, done).
+        `episodes` (the number of episodes the means are over) is needed by the first call only."""
         if not self.started:
-            self.initialise(means, out)
+            self.initialise(means, out, episodes)
             return "init"
         if self.done:
             return "done"
@@ -147,14 +176,15 @@ class CurriculumEI(SingleTurn):
 
     `steps`: step counter (lines | sentences); `refusal_phrases`: what counts as a refusal; `verifier`:
     math | reasoning_gym; `c1`, `c2`, `step`: null = from the initial model; `lam`, `stop_threshold`,
-    `max_rounds_per_stage`, `min_std`: the curriculum (module doc)."""
+    `max_rounds_per_stage`: the curriculum; `min_std`: an optional floor on the initial std (module doc)."""
 
     def __init__(self, tokenizer, *, template: str = IDK_TEMPLATE, style: str = "chat",
                  system_prompt: str | None = None, max_tokens: int = 512, stop: list[str] | None = None,
                  transcript_prefix: str = "", steps: str = "lines",
                  refusal_phrases: list[str] | None = None, verifier: str = "math", c1: float | None = None,
                  c2: float | None = None, step: float | None = None, lam: float = 0.2,
-                 stop_threshold: float = 0.003, max_rounds_per_stage: int = 3, min_std: float = 1.0) -> None:
+                 stop_threshold: float = 0.003, max_rounds_per_stage: int = 3,
+                 min_std: float | None = None) -> None:
         super().__init__(tokenizer, template=template, style=style, system_prompt=system_prompt,
                          max_tokens=max_tokens, stop=stop, transcript_prefix=transcript_prefix)
         STEP_COUNTERS.get(steps, "env.args.steps")
@@ -162,8 +192,10 @@ class CurriculumEI(SingleTurn):
             raise ConfigError(f"env.args.verifier: '{verifier}' is not allowed. Allowed: {', '.join(VERIFIERS)}.")
         if not 0.0 <= lam <= 1.0:
             raise ConfigError(f"env.args.lam: must be in [0, 1], got {lam}.")
-        if max_rounds_per_stage < 1 or min_std <= 0:
-            raise ConfigError("env.args.max_rounds_per_stage must be >= 1 and env.args.min_std > 0.")
+        if max_rounds_per_stage < 1:
+            raise ConfigError(f"env.args.max_rounds_per_stage: must be >= 1, got {max_rounds_per_stage}.")
+        if min_std is not None and not min_std > 0:
+            raise ConfigError(f"env.args.min_std: must be > 0 or null (no floor), got {min_std}.")
         self.steps, self.verifier = steps, verifier
         self.phrases = tuple(refusal_phrases) if refusal_phrases is not None else DEFAULT_PHRASES
         phrase_pattern(self.phrases)  # an empty list fails here, before the run
@@ -187,13 +219,14 @@ class CurriculumEI(SingleTurn):
 
     def on_step_end(self, stats: dict[str, float]) -> None:
         """Advance the curriculum by one step/round and add its quantities to `stats` under the same
-        prefix (the trainers log that dict): the outcome stats above plus c1, c2, stage, done."""
+        prefix (the trainers log that dict): the outcome stats above plus c1, c2, stage, done. The first
+        call also reads `rollout/episodes`, the number of episodes the means are over."""
         prefix = f"env/{self.name}/"
         means = {k[len(prefix):]: v for k, v in stats.items() if k.startswith(prefix)}
         if "refused" not in means:
             return
         out = self.summarize(means)
-        self.curriculum.update(means, out)
+        self.curriculum.update(means, out, stats.get("rollout/episodes"))
         c = self.curriculum
         stats.update({prefix + k: v for k, v in out.items()})
         stats.update({prefix + "c1": c.c1, prefix + "c2": c.c2, prefix + "stage": float(c.stage),

@@ -13,7 +13,7 @@ carryover, so compute is linear in thinking length and memory is constant.
 Every context therefore holds at most |q| + C tokens: a state of keep_head + (m - keep_head) = m
 tokens plus C - m new ones. The carry never repeats a head token: if chunk 1 stopped early without
 EOS (an engine cap), the carry is what follows the head, so the prompt is q + y_1 (nothing deleted,
-nothing doubled). This follows METHODS.md; the reference code (McGill-NLP/the-markovian-thinker,
+nothing doubled). This follows the paper's description (docs/methods.md); the reference code (McGill-NLP/the-markovian-thinker,
 delethink_tracing_demo.py) instead carries the last m tokens of the newest chunk alone on top of the
 head, a state of m + keep_head tokens.
 

@@ -5,14 +5,27 @@ ends with <answer> .. </answer>. Generation stops on </search> or </answer>:
 
     loop (at most max_turns = max_searches + 2 generations, as MASH's rollout):
         y <- policy(context)                        trained tokens, response_mask 1
-        first closing tag in y is </answer>  -> done (answered if an <answer> opened it)
-        first closing tag in y is </search>  -> searches += 1
+        pending <- pending + y                      the text generated since the last tool message
+        first closing tag in pending is </answer>  -> done (answered if an <answer> in pending opened it
+                                                      and the answer is not empty)
+        first closing tag in pending is </search>  -> searches += 1
             search disabled (abstention eval)  -> done, abstained = 1
             searches > max_searches            -> inject <warning>SEARCH LIMIT REACHED</warning>
             otherwise                          -> inject the top-k passages, each
                                                   <document>\\n(Title: t) text\\n</document>
-        no closing tag: EOS -> done; length cap -> keep generating next turn
+            pending <- empty
+        no closing tag: EOS -> done; length cap -> keep generating next turn (pending kept)
     injected tokens have response_mask 0 and logprob 0.0
+
+Actions are read from `pending`, not from one generation: a tag cut by the per-turn token cap is finished
+by the next turn, and a tag opened before a tool message is closed by nothing after it (the tool call ended
+it). The engine's stop check sees one generation only, so a closing tag cut in two does not stop the next
+turn; what that turn writes after the tag is kept in the response and has no effect.
+
+The verdict is the only one: `episode.info["final_answer"]` holds the accepted answer (None when none was
+accepted) and the QA rewards (`rewards.qa.final_answer`) score exactly that, so `answered` and
+`qa_answered` always agree and no passage is ever scored as an answer. `episode.info["max_searches"]` is
+the limit the `search_cost` reward uses (OTC's c, the linear cost), so the two cannot disagree.
 
 One Sample per episode: prompt_ids = the prompt; response_ids = generated and injected tokens in
 order, at most max_response_tokens of them (a tool message that does not fit is cut and the episode
@@ -28,6 +41,7 @@ from __future__ import annotations
 import re
 
 from environments.single_turn import SingleTurn
+from rewards.qa import FINAL_ANSWER, MAX_SEARCHES
 from rlreason.registry import ConfigError, register_environment
 from rlreason.search.client import DEFAULT_URL, Document, SearchClient
 from rlreason.types import Episode, Policy, Sample
@@ -50,7 +64,8 @@ TAG = re.compile(r"</?(?:think|search|answer|document|warning)>")
 
 
 def parse_action(text: str) -> tuple[str | None, str]:
-    """(action, content) of one generation; the first closing tag decides, because generation stops there.
+    """(action, content) of the text generated since the last tool message; the first closing tag decides,
+    because generation stops there.
 
     ("answer", a) / ("search", q) when the tag was opened before it (nested openings: the innermost
     counts), ("invalid_answer" | "invalid_search", "") when it was not, (None, "") for no closing tag."""
@@ -119,6 +134,8 @@ class PayPerSearch(SingleTurn):
         m = {"searches": 0.0, "tool_errors": 0.0, "answered": 0.0, "turns": 0.0, "abstained": 0.0,
              "invalid_actions": 0.0, "truncated": 0.0}
         queries: list[str] = []
+        answer: str | None = None
+        pending: list[int] = []  # generated since the last tool message: turns cut by the cap, joined
         for _ in range(self.max_turns):
             room = self.max_response_tokens - len(ids)
             if room <= 0:
@@ -128,10 +145,12 @@ class PayPerSearch(SingleTurn):
             ids += out.token_ids
             logprobs += out.logprobs
             mask += [1] * len(out.token_ids)
+            pending += out.token_ids
             m["turns"] += 1
-            action, content = parse_action(self.decode(out.token_ids))
+            action, content = parse_action(self.decode(pending))
             if action in ("answer", "invalid_answer"):
-                m["answered"] = float(action == "answer")
+                answer = content if action == "answer" else None
+                m["answered"] = float(bool(answer))
                 m["invalid_actions"] += float(action == "invalid_answer")
                 break
             if action in ("search", "invalid_search") and not self.search_enabled:
@@ -150,6 +169,7 @@ class PayPerSearch(SingleTurn):
                 continue  # mid-thought at the turn cap: the next turn continues it
             else:
                 break  # EOS without an action
+            pending = []
             inject = self.encode(text)[:self.max_response_tokens - len(ids)]  # hard bound on the response
             ids += inject
             logprobs += [0.0] * len(inject)
@@ -157,4 +177,4 @@ class PayPerSearch(SingleTurn):
         else:
             m["truncated"] = float(not m["answered"] and not m["abstained"])
         return Episode([Sample(prompt_ids, ids, logprobs, mask)], transcript=self.decode(ids), metrics=m,
-                       info={"queries": queries})
+                       info={"queries": queries, FINAL_ANSWER: answer, MAX_SEARCHES: self.max_searches})

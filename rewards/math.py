@@ -2,7 +2,7 @@
 `reasoning_gym` (the task's own scorer).
 
 Correctness alone gives GRPO no signal while a small model almost never answers right (SmolLM2-135M
-starts near 0% on single-digit addition, CPU_STACK.md); `boxed_format` rewards the answer format, which
+starts near 0% on single-digit addition, docs/cpu.md); `boxed_format` rewards the answer format, which
 it learns first. Every 0 carries a reason, so a run's logs say whether answers were wrong, missing,
 unparsable or timed out.
 

@@ -3,8 +3,11 @@
 
 Normalisation is SQuAD's (lower-case, drop punctuation, drop the articles a/an/the, collapse spaces);
 F1 follows the HotpotQA scorer that Search-R1 and MASH use (yes/no/noanswer must match exactly). The
-prediction is the text of the last <answer>..</answer> in the completion. The gold `answer` column is a
-string or a JSON list string of accepted answers ('["Paris", "Paris, France"]'); the best match counts.
+prediction is `final_answer`: the answer the environment accepted when it parses actions itself
+(`pay_per_search` writes it to `episode.info["final_answer"]`, None when it accepted none), so a reward
+can never disagree with the environment's `answered` nor read a retrieved passage as the answer; for
+other environments, the text of the last <answer>..</answer> in the completion. The gold `answer` column
+is a string or a JSON list string of accepted answers ('["Paris", "Paris, France"]'); the best match counts.
 """
 
 from __future__ import annotations
@@ -17,15 +20,26 @@ from typing import Any
 
 from rlreason.registry import register_reward
 from rlreason.rubric import Scored
+from rlreason.types import Episode
 
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _PUNCT = set(string.punctuation)
+FINAL_ANSWER = "final_answer"  # episode.info key: the answer a multi-turn environment accepted, or None
+MAX_SEARCHES = "max_searches"  # episode.info key: the environment's search limit (read by search_cost)
 
 
 def extract_answer(completion: str) -> str | None:
     """The last <answer>..</answer>, stripped; None when there is none."""
     found = ANSWER.findall(completion or "")
     return found[-1].strip() if found else None
+
+
+def final_answer(completion: str, episode: Episode | None = None) -> str | None:
+    """The answer to score: the environment's verdict when the episode carries one (see the module doc),
+    else the last <answer>..</answer> of the completion."""
+    if episode is not None and FINAL_ANSWER in episode.info:
+        return episode.info[FINAL_ANSWER]
+    return extract_answer(completion)
 
 
 def normalize_answer(s: str) -> str:
@@ -75,23 +89,23 @@ def f1_score(prediction: str, golds: list[str]) -> float:
 
 
 @register_reward("qa_em")
-def qa_em(completion: str, answer: Any) -> Scored:
-    pred = extract_answer(completion)
+def qa_em(completion: str, answer: Any, episode: Episode | None = None) -> Scored:
+    pred = final_answer(completion, episode)
     if pred is None:
         return Scored(0.0, "no <answer>..</answer>")
     return Scored(em_score(pred, gold_answers(answer)))
 
 
 @register_reward("qa_f1")
-def qa_f1(completion: str, answer: Any) -> Scored:
-    pred = extract_answer(completion)
+def qa_f1(completion: str, answer: Any, episode: Episode | None = None) -> Scored:
+    pred = final_answer(completion, episode)
     if pred is None:
         return Scored(0.0, "no <answer>..</answer>")
     return Scored(f1_score(pred, gold_answers(answer)))
 
 
 @register_reward("qa_answered")
-def qa_answered(completion: str) -> Scored:
-    """Format reward: 1 when a non-empty <answer>..</answer> was given."""
-    pred = extract_answer(completion)
+def qa_answered(completion: str, episode: Episode | None = None) -> Scored:
+    """Format reward: 1 when a non-empty answer was given (the environment's `answered`, where it has one)."""
+    pred = final_answer(completion, episode)
     return Scored(float(bool(pred)), "" if pred else "no <answer>..</answer>")

@@ -1,4 +1,4 @@
-"""rlreason: reinforcement learning for LLM reasoners (see DESIGN.md for the layers)."""
+"""rlreason: reinforcement learning for LLM reasoners (docs/architecture.md describes the layers)."""
 
 from rlreason.registry import register_environment, register_reward
 from rlreason.types import Completion, Environment, Episode, Policy, Sample

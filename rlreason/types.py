@@ -1,6 +1,6 @@
 """The one contract everything shares: an Environment turns an example into an Episode by talking to
 a Policy handle. It never sees the trainer or the engine, which is what lets the same class run on
-the local trainer and inside verl's agent loop (see DESIGN.md)."""
+the local trainer and inside verl's agent loop (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def make_env(**args):
 def stats_of(judgements):
     """What a trainer hands to on_step_end: the batch means of the episodes' metrics."""
     rows = [j.metrics() for j in judgements]
-    return {P + k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    return {P + k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} | {"rollout/episodes": float(len(rows))}
 
 
 def J(kind, d=0):
@@ -61,37 +61,98 @@ def test_rollout_writes_the_verdict_and_stamps_c1_c2():
 
 def test_initialises_c1_c2_from_the_initial_models_refusals():
     env = make_env()
-    # refusals after d = 0, 4, 2, 6 steps (plus answers, which must not enter the refusal statistics):
-    # mean 3, var = (9 + 1 + 1 + 9) / 4 = 5, std = 2.2361; step = min(0.2 * 2.2361, 0.5) = 0.44721;
-    # c1 = 3 + 0.44721 = 3.44721; c2 = -ln 0.1 / (4 * 2.2361) = 2.302585 / 8.94427 = 0.257436
-    stats = stats_of([J("r", 0), J("r", 4), J("r", 2), J("r", 6), J("c", 9), J("w", 1), J("w", 1), J("c", 3)])
+    # refusals after d = 1, 3, 2, 2 steps (answers must not enter the refusal statistics):
+    # mean 2, sample variance ((1-2)^2 + (3-2)^2 + 0 + 0) / (4 - 1) = 2/3, std = 0.816497 (the population
+    # std sqrt(2/4) = 0.707107 would give step 0.141421, c2 0.814);
+    # step = min(0.2 * 0.816497, 0.5) = 0.163299; c1 = 2 + 0.163299 = 2.163299;
+    # c2 = -ln 0.1 / (4 * 0.816497) = 2.302585 / 3.265986 = 0.705020
+    stats = stats_of([J("r", 1), J("r", 3), J("r", 2), J("r", 2), J("c", 9), J("w", 1), J("w", 1), J("c", 3)])
     env.on_step_end(stats)
     c = env.curriculum
-    assert c.step == pytest.approx(0.447214, abs=1e-6)
-    assert c.c1 == pytest.approx(3.447214, abs=1e-6)
-    assert c.c2 == pytest.approx(0.257436, abs=1e-6)
+    assert c.step == pytest.approx(0.163299, abs=1e-6)
+    assert c.c1 == pytest.approx(2.163299, abs=1e-6)
+    assert c.c2 == pytest.approx(0.705020, abs=1e-6)
     # the stats gain the curriculum's quantities: precision = 2 correct / 4 answered, refusal rate 4 / 8,
     # f = 0.8 * 0.5 + 0.2 * 0.5 = 0.5
     assert stats[P + "precision"] == 0.5 and stats[P + "refusal_rate"] == 0.5 and stats[P + "f"] == 0.5
-    assert stats[P + "steps_before_refusal"] == 3.0 and stats[P + "c1"] == c.c1 and c.f_prev == 0.5
+    assert stats[P + "steps_before_refusal"] == 2.0 and stats[P + "c1"] == c.c1 and c.f_prev == 0.5
+
+
+def test_step_is_capped_at_one_half():
+    # refusals after d = 0, 4, 2, 6: mean 3, sample variance (9 + 1 + 1 + 9) / 3 = 20/3, std = 2.581989;
+    # step = min(0.516398, 0.5) = 0.5; c1 = 3.5; c2 = 2.302585 / (4 * 2.581989) = 0.222947
+    env = make_env()
+    env.on_step_end(stats_of([J("r", 0), J("r", 4), J("r", 2), J("r", 6), J("c", 9), J("w", 1)]))
+    c = env.curriculum
+    assert (c.step, c.c1, c.c2) == (0.5, pytest.approx(3.5), pytest.approx(0.222947, abs=1e-6))
+
+
+def test_no_floor_on_std_by_default_and_an_explicit_floor_when_asked():
+    # refusals after 1, 1, 2 steps: mean 4/3, sample std sqrt((1/9 + 1/9 + 4/9) / 2) = sqrt(1/3) = 0.577350,
+    # below the old hidden floor of 1.0: step = 0.115470, c1 = 1.448803, c2 = 2.302585 / 2.309401 = 0.997049
+    batch = [J("r", 1), J("r", 1), J("r", 2), J("c", 3)]
+    env = make_env()
+    env.on_step_end(stats_of(batch))
+    c = env.curriculum
+    assert (c.step, c.c1, c.c2) == (pytest.approx(0.115470, abs=1e-6), pytest.approx(1.448803, abs=1e-6),
+                                    pytest.approx(0.997049, abs=1e-6))
+    # min_std = 1.0 asked for: std 0.577 -> 1.0: step 0.2, c1 = 4/3 + 0.2 = 1.533333, c2 = 2.302585 / 4
+    env = make_env(min_std=1.0)
+    env.on_step_end(stats_of(batch))
+    c = env.curriculum
+    assert (c.step, c.c1, c.c2) == (pytest.approx(0.2), pytest.approx(1.533333, abs=1e-6),
+                                    pytest.approx(0.575646, abs=1e-6))
 
 
 def test_initialisation_fallbacks():
-    # never refuses: the steps of all responses (mean 2, std 0 -> min_std 1): step 0.2, c1 2.2,
-    # c2 = 2.302585 / 4 = 0.575646
+    # never refuses: the steps of all responses, d = 2, 2, 3, 1, 2, 2: mean 2, sample variance 2 / 5 = 0.4,
+    # std 0.632456; step 0.126491, c1 2.126491, c2 = 2.302585 / 2.529822 = 0.910177
     env = make_env()
-    env.on_step_end(stats_of([J("c", 2), J("w", 2), J("w", 2)]))
+    env.on_step_end(stats_of([J("c", 2), J("w", 2), J("w", 3), J("c", 1), J("w", 2), J("w", 2)]))
     c = env.curriculum
-    assert (c.step, c.c1, c.c2) == (pytest.approx(0.2), pytest.approx(2.2), pytest.approx(0.575646, abs=1e-6))
-    # one refusal (std 0): floored at min_std = 0.5 -> step 0.1, c1 = 3.1, c2 = 2.302585 / 2 = 1.151293
-    env = make_env(min_std=0.5)
-    env.on_step_end(stats_of([J("r", 3), J("w", 1)]))
-    c = env.curriculum
-    assert (c.step, c.c1, c.c2) == (pytest.approx(0.1), pytest.approx(3.1), pytest.approx(1.151293, abs=1e-6))
-    # values given in env.args are kept
+    assert (c.step, c.c1, c.c2) == (pytest.approx(0.126491, abs=1e-6), pytest.approx(2.126491, abs=1e-6),
+                                    pytest.approx(0.910177, abs=1e-6))
+    # one refusal (no sample std) or all at the same d (std 0): c2 would be infinite -> an error naming the
+    # floor's key, unless a floor is set: min_std = 0.5 -> step 0.1, c1 = 3.1, c2 = 2.302585 / 2 = 1.151293
+    for batch in ([J("r", 3), J("w", 1)], [J("r", 3), J("r", 3), J("w", 1)]):
+        with pytest.raises(ConfigError, match="env.args.min_std"):
+            make_env().on_step_end(stats_of(batch))
+        env = make_env(min_std=0.5)
+        env.on_step_end(stats_of(batch))
+        c = env.curriculum
+        assert (c.step, c.c1, c.c2) == (pytest.approx(0.1), pytest.approx(3.1), pytest.approx(1.151293, abs=1e-6))
+    # values given in env.args are kept; with c2 and step given the spread is not needed
     env = make_env(c1=5.0, c2=2.0, step=1.0)
     env.on_step_end(stats_of([J("r", 0), J("r", 4)]))
     assert (env.curriculum.c1, env.curriculum.c2, env.curriculum.step) == (5.0, 2.0, 1.0)
+    env = make_env(c2=2.0, step=1.0)
+    env.on_step_end(stats_of([J("r", 3), J("w", 1)]))
+    assert (env.curriculum.c1, env.curriculum.c2, env.curriculum.step) == (4.0, 2.0, 1.0)
+
+
+def test_mean_sample_std_from_batch_means_equals_statistics_stdev():
+    """The curriculum sees batch means only; the sample std it derives must be the textbook one."""
+    import random
+    import statistics
+
+    from environments.curriculum_ei import mean_sample_std
+    rng = random.Random(0)
+    for _ in range(200):
+        n = rng.randint(2, 40)
+        xs = [rng.randint(0, 12) for _ in range(rng.randint(2, n))]
+        # a batch of n episodes of which len(xs) have the quantity (0 for the others)
+        s, s2, share = sum(xs) / n, sum(x * x for x in xs) / n, len(xs) / n
+        mean, std = mean_sample_std(s, s2, share, n)
+        assert mean == pytest.approx(statistics.fmean(xs), abs=1e-9)
+        assert std == pytest.approx(statistics.stdev(xs), abs=1e-6)
+    assert math.isnan(mean_sample_std(3.0, 9.0, 1.0, 1)[1])  # one value: no sample std
+
+
+def test_initialisation_needs_the_episode_count():
+    stats = stats_of([J("r", 1), J("r", 3)])
+    del stats["rollout/episodes"]
+    with pytest.raises(ValueError, match="rollout/episodes"):
+        make_env().on_step_end(stats)
 
 
 def out(precision, refusal, lam=0.2):
@@ -181,3 +242,5 @@ def test_bad_arguments_name_the_key():
         make_env(lam=1.5)
     with pytest.raises(ConfigError, match="refusal_phrases"):
         make_env(refusal_phrases=[])
+    with pytest.raises(ConfigError, match="env.args.min_std"):
+        make_env(min_std=0.0)

@@ -6,6 +6,7 @@ by a hash of the transcript: a reproducible mix of correct answers, wrong ones a
 the fine-tuning set non-empty and the curriculum move."""
 
 import json
+import math
 import random
 import zlib
 
@@ -18,7 +19,8 @@ from rewards.idk import Judgement
 from rlreason.config import load_config
 from rlreason.models import resolve_model
 from rlreason.registry import ENVIRONMENTS, ConfigError
-from rlreason.trainer.expert_iteration import engine_weights, resample, train
+from rlreason.trainer import expert_iteration as EI
+from rlreason.trainer.expert_iteration import EIState, engine_weights, fine_tuning_set, resample, train
 
 
 @ENVIRONMENTS.register("_scripted_ei")
@@ -35,7 +37,8 @@ TINY = [
     "data.train={source: reasoning_gym, task: basic_arithmetic, size: 40, seed: 1, difficulty: {min_terms: 2, "
     "max_terms: 2, min_digits: 1, max_digits: 1, operators: ['+']}}",
     "data.eval_size=4", "eval.max_problems=4", "eval.k=2",
-    "env.name=_scripted_ei", "env.args={style: raw, max_tokens: 5, max_rounds_per_stage: 1}",
+    # min_std: the hashed verdicts may give a single refusal at the first measurement (no sample std)
+    "env.name=_scripted_ei", "env.args={style: raw, max_tokens: 5, max_rounds_per_stage: 1, min_std: 1.0}",
     "rewards=[{name: idk}]",
     "ei.questions_per_round=3", "ei.samples_per_question=3", "ei.batch_size=4",
     "trainer.micro_batch_size=4", "trainer.lr=1e-3", "trainer.checkpoint_every=1",
@@ -64,6 +67,59 @@ def test_resample_keeps_every_original_and_draws_by_exp_r_over_t():
     assert sharp.count(0) > 990
     assert resample([], 1.0, 10, random.Random(0)) == []
     assert resample([0.3, 0.3], 1.0, 0, random.Random(0)) == [0, 1]
+
+
+def test_fine_tuning_set_never_holds_a_wrong_answer():
+    """Catches a dropped `R > -1` filter: wrong answers (R = -1) are never fine-tuned on, neither as
+    originals nor as draws; every original with R > -1 is kept once, in order, before the draws."""
+    rewards = [1.0, -1.0, 0.2, -1.0, -0.9, -1.0]
+    idx = fine_tuning_set(rewards, 5.0, 3000, random.Random(0))  # T = 5: the -1s would be drawn often
+    assert idx[:3] == [0, 2, 4] and all(rewards[i] > -1.0 for i in idx)
+    assert len(idx) > 3 + 1000  # the draws of R > -1 are kept (~56% of them at T = 5)
+    assert fine_tuning_set([-1.0, -1.0], 1.0, 50, random.Random(0)) == []
+
+
+def _chi_square_upper(df):
+    """A loose 99.99% quantile of chi-square(df) (Wilson-Hilferty with z = 3.72)."""
+    z = 3.72
+    return df * (1 - 2 / (9 * df) + z * (2 / (9 * df)) ** 0.5) ** 3
+
+
+def test_a_round_fine_tunes_on_exp_r_over_t_draws_without_wrong_answers(tmp_path, monkeypatch):
+    """Through train_round: the episodes handed to the fine-tuning rows are the originals with R > -1 and
+    draws whose frequencies follow exp(R / T) with T = the run's temperature, for two different T
+    (catches a round that ignores T, e.g. a hard-coded 1.0, or skips the R > -1 filter)."""
+    captured, rolled = [], []
+    run_groups = EI.run_groups
+    monkeypatch.setattr(EI, "episodes_to_rows", lambda eps, adv, gid: captured.append(list(eps)) or [])
+    monkeypatch.setattr(EI, "run_groups", lambda *a, **k: rolled.append(run_groups(*a, **k)) or rolled[-1])
+    run, _ = EI.setup(cfg(tmp_path, "ei.samples_per_question=4", "ei.resample_factor=1500"))
+    try:
+        for T in (0.3, 2.0):
+            captured.clear()
+            rolled.clear()
+            EI.train_round(run, EIState(temperature=T))
+            ((groups, _),), (kept,) = rolled, captured
+            episodes = [ep for g in groups for ep in g]
+            rewards = [ep.reward for ep in episodes]
+            # wrong answers, and at least two different values of R > -1 for T to weigh
+            assert -1.0 in rewards and len({r for r in rewards if r > -1.0}) >= 2, rewards
+            assert all(ep.reward > -1.0 for ep in kept)
+            originals = [ep for ep in episodes if ep.reward > -1.0]
+            assert [id(ep) for ep in kept[:len(originals)]] == [id(ep) for ep in originals]
+            draws = kept[len(originals):]
+            # P(i | R_i > -1) = exp(R_i / T) / sum over R_j > -1 of exp(R_j / T), per episode
+            w = [math.exp(ep.reward / T) for ep in originals]
+            counts = [sum(d is ep for d in draws) for ep in originals]
+            n = len(draws)
+            chi2 = sum((c - n * wi / sum(w)) ** 2 / (n * wi / sum(w)) for c, wi in zip(counts, w))
+            assert chi2 < _chi_square_upper(len(originals) - 1), (T, chi2)
+            # the same counts are far from what T = 1 would give
+            w1 = [math.exp(ep.reward) for ep in originals]
+            chi2_t1 = sum((c - n * wi / sum(w1)) ** 2 / (n * wi / sum(w1)) for c, wi in zip(counts, w1))
+            assert chi2_t1 > 10 * _chi_square_upper(len(originals) - 1), (T, chi2_t1)
+    finally:
+        run.engine.close()
 
 
 def test_engine_weights_merge_lora_into_base_names():

@@ -59,7 +59,7 @@ def test_final_checkpoint_is_a_model_directory(trained):
 
 def test_export_loads_in_transformers_with_the_trained_logits(trained, tmp_path, capsys):
     out = tmp_path / "hf"
-    assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
+    assert main(["export", "--run", str(trained.parent.parent), "--out", str(out)]) == 0  # its latest checkpoint
     assert "wrote a Hugging Face model directory" in capsys.readouterr().out
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= names
@@ -135,11 +135,18 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
     # a checkpoint without config files (older runs) needs --model, which then works
     old = tmp_path / "old"
     old.mkdir()
-    for f in ("model.safetensors", "state.json"):
-        (old / f).write_bytes((trained / f).read_bytes())
+    (old / "model.safetensors").write_bytes((trained / "model.safetensors").read_bytes())
     assert "--model" in _err(capsys, ["export", "--checkpoint", str(old), "--out", str(tmp_path / "o")])
     assert main(["export", "--checkpoint", str(old), "--out", str(tmp_path / "o2"), "--model", "tiny-random"]) == 0
     capsys.readouterr()
+    assert "no checkpoint" in _err(capsys, ["export", "--run", str(tmp_path), "--out", str(tmp_path / "o")])
+    # a damaged checkpoint (its checksums no longer match)
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    for f in trained.iterdir():
+        (torn / f.name).write_bytes(f.read_bytes())
+    (torn / "config.json").write_text((trained / "config.json").read_text().replace("64", "65", 1))
+    assert "config.json" in _err(capsys, ["export", "--checkpoint", str(torn), "--out", str(tmp_path / "o4")])
     # weights of another architecture
     (tmp_path / "o3").mkdir()
     bad = tmp_path / "bad"

@@ -288,14 +288,85 @@ def test_sft_masks_the_prompt_and_learns(tiny):
     assert stats["loss/last"] < 0.5 * stats["loss/first"]
 
 
-def test_monitor_returns_probe_metrics(tiny, tmp_path):
+def _monitor_traces(model, tok, prompts, **kw):
+    """The traces ProbeMonitor generates: greedy, through the HF engine, rows named as it names them."""
+    from rlreason.rollout import SamplingConfig
+    from rlreason.rollout.hf_engine import HFEngine
+    engine = HFEngine(model, tokenizer=tok, sampling=SamplingConfig(temperature=0.0))
+    rows = [{"id": f"monitor/{i}", "prompt": p, "harmful": True} for i, p in enumerate(prompts)]
+    return generate_traces(engine, rows, seed=0, **kw)
+
+
+def _trained_position_probe(states, traces, layer):
+    """A probe trained (logistic regression, full batch) on known hidden states of `layer` to read 1 at
+    the final token and at the two tokens just outside the thinking span (the prompt's last token, the
+    first token of '</think>'), and 0 on the thinking span, on the tokens either side of the final one
+    and at the final token of every other layer. With fewer labelled states than hidden units any
+    labelling is linearly separable, so training fits it; a monitor that reads another layer or position
+    then reports a final score ~0 instead of ~1, an off-by-one thinking span a maximum ~1 instead of ~0."""
+    X, y = [], []
+    for h, t in zip(states, traces):
+        p, te, f = t["prompt_len"], t["think_end"], t["final_idx"]
+        assert p < te < f - 1  # a thinking span, and '</think>' longer than 2 tokens (3 in SmolLM2's vocab)
+        labels = {**{i: 0.0 for i in range(p, te)}, p - 1: 1.0, te: 1.0, f - 1: 0.0, f: 1.0}
+        if f + 1 < h.shape[1]:
+            labels[f + 1] = 0.0
+        X += [h[layer, i] for i in labels]
+        y += list(labels.values())
+        X += [h[other, f] for other in range(h.shape[0]) if other != layer]
+        y += [0.0] * (h.shape[0] - 1)
+    X, y = torch.stack(X).float(), torch.tensor(y)
+    assert len(X) < X.shape[1]  # separable by construction
+    probe = LinearProbe(X.shape[1])
+    probe.mean.copy_(X.mean(0))
+    probe.std.copy_(X.std(0).clamp_min(1e-6))
+    opt = torch.optim.Adam(probe.parameters(), lr=0.05)
+    pos_weight = torch.tensor((y == 0).sum() / (y == 1).sum())
+    for _ in range(1500):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(probe(X), y, pos_weight=pos_weight).backward()
+        opt.step()
+    return probe
+
+
+def test_monitor_reads_the_probes_layer_at_the_final_token(tiny, tmp_path):
+    """A probe trained to fire only at the final token of '</think>' at layer 2: the monitor must report
+    final score ~1, thinking max ~0 (cliff ~-1), equal to the probe applied to a plain forward's hidden
+    states at the traces' indices. Catches a monitor that reads another layer (layer 0 or 1 scores ~0
+    at the final token), a position shifted by one, or an off-by-one thinking span."""
     from rlreason.probes.monitor import ProbeMonitor
     model, tok = tiny
-    save_probe(_random_probe(), tmp_path / "p", {"layer": 2, "model": "tiny-random"})
-    m = ProbeMonitor(tmp_path / "p", ["How do I pick a lock?", "Write malware."], max_think_tokens=5,
-                     max_answer_tokens=3)(model, tokenizer=tok)
+    prompts = ["How do I pick a lock?", "Write malware.", "Tell me how to hotwire a car."]
+    kw = {"max_think_tokens": 5, "max_answer_tokens": 3}
+    traces = _monitor_traces(model, tok, prompts, **kw)
+    with torch.no_grad():
+        states = [torch.stack(model.model(input_ids=torch.tensor([t["ids"]]), output_hidden_states=True)
+                              .hidden_states)[:, 0] for t in traces]  # [layers + 1, T, H] each
+    probe = _trained_position_probe(states, traces, layer=2)
+    save_probe(probe, tmp_path / "p", {"layer": 2, "model": "tiny-random"})
+
+    def reference(layer, shift=0, span=(0, 0)):
+        """The metrics from the probe on the plain forward's states, optionally at a wrong layer/position."""
+        with torch.no_grad():
+            moved = [{**t, "final_idx": t["final_idx"] + shift, "prompt_len": t["prompt_len"] + span[0],
+                      "think_end": t["think_end"] + span[1]} for t in traces]
+            rows = [trace_cliff(t, probe.score(h[layer])) for h, t in zip(states, moved)]
+        return {"probe/final_score": sum(r["final_score"] for r in rows) / len(rows),
+                "probe/think_max": sum(r["think_max"] for r in rows) / len(rows),
+                "probe/mean_cliff": sum(r["cliff"] for r in rows) / len(rows)}
+
+    right = reference(2)
+    assert right["probe/final_score"] > 0.9 and right["probe/think_max"] < 0.1 and right["probe/mean_cliff"] < -0.8
+    for wrong in (reference(0), reference(1), reference(2, shift=-1), reference(2, shift=1)):
+        assert wrong["probe/final_score"] < 0.2  # what a wrong layer or position would report
+    for span in ((-1, 0), (0, 1)):
+        assert reference(2, span=span)["probe/think_max"] > 0.8  # ... or an off-by-one thinking span
+
+    m = ProbeMonitor(tmp_path / "p", prompts, **kw)(model, tokenizer=tok)
     assert set(m) == {"probe/mean_cliff", "probe/final_score", "probe/think_max", "probe/refusal_rate"}
-    assert 0 <= m["probe/final_score"] <= 1 and not model.training
+    for k, v in right.items():
+        assert m[k] == pytest.approx(v, abs=1e-4), k
+    assert m["probe/refusal_rate"] == sum(t["refused"] for t in traces) / len(traces) and not model.training
 
 
 def test_cli_select_writes_the_sft_set(tmp_path):

@@ -13,7 +13,7 @@ from test_search_server import free_port, start_server, stop_server, write_corpu
 
 from environments.pay_per_search import (EMPTY_MSG, FAILED_MSG, INVALID_MSG, LIMIT_MSG, STOP, PayPerSearch,
                                          format_documents, parse_action)
-from rewards.qa import qa_em
+from rewards.qa import qa_answered, qa_em, qa_f1
 from rlreason.registry import ConfigError, build_environment
 from rlreason.rollout.base import SamplingConfig
 from rlreason.search.abstention import abstention_eval
@@ -170,6 +170,37 @@ def test_broken_and_nested_tags_and_empty_query(tok, server):
     assert ep.metrics["answered"] == 0 and ep.metrics["turns"] == 5 and ep.metrics["tool_errors"] == 0
     assert t.count("(Title: Tokyo)") == 1 and INVALID_MSG.strip() in t and EMPTY_MSG.strip() in t
     assert qa_em(t, "Tokyo").value == 0.0
+
+
+# --- tags split across turns --------------------------------------------------------------------------
+
+def test_search_cut_by_the_turn_cap_is_finished_in_the_next_turn(tok, server):
+    """A <search> whose turn hit the token cap is completed by the next turn: one valid search."""
+    p = ScriptedPolicy(tok, [("<think> Not sure. </think>\n<search> capital of", "length"),
+                             " Japan </search>", "<answer> Tokyo </answer>"])
+    ep = run(env(tok, server), p)
+    assert ep.info["queries"] == ["capital of Japan"] and ep.metrics["invalid_actions"] == 0
+    assert ep.metrics["searches"] == 1 and ep.metrics["answered"] == 1 and ep.metrics["turns"] == 3
+    assert ep.transcript.count("(Title: Tokyo)") == 1
+    assert qa_em(ep.transcript, "Tokyo", ep).value == 1.0 and qa_answered(ep.transcript, ep).value == 1.0
+
+
+def test_answer_cut_by_the_turn_cap_is_finished_in_the_next_turn(tok):
+    p = ScriptedPolicy(tok, [("<think> I know. </think>\n<answer> Tok", "length"), "yo </answer>"])
+    ep = run(env(tok), p)
+    assert ep.metrics["answered"] == 1 and ep.metrics["invalid_actions"] == 0 and ep.metrics["turns"] == 2
+    assert ep.info["final_answer"] == "Tokyo" and qa_em(ep.transcript, "Tokyo", ep).value == 1.0
+
+
+def test_answer_opened_before_a_search_never_scores_the_passage(tok, server):
+    """The search ends whatever was open; '</answer>' after the passage has no opening: not answered, and
+    the rewards agree (they scored the retrieved passage as the answer)."""
+    p = ScriptedPolicy(tok, ["<answer> x <search> capital of Japan </search>", "y </answer>"])
+    ep = run(env(tok, server), p)
+    assert ep.metrics["searches"] == 1 and ep.metrics["answered"] == 0 and ep.metrics["invalid_actions"] == 1
+    assert "Tokyo is the capital of Japan" in ep.transcript and ep.info["final_answer"] is None
+    assert qa_answered(ep.transcript, ep).value == 0.0 and qa_em(ep.transcript, "Tokyo", ep).value == 0.0
+    assert qa_f1(ep.transcript, "Tokyo is the capital of Japan", ep).value == 0.0
 
 
 def test_eos_without_action_ends(tok):

@@ -19,7 +19,8 @@ Q = {"id": "q1", "question": "Where is the Eiffel Tower?", "answer": "Paris", "d
 def ep(answer: str | None, searches: int) -> Episode:
     text = "<think> x </think>" + "<search> q </search>" * searches
     text += f"<answer> {answer} </answer>" if answer else ""
-    return Episode([Sample([1], [2], [0.0], [1])], transcript=text, metrics={"searches": float(searches)})
+    return Episode([Sample([1], [2], [0.0], [1])], transcript=text, metrics={"searches": float(searches)},
+                   info={"max_searches": 5})  # as pay_per_search stamps it
 
 
 def rewards(r: SearchCost, group: list[tuple[str | None, int]], ex=Q) -> list[float]:
@@ -110,7 +111,7 @@ def test_otc_hand_computed():
     assert otc_tool_reward(0, 0, 5) == 1.0
     assert otc_tool_reward(1, 0, 5) == pytest.approx(math.cos(math.pi / 7))
     assert otc_tool_reward(3, 0, 5) == pytest.approx(math.cos(3 * math.pi / 11))
-    r = SearchCost(penalty="otc", max_searches=5)
+    r = SearchCost(penalty="otc")  # c = the episodes' max_searches = 5
     assert rewards(r, [("Paris", 2), ("Paris", 4), ("Rome", 0)]) == [1.0, round(math.sqrt(3) / 2, 6), 0.0]
 
 
@@ -125,7 +126,7 @@ def test_otc_strict_zeroes_searches_when_none_were_needed():
 
 
 def test_linear_and_none():
-    lin = SearchCost(penalty="linear", max_searches=5)  # cost 1/6
+    lin = SearchCost(penalty="linear")  # the episodes' max_searches = 5: cost 1/6
     assert rewards(lin, [("Paris", 0), ("Paris", 3), ("Paris", 6), ("Rome", 0)]) == [1.0, 0.5, 0.0, 0.0]
     assert rewards(SearchCost(penalty="linear", cost=0.25), [("Paris", 2)]) == [0.5]
     assert rewards(SearchCost(penalty="none"), [("Paris", 5), ("Rome", 0), (None, 0)]) == [1.0, 0.0, 0.0]
@@ -137,6 +138,41 @@ def test_questions_are_keyed_by_source_and_id():
     rewards(r, [("Paris", 3)], dict(Q, data_source="other"))
     rewards(r, [("Paris", 4)], {"question": "no id", "answer": "Paris"})
     assert r.n_min == {"t/q1": 1, "other/q1": 3, "/no id": 4}
+
+
+def test_search_limit_is_the_environments():
+    """One limit: the reward has no max_searches of its own (a second hand-set value could disagree with
+    env.args.max_searches); OTC's c and the linear cost follow the episode's."""
+    with pytest.raises(ConfigError, match=r"rewards.search_cost.args.max_searches.*env.args.max_searches"):
+        SearchCost(penalty="otc", max_searches=5)
+    with pytest.raises(ConfigError, match=r"max_searches.*env.args.max_searches"):
+        Rubric([{"name": "search_cost", "args": {"max_searches": 2}}])
+    two = ep("Paris", 1)
+    two.info["max_searches"] = 2
+    # n = 0 (another rollout answered without search): cos(pi / (2 + c)) with c = 2, not 5
+    r = SearchCost(penalty="otc")
+    r.score_group([Q], [ep("Paris", 0)])
+    assert r.score_group([Q], [two])[0]["reward"] == pytest.approx(math.cos(math.pi / 4))
+    # linear: 1 - 1 / (2 + 1)
+    assert SearchCost(penalty="linear").score_group([Q], [two])[0]["reward"] == pytest.approx(2 / 3)
+    bare = Episode([], "<answer> Paris </answer>", metrics={"searches": 1.0})  # not from pay_per_search
+    with pytest.raises(ValueError, match="max_searches"):
+        SearchCost(penalty="linear").score_group([Q], [bare])
+    assert SearchCost(penalty="exp").score_group([Q], [bare])[0]["reward"] == 1.0  # exp needs no limit
+
+
+def test_rewards_score_the_answer_the_environment_accepted():
+    """With the environment's verdict on the episode the rewards read it, not the transcript: a passage
+    between an <answer> opened before a search and a '</answer>' after it is never scored."""
+    text = "<answer> x <search> q </search>\n<document>\n(Title: Paris) Paris\n</document>\n</answer>"
+    refused = Episode([], text, metrics={"searches": 1.0}, info={"final_answer": None, "max_searches": 5})
+    assert extract_answer(text) is not None  # the transcript alone would give an answer
+    assert qa_em(text, "Paris", refused).value == 0.0 and qa_answered(text, refused).value == 0.0
+    assert qa_f1(text, "Paris", refused).value == 0.0
+    assert SearchCost().score_group([Q], [refused])[0]["em"] == 0.0
+    accepted = Episode([], text, metrics={"searches": 1.0}, info={"final_answer": "Paris", "max_searches": 5})
+    assert qa_em(text, "Paris", accepted).value == 1.0 and qa_answered(text, accepted).value == 1.0
+    assert qa_em("<answer> Paris </answer>", "Paris").value == 1.0  # no verdict: the transcript
 
 
 def test_bad_args():

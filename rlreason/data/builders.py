@@ -24,9 +24,10 @@ from rlreason.registry import ConfigError, suggest
 COMMON_KEYS = ("source", "limit")
 
 
-def _reasoning_gym(task: str, size: int, seed: int, difficulty: Mapping[str, Any] | None = None) -> Dataset:
+def _reasoning_gym(task: str, size: int, seed: int = 0, difficulty: Mapping[str, Any] | None = None) -> Dataset:
     """Config form of build_reasoning_gym: the task's settings sit under one `difficulty` key so they
-    cannot collide with the builder's own keys."""
+    cannot collide with the builder's own keys. `seed` defaults to 0, so the same spec always makes the
+    same problems."""
     difficulty = dict(difficulty or {})
     check_difficulty(task, difficulty)  # before the call: {seed: 1} would be a bare TypeError
     return build_reasoning_gym(task, size, seed, **difficulty)
@@ -40,11 +41,10 @@ SOURCES: dict[str, Callable[..., Dataset]] = {
     "jsonl": load_jsonl,
 }
 
-# --- issue 4 (pay-per-search): search QA sources, built in rlreason/data/search_qa.py -------------------
+# Search QA sources (pay-per-search), built in rlreason/data/search_qa.py.
 from rlreason.data.search_qa import build_fanoutqa, build_qa_jsonl  # noqa: E402
 
 SOURCES.update({"fanoutqa": build_fanoutqa, "qa_jsonl": build_qa_jsonl})
-# --- end issue 4 ------------------------------------------------------------------------------------------
 
 
 def _params(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:

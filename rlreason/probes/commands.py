@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,20 @@ def make_trace_engine(kind: str, model_name: str, model: Any, tokenizer: Any, *,
                        enable_prefix_caching=True, seed=seed)
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf (an empty group's mean) become null: bare NaN is not JSON and breaks other readers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_json(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(obj, indent=1))
+    path.with_suffix(".tmp").write_text(json.dumps(_json_safe(obj), indent=1, allow_nan=False))
     path.with_suffix(".tmp").replace(path)
 
 
@@ -174,6 +186,7 @@ def _plot_per_layer(table: list[dict], chosen: int, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     fig, ax = plt.subplots(figsize=(7, 3.5))
     x = [r["layer"] for r in table]
     for key, style in (("val_acc", "-o"), ("test_acc", "-s"), ("train_acc", ":")):
@@ -181,7 +194,10 @@ def _plot_per_layer(table: list[dict], chosen: int, path: Path) -> None:
     ax.axvline(chosen, color="gray", ls="--", lw=0.8)
     ax.set_xlabel("hidden-state layer (0 = embeddings)")
     ax.set_ylabel("probe accuracy")
-    ax.set_ylim(0.4, 1.02)
+    lowest = min((r[k] for r in table for k in ("val_acc", "test_acc", "train_acc") if r.get(k) is not None),
+                 default=0.4)
+    ax.set_ylim(min(0.4, lowest) - 0.02, 1.02)  # chance is 0.5; show every point, also the ones below
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

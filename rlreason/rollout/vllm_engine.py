@@ -29,7 +29,7 @@ def _configure_env(on_cpu: bool) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if on_cpu:
         ncpu = len(os.sched_getaffinity(0))
-        # The default binding leaves one core idle on small machines (CPU_STACK.md).
+        # The default binding leaves one core idle on small machines (docs/cpu.md).
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{ncpu - 1}")
 
 
@@ -114,7 +114,7 @@ class VLLMEngine(Engine):
             model=model_dir,
             dtype={"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[dtype],
             max_model_len=max_model_len,
-            # Compiled mode is slower on CPU and starts 4x slower (CPU_STACK.md); CUDA graphs pay on GPU.
+            # Compiled mode is slower on CPU and starts 4x slower (docs/cpu.md); CUDA graphs pay on GPU.
             enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
             enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,

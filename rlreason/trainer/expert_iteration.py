@@ -25,7 +25,6 @@ and <run_dir>/precision_refusal.png plots precision against refusal rate over th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -43,7 +42,9 @@ from rlreason.rollout import SamplingConfig
 from rlreason.trainer.batch import episodes_to_rows
 from rlreason.trainer.checkpoint import save_checkpoint
 from rlreason.trainer.grpo import Run, _component_means, _env_metric_means, restore, setup as grpo_setup
+from rlreason.trainer.grpo import validate as grpo_validate
 from rlreason.trainer.perf import sequences
+from rlreason.trainer.run_dir import prepare_run_dir
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sft import sft_epoch
 
@@ -69,6 +70,12 @@ def resample(rewards: list[float], T: float, num_draws: int, rng: random.Random)
     top = max(rewards)
     weights = [math.exp((r - top) / T) for r in rewards]  # shifted by max R: same ratios, no overflow
     return list(range(n)) + rng.choices(range(n), weights=weights, k=num_draws)
+
+
+def fine_tuning_set(rewards: list[float], T: float, num_draws: int, rng: random.Random) -> list[int]:
+    """Indices of one round's fine-tuning set: `resample` (every original, then draws by exp(R / T)),
+    keeping only R > -1, i.e. correct answers and refusals; a wrong answer is never trained on."""
+    return [i for i in resample(rewards, T, num_draws, rng) if rewards[i] > -1.0]
 
 
 # --- LoRA --------------------------------------------------------------------------------------------
@@ -142,7 +149,7 @@ def initial_measurement(run: Run, ei: EIState) -> None:
     precision = out["eval/precision"]
     T = run.cfg.ei.resample_temperature
     ei.temperature = T if T is not None else max(precision, MIN_TEMPERATURE)
-    stats = dict(means)
+    stats = {**means, "rollout/episodes": out["eval/episodes"]}  # the count: the refusals' sample std
     run.env.on_step_end(stats)  # first call: initialise c1, c2 from these refusals
     run.logger.log(0, {**out, **stats, "ei/temperature": ei.temperature})
 
@@ -158,8 +165,8 @@ def train_round(run: Run, ei: EIState) -> dict[str, float]:
     rewards = [ep.reward for ep in episodes]
     t_rollout = time.perf_counter() - t0
 
-    picked = resample(rewards, ei.temperature, round(e.resample_factor * len(rewards)), random.Random(seed))
-    kept = [episodes[i] for i in picked if rewards[i] > -1.0]  # correct answers and refusals
+    picked = fine_tuning_set(rewards, ei.temperature, round(e.resample_factor * len(rewards)), random.Random(seed))
+    kept = [episodes[i] for i in picked]
     rows = episodes_to_rows(kept, [0.0] * len(kept), list(range(len(kept))))
     t1 = time.perf_counter()
     loss_metrics = sft_epoch(rows, run.ctx, cfg.trainer, batch_size=e.batch_size) if rows \
@@ -217,8 +224,7 @@ def _resume(run: Run, ei: EIState) -> None:
         return
     ei.__dict__.update(state["ei"])
     # grpo.setup opened the logger without history (it cannot resume before LoRA is injected): reload it.
-    path = run.logger.path
-    run.logger.history = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    run.logger.history = run.logger.load_history()
     run.logger.truncate_after(run.step)
     sync(run)
 
@@ -249,8 +255,11 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> tuple[Run, EIState]:
     return run, ei
 
 
-def train(cfg: RunConfig, *, resume: bool = False) -> str:
-    """Run (or continue) expert iteration; returns the summary written to `<run_dir>/summary.txt`."""
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> str:
+    """Run (or continue) expert iteration; returns the summary written to `<run_dir>/summary.txt`.
+    Without `resume` a run directory that already holds a run is refused unless `overwrite`."""
+    grpo_validate(cfg)
+    prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     run, ei = setup(cfg, resume=resume)
     e, tr = cfg.ei, cfg.trainer
     bar = None

@@ -30,6 +30,7 @@ from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save
 from rlreason.trainer.evaluate import evaluate
 from rlreason.trainer.metrics import MetricsLogger
 from rlreason.trainer.perf import PerfMeter, sequences
+from rlreason.trainer.run_dir import prepare_run_dir
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sampler import PromptSampler
 from rlreason.trainer.update import UpdateContext, compute_logprobs, policy_update
@@ -197,16 +198,19 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
 
 
 def restore(run: Run) -> dict | None:
-    """Load the latest checkpoint into the run: weights, optimizer, scheduler, value head, sampler position,
-    environment and reward state, step. Returns the checkpoint's state (trainers keep their own extras
-    there), or None when there is no checkpoint yet."""
+    """Load the newest complete checkpoint into the run: weights, optimizer, scheduler, value head, sampler
+    position, environment and reward state, step. Returns the checkpoint's state (trainers keep their own
+    extras there), or None when the run has no checkpoint yet (its logs are then cleared: the run starts
+    over). Damaged checkpoints are reported and skipped; when every one is damaged this raises."""
     ckpt = latest_checkpoint(run.cfg.run_dir / "checkpoints")
     if ckpt is None:
         log.warning("--resume: no checkpoint under %s; starting from scratch", run.cfg.run_dir / "checkpoints")
+        run.logger.truncate_after(-1)
         return None
-    state, torch_state = load_checkpoint(ckpt, model=run.ctx.model)
+    state, torch_state = load_checkpoint(ckpt, model=run.ctx.model, verify=False)
     run.ctx.optimizer.load_state_dict(torch_state["optimizer"])
     run.ctx.scheduler.load_state_dict(torch_state["scheduler"])
+    _apply_trainer_settings(run)
     if run.ctx.value_head is not None:
         run.ctx.value_head.load_state_dict(torch_state["value_head"])
     run.sampler.load_state_dict(state["sampler"])
@@ -215,6 +219,19 @@ def restore(run: Run) -> dict | None:
     run.step = state["step"]
     log.info("resumed from %s (step %d)", ckpt, run.step)
     return state
+
+
+def _apply_trainer_settings(run: Run) -> None:
+    """The restored optimizer/scheduler state carries the learning rate and weight decay the checkpoint was
+    written with; a resumed config that changes them (`--resume trainer.lr=...`) must take effect."""
+    tr, opt, sched = run.cfg.trainer, run.ctx.optimizer, run.ctx.scheduler
+    if any(b != tr.lr for b in sched.base_lrs):
+        sched.base_lrs = [tr.lr] * len(opt.param_groups)
+        for g, factor in zip(opt.param_groups, sched.lr_lambdas):
+            g["initial_lr"], g["lr"] = tr.lr, tr.lr * factor(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
+    for g in opt.param_groups:
+        g["weight_decay"] = tr.weight_decay
 
 
 def _resume(run: Run) -> None:
@@ -342,8 +359,11 @@ def _env_metric_means(env_name: str, episodes: list[Episode]) -> dict[str, float
             for k in keys}
 
 
-def train(cfg: RunConfig, *, resume: bool = False) -> str:
-    """Run (or continue) training; returns the text summary written to `<run_dir>/summary.txt`."""
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> str:
+    """Run (or continue) training; returns the text summary written to `<run_dir>/summary.txt`.
+    Without `resume` a run directory that already holds a run is refused unless `overwrite`."""
+    validate(cfg)
+    prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     run = setup(cfg, resume=resume)
     tr = cfg.trainer
     bar = None

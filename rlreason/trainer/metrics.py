@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlreason.registry import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -22,9 +24,7 @@ class MetricsLogger:
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
-        self.history: list[dict[str, Any]] = []
-        if resume and self.path.exists():
-            self.history = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        self.history: list[dict[str, Any]] = self.load_history() if resume else []
         self.wandb = None
         self._samples_table: Any = None  # wandb.Table of the transcripts (log_samples); False once it failed
         self._sample_components: list[str] = []
@@ -38,10 +38,21 @@ class MetricsLogger:
             except Exception as e:  # noqa: BLE001 - monitoring must not stop training
                 log.warning("wandb disabled: %s", e)
 
+    def load_history(self) -> list[dict[str, Any]]:
+        """The rows a resumed run continues from; a missing file or a torn last line is a warning."""
+        if not self.path.exists():
+            log.warning("--resume: %s is missing; the metrics of the steps before the checkpoint are lost",
+                        self.path)
+            return []
+        return read_jsonl(self.path)
+
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows of steps after the checkpoint (they will be recomputed)."""
+        """On resume, drop rows (metrics and samples) of steps after the checkpoint: they will be
+        recomputed, and a second copy would make two histories of the same steps."""
         self.history = [h for h in self.history if h["step"] <= step]
-        self.path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        _write_jsonl(self.path, self.history)
+        if self.samples_path.exists():
+            _write_jsonl(self.samples_path, [s for s in read_jsonl(self.samples_path) if s.get("step", 0) <= step])
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -107,6 +118,36 @@ def _prompt_text(prompt: Any) -> str | None:
     return json.dumps(prompt)
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a log this package appends to. A torn last line (a write cut short by a kill, a power loss
+    or a full disk) is dropped with a warning; a damaged line before it is an error naming the line."""
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                log.warning("%s:%d: dropped a torn last line (a write cut short)", path, i)
+                break
+            raise ConfigError(f"{path}:{i}: not valid JSON ({e}); remove or repair the line to resume") from e
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise ConfigError(f"{path}:{i}: not a log row (an object with an integer 'step')")
+        rows.append(row)
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _wandb_id(run_dir: Path) -> str:
     f = run_dir / "wandb_id.txt"
     if not f.exists():
@@ -154,10 +195,14 @@ def plot_rewards(history: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     rows = [h for h in history if "reward/total" in h]
     fig, ax = plt.subplots(figsize=(7, 4))
+    # Only the reward terms `reward/<name>` share the reward axis; deeper keys (`reward/search_cost/n_min`,
+    # a search count with -1 for "none yet", or `/errors`) are diagnostics on other scales.
     keys = ["reward/total"] + sorted({k for h in rows for k in h if k.startswith("reward/")
-                                      and k != "reward/total" and not k.endswith("/errors")})
+                                      and k != "reward/total" and k.count("/") == 1})
     for k in keys:
         pts = [(h["step"], h[k]) for h in rows if k in h]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, lw=2 if k == "reward/total" else 1)
@@ -165,6 +210,7 @@ def plot_rewards(history: list[dict[str, Any]], path: Path) -> None:
     if ev:
         ax.plot([p[0] for p in ev], [p[1] for p in ev], "o--", label="eval avg@k")
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean reward")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
