@@ -15,7 +15,7 @@ def test_model_shape_tiny_random_by_hand():
     64 x 49152 = 3145728 (the tied embedding counted once)."""
     torch.manual_seed(0)
     s = model_shape(AutoModelForCausalLM.from_config(tiny_random_config(49152)))
-    assert s.matmul_params == 2 * 49152 + 3145728 == 3244032
+    assert s.matmul_params == 2 * 49152 + 3145728 == 3244032 and s.head_params == 3145728
     assert (s.layers, s.heads, s.head_dim) == (2, 4, 32)
     assert s.linear_shapes == ((64, 64, 4), (64, 128, 6), (64, 49152, 1), (128, 64, 4))
 
@@ -29,19 +29,20 @@ def test_model_shape_smollm2_135m_on_meta():
         m = AutoModelForCausalLM.from_config(cfg)
     s = model_shape(m)
     assert s.matmul_params == 30 * (2 * 576**2 + 2 * 576 * 192 + 3 * 576 * 1536) + 49152 * 576 == 134_479_872
-    assert s.head_dim == 64
+    assert s.head_dim == 64 and s.head_params == 49152 * 576
 
 
-SHAPE = ModelShape(matmul_params=1000, layers=3, heads=2, head_dim=5, linear_shapes=((10, 100, 1),))
+SHAPE = ModelShape(matmul_params=1000, head_params=200, layers=3, heads=2, head_dim=5, linear_shapes=((10, 100, 1),))
 # Two rows share prompt "a" (P = 4), one has prompt "b" (P = 6): (key, P, R).
 SEQS = [("a", 4, 3), ("a", 4, 5), ("b", 6, 2)]
 
 
 def test_flops_by_hand():
-    # Unshared, T = 7, 9, 8: 6 N T = 6000 * 24 = 144000; 12 L H Q T^2 = 360 * (49 + 81 + 64) = 69840
-    assert perf.pass_flops(SHAPE, SEQS, backward=True, share_prompts=False) == 144000 + 69840
-    # Shared: prompts 4 and 6 once, 6000 * 10 + 360 * (16 + 36); responses 6000 * 10 + 360 * (3*7 + 5*9 + 2*8)
-    assert perf.pass_flops(SHAPE, SEQS, backward=True, share_prompts=True) == 60000 + 18720 + 60000 + 29520
+    # Unshared, T = 7, 9, 8: 6 (N - N_head) T = 4800 * 24; 6 N_head R = 1200 * 10 (logits of responses only);
+    # 12 L H Q T^2 = 360 * (49 + 81 + 64)
+    assert perf.pass_flops(SHAPE, SEQS, backward=True, share_prompts=False) == 115200 + 12000 + 69840
+    # Shared: prompts 4 and 6 once, 4800 * 10 + 360 * (16 + 36); responses 6000 * 10 + 360 * (3*7 + 5*9 + 2*8)
+    assert perf.pass_flops(SHAPE, SEQS, backward=True, share_prompts=True) == 48000 + 18720 + 60000 + 29520
     for shared in (False, True):  # forward only: exactly a third (2 N T + 4 L H Q T^2)
         assert perf.pass_flops(SHAPE, SEQS, backward=True, share_prompts=shared) == \
             3 * perf.pass_flops(SHAPE, SEQS, backward=False, share_prompts=shared)
@@ -58,17 +59,18 @@ def test_flops_loop_reference_float64():
     seqs = [(rng.randrange(3), 0, rng.randrange(1, 40)) for _ in range(11)]
     seqs = [(k, 7 + 5 * k, r) for k, _, r in seqs]  # equal prompts share a key and a length
     n, lhq = SHAPE.matmul_params, SHAPE.layers * SHAPE.heads * SHAPE.head_dim
+    body = n - SHAPE.head_params
     full = 0.0
     for _, p, r in seqs:
-        for _t in range(p + r):  # every query token: 6 N, and 12 Q per key per head and layer
-            full += 6.0 * n + 12.0 * lhq * (p + r)
+        for t in range(p + r):  # every query token: 6 N (no lm_head for prompt tokens), 12 L H Q per key
+            full += 6.0 * (body if t < p else n) + 12.0 * lhq * (p + r)
     assert perf.pass_flops(SHAPE, seqs, backward=True, share_prompts=False) == pytest.approx(full, rel=1e-12)
     shared, seen = 0.0, set()
     for k, p, r in seqs:
         if k not in seen:
             seen.add(k)
             for _t in range(p):
-                shared += 6.0 * n + 12.0 * lhq * p
+                shared += 6.0 * body + 12.0 * lhq * p
         for _t in range(r):
             shared += 6.0 * n + 12.0 * lhq * (p + r)
     assert perf.pass_flops(SHAPE, seqs, backward=True, share_prompts=True) == pytest.approx(shared, rel=1e-12)
@@ -85,16 +87,17 @@ def test_sequences_key_rows_by_prompt():
 def test_step_perf_by_hand():
     m = step_perf(SHAPE, peak_flops=2e6, trained=SEQS, epochs=2, forward=[SEQS, SEQS[:1]], share_prompts=False,
                   generated_tokens=50, rollout_s=2.5, update_s=0.5, device=torch.device("cpu"))
-    # two epochs of fwd+bwd (213840 each), a forward over all rows (71280) and one over the first (2000*7 + 120*49)
-    flops = 2 * 213840 + 71280 + 19880
+    # two epochs of fwd+bwd (197040 each), a forward over all rows (65680) and one over the first row
+    # (2 * 800 * 7 + 2 * 200 * 3 + 4 * 30 * 49 = 18280)
+    flops = 2 * 197040 + 65680 + 18280
     assert m["perf/update_tflops"] == pytest.approx(flops / 0.5 / 1e12)
     assert m["perf/mfu"] == pytest.approx(flops / 0.5 / 2e6)
     assert m["perf/rollout_tokens_per_s"] == pytest.approx(20.0)
     assert m["perf/update_tokens_per_s"] == pytest.approx(2 * 24 / 0.5)
     assert m["perf/peak_tflops"] == pytest.approx(2e-6)
     assert 0.01 < m["perf/peak_rss_gb"] < 1024 and "perf/max_memory_allocated_gb" not in m
-    zero = step_perf(SHAPE, peak_flops=0.0, trained=[], epochs=1, forward=[], share_prompts=True, generated_tokens=0,
-                     rollout_s=0.0, update_s=0.0, device=torch.device("cpu"))
+    zero = step_perf(SHAPE, peak_flops=0.0, trained=[], epochs=1, forward=[], share_prompts=True,
+                     generated_tokens=0, rollout_s=0.0, update_s=0.0, device=torch.device("cpu"))
     assert zero["perf/mfu"] == zero["perf/update_tflops"] == zero["perf/rollout_tokens_per_s"] == 0.0
 
 
@@ -109,7 +112,7 @@ def test_datasheet_table(name, dtype, tflops):
 
 
 def test_cpu_peak_is_probed_once_and_cached(tmp_path, monkeypatch):
-    shape = ModelShape(matmul_params=0, layers=1, heads=1, head_dim=1, linear_shapes=((64, 128, 3), (128, 64, 1)))
+    shape = ModelShape(matmul_params=0, head_params=0, layers=1, heads=1, head_dim=1, linear_shapes=((64, 128, 3), (128, 64, 1)))
     calls = []
     real = perf.probe_flops
 

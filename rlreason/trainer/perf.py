@@ -8,6 +8,9 @@ of T tokens through a decoder with N matmul parameters, L layers, H attention he
     forward + backward (trained):              6 N T + 12 L H Q T^2
     forward only (old or reference logprobs):  2 N T +  4 L H Q T^2
 
+less 6 N_head P (2 N_head P forward only) for the P prompt tokens, whose logits the trainer never computes
+(N_head: the output projection's weights).
+
 6 N T: every weight does a multiply-add (2 FLOPs) per token forward, and twice that backward (gradients
 of inputs and of weights). 12 L H Q T^2: the scores Q K^T and the weighted sum P V, 2 T^2 Q FLOPs each per
 head and layer forward, x3 with the backward. T^2 counts the whole score matrix, as PaLM and verl do (no
@@ -57,6 +60,7 @@ class ModelShape:
     with their counts (for the probe)."""
 
     matmul_params: int  # N
+    head_params: int  # N_head: the output projection (lm_head), part of N
     layers: int  # L
     heads: int  # H
     head_dim: int  # Q
@@ -72,7 +76,9 @@ def model_shape(model: torch.nn.Module) -> ModelShape:
             counts[key] = counts.get(key, 0) + 1
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return ModelShape(matmul_params=sum(i * o * c for (i, o), c in counts.items()), layers=cfg.num_hidden_layers,
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return ModelShape(matmul_params=sum(i * o * c for (i, o), c in counts.items()),
+                      head_params=head.weight.numel() if head is not None else 0, layers=cfg.num_hidden_layers,
                       heads=heads, head_dim=head_dim,
                       linear_shapes=tuple(sorted((i, o, c) for (i, o), c in counts.items())))
 
@@ -86,16 +92,18 @@ def sequences(rows: Iterable[Any]) -> list[Seq]:
 
 
 def pass_flops(shape: ModelShape, seqs: Sequence[Seq], *, backward: bool, share_prompts: bool) -> float:
-    """Model FLOPs of one pass over these rows: k N T + a L H Q T^2 per sequence of T = P + R tokens, with
-    (k, a) = (6, 12) forward + backward and (2, 4) forward only. With `share_prompts` each distinct prompt
-    runs once, k N P + a L H Q P^2, and each row's response on top of it, k N R + a L H Q R (P + R) (its R
-    queries against P + R keys)."""
+    """Model FLOPs of one pass over these rows, with (k, a) = (6, 12) forward + backward and (2, 4) forward
+    only: per sequence of T = P + R tokens k N T + a L H Q T^2, less k N_head P, since the trainer projects
+    only response positions onto the vocabulary (the prompt's logits are never used). With `share_prompts`
+    each distinct prompt runs once, k (N - N_head) P + a L H Q P^2, and each row's response on top of it,
+    k N R + a L H Q R (P + R) (its R queries against P + R keys)."""
     k, a = (6, 12) if backward else (2, 4)
     n, lhq = shape.matmul_params, shape.layers * shape.heads * shape.head_dim
+    body = n - shape.head_params
     if not share_prompts:
-        return float(sum(k * n * (p + r) + a * lhq * (p + r) ** 2 for _, p, r in seqs))
+        return float(sum(k * body * p + k * n * r + a * lhq * (p + r) ** 2 for _, p, r in seqs))
     prompts = {key: p for key, p, _ in seqs}
-    return float(sum(k * n * p + a * lhq * p * p for p in prompts.values())
+    return float(sum(k * body * p + a * lhq * p * p for p in prompts.values())
                  + sum(k * n * r + a * lhq * r * (p + r) for _, p, r in seqs))
 
 
