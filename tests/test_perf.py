@@ -112,7 +112,8 @@ def test_datasheet_table(name, dtype, tflops):
 
 
 def test_cpu_peak_is_probed_once_and_cached(tmp_path, monkeypatch):
-    shape = ModelShape(matmul_params=0, head_params=0, layers=1, heads=1, head_dim=1, linear_shapes=((64, 128, 3), (128, 64, 1)))
+    shape = ModelShape(matmul_params=0, head_params=0, layers=1, heads=1, head_dim=1,
+                       linear_shapes=((64, 128, 3), (128, 64, 1)))
     calls = []
     real = perf.probe_flops
 
