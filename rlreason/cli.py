@@ -8,6 +8,7 @@
     rlreason verl-config configs/quickstart.yaml --nodes 2 --gpus-per-node 8 --out runs/quickstart/verl/overrides.txt
     rlreason data export --format verl --config configs/quickstart.yaml --out runs/quickstart/verl/train.parquet
     rlreason serve-search --port 8000   # retrieval server for pay_per_search (Search-R1 protocol)
+    rlreason export --run runs/quickstart --out models/quickstart   # latest checkpoint -> Hugging Face dir
 """
 
 from __future__ import annotations
@@ -213,6 +214,19 @@ def cmd_verl_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    """A checkpoint as a Hugging Face model directory (LoRA merged) that transformers and vLLM load."""
+    from rlreason.export import ExportError, export_checkpoint, run_checkpoint
+    try:
+        checkpoint = run_checkpoint(a.run) if a.run else a.checkpoint
+        out = export_checkpoint(checkpoint, a.out, model=a.model, dtype=a.dtype)
+    except ExportError as e:
+        print(f"rlreason export: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote a Hugging Face model directory to {out}")
+    return 0
+
+
 def _split_config(a: argparse.Namespace) -> None:
     """`rlreason train trainer.steps=2` (no YAML): the first positional is an override, not a file."""
     if getattr(a, "config", None) and "=" in a.config:
@@ -309,6 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve-search", help="serve a retrieval index over HTTP (Search-R1 /retrieve protocol)")
     search_server.add_arguments(s)
     s.set_defaults(fn=search_server.cli)
+
+    x = sub.add_parser("export", help="write a checkpoint as a Hugging Face model directory (LoRA merged)",
+                       description="config, tokenizer and safetensors that AutoModelForCausalLM, AutoTokenizer "
+                                   "and vLLM load directly")
+    which = x.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", help="a checkpoint directory (<run_dir>/checkpoints/step_N)")
+    which.add_argument("--run", help="a run directory: export its newest complete checkpoint")
+    x.add_argument("--out", required=True, help="the model directory to write (new or empty)")
+    x.add_argument("--model", help="config and tokenizer from this model (the run's model.name) when the "
+                                   "checkpoint has no config.json")
+    x.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weight dtype (default: the checkpoint's)")
+    x.set_defaults(fn=cmd_export)
 
     c = sub.add_parser("config", help="show the merged config or list every key")
     c.add_argument("action", choices=["show", "keys"])

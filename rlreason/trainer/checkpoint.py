@@ -94,10 +94,11 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, torch_state: dict[str, Any],
-                    state: dict[str, Any], keep: int) -> Path:
+                    state: dict[str, Any], keep: int, tokenizer: Any = None) -> Path:
     """`torch_state`: optimizer/scheduler state dicts (tensors and plain containers); `state`: JSON-able
     (sampler, env, rewards). A failed write raises CheckpointError and leaves the earlier checkpoints as
-    they were, with no temporary directory behind."""
+    they were, with no temporary directory behind. With the `tokenizer`, config and tokenizer files go
+    beside the weights: a Hugging Face model directory (rlreason/export.py)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:06d}"
     tmp, old = root / f".{final.name}.tmp", root / f".{final.name}.old"
@@ -111,6 +112,9 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, torch_stat
         rng_tensors, rng_plain = rng_state()
         torch.save({**torch_state, "rng": rng_tensors}, tmp / "trainer.pt")
         (tmp / "rng.json").write_text(json.dumps(rng_plain))
+        if tokenizer is not None:
+            from rlreason.export import write_hf_metadata
+            write_hf_metadata(tmp, model, tokenizer)
         files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / "state.json").write_text(json.dumps({"step": step, **state, "files": files}, indent=1, default=float))
         for f in tmp.iterdir():  # make the bytes durable before the rename publishes them

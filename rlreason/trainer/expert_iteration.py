@@ -43,6 +43,7 @@ from rlreason.trainer.batch import episodes_to_rows
 from rlreason.trainer.checkpoint import save_checkpoint
 from rlreason.trainer.grpo import Run, _component_means, _env_metric_means, restore, setup as grpo_setup
 from rlreason.trainer.grpo import validate as grpo_validate
+from rlreason.trainer.perf import sequences
 from rlreason.trainer.run_dir import prepare_run_dir
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sft import sft_epoch
@@ -191,13 +192,17 @@ def train_round(run: Run, ei: EIState) -> dict[str, float]:
         "time/rollout": t_rollout, "time/update": t_update, "time/sync": t_sync,
         "time/step": time.perf_counter() - t0,
         "lr": run.ctx.optimizer.param_groups[0]["lr"],
+        **(run.perf.step(trained=sequences(rows), epochs=1, forward=[], share_prompts=run.ctx.share_prompts,
+                         generated_tokens=sum(ep.num_trained_tokens for ep in episodes), rollout_s=t_rollout,
+                         update_s=t_update) if run.perf is not None else {}),
     }
     run.env.on_step_end(metrics)  # one curriculum round; adds accuracy, precision, ..., c1, c2, stage
     run.logger.log(run.step, metrics)
     if cfg.logging.log_samples:
         run.logger.log_samples(run.step, [
-            {"id": ex.get("id"), "answer": ex.get("answer"), "transcript": g[0].transcript,
-             "reward": g[0].reward, "info": g[0].info}
+            {"id": ex.get("id"), "prompt": ex.get("prompt"), "answer": ex.get("answer"),
+             "transcript": g[0].transcript, "reward": g[0].reward, "components": g[0].reward_components,
+             "info": g[0].info}
             for ex, g in list(zip(examples, groups))[:cfg.logging.log_samples]])
     return metrics
 
@@ -210,7 +215,7 @@ def checkpoint(run: Run, ei: EIState) -> None:
                                  "scheduler": run.ctx.scheduler.state_dict()},
                     state={"sampler": run.sampler.state_dict(), "env": run.env.state_dict(),
                            "rewards": run.rubric.state_dict(), "ei": ei.__dict__},
-                    keep=run.cfg.trainer.keep_checkpoints)
+                    keep=run.cfg.trainer.keep_checkpoints, tokenizer=run.tokenizer)
 
 
 def _resume(run: Run, ei: EIState) -> None:

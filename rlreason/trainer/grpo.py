@@ -29,6 +29,7 @@ from rlreason.trainer.critic import ValueHead, assign_gae
 from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlreason.trainer.evaluate import evaluate
 from rlreason.trainer.metrics import MetricsLogger
+from rlreason.trainer.perf import PerfMeter, sequences
 from rlreason.trainer.run_dir import prepare_run_dir
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sampler import PromptSampler
@@ -126,6 +127,7 @@ class Run:
     logger: MetricsLogger
     step: int = 0
     probe_monitor: Any = None  # refusal-cliff probe as a training monitor (logging.probe_dir)
+    perf: PerfMeter | None = None  # perf/ metrics: model shape and the device's peak FLOP/s
 
 
 def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
@@ -184,6 +186,7 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     logger = MetricsLogger(run_dir, config=to_dict(cfg), use_wandb=cfg.logging.wandb,
                            project=cfg.logging.wandb_project, name=cfg.name, resume=resume)
     run = Run(cfg, tokenizer, env, rubric, engine, ctx, data, eval_rows, sampler, logger)
+    run.perf = PerfMeter(model, device, amp or torch.float32)
     if cfg.logging.probe_dir:
         from rlreason.probes.data import jbb
         from rlreason.probes.monitor import ProbeMonitor
@@ -246,7 +249,7 @@ def checkpoint(run: Run) -> None:
                                     if run.ctx.value_head is not None else {})},
                     state={"sampler": run.sampler.state_dict(), "env": run.env.state_dict(),
                            "rewards": run.rubric.state_dict()},
-                    keep=run.cfg.trainer.keep_checkpoints)
+                    keep=run.cfg.trainer.keep_checkpoints, tokenizer=run.tokenizer)
 
 
 def train_step(run: Run) -> dict[str, float]:
@@ -267,6 +270,7 @@ def train_step(run: Run) -> dict[str, float]:
     t1 = time.perf_counter()
     ref_logprobs = None
     rows = episodes_to_rows(episodes, [0.0] * len(episodes), group_ids)
+    all_rows = rows
     if algo.kl_coef > 0 and run.ctx.ref_model is not None:
         ref_logprobs = compute_logprobs(run.ctx.ref_model, rows, run.ctx, tr.micro_batch_size)
         if algo.kl_in_reward:  # r <- r - beta * sum_t KL(pi || ref) over the trace's trained tokens
@@ -313,15 +317,35 @@ def train_step(run: Run) -> dict[str, float]:
         "time/rollout": t_rollout, "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
         "time/step": time.perf_counter() - t0,
         "lr": run.ctx.optimizer.param_groups[0]["lr"],
+        **_perf_metrics(run, all_rows, rows, episodes, t_rollout, t_reward + t_update),
     }
     run.env.on_step_end(metrics)
     run.logger.log(run.step, metrics)
     if cfg.logging.log_samples:
         run.logger.log_samples(run.step, [
-            {"id": ex.get("id"), "answer": ex.get("answer"), "transcript": g[0].transcript,
-             "reward": g[0].reward, "components": g[0].reward_components, "info": g[0].info}
+            {"id": ex.get("id"), "prompt": ex.get("prompt"), "answer": ex.get("answer"),
+             "transcript": g[0].transcript, "reward": g[0].reward, "components": g[0].reward_components,
+             "info": g[0].info}
             for ex, g in list(zip(examples, groups))[:cfg.logging.log_samples]])
     return metrics
+
+
+def _perf_metrics(run: Run, all_rows: list, rows: list, episodes: list[Episode], t_rollout: float,
+                  t_trainer: float) -> dict[str, float]:
+    """perf/ metrics of the step. Forward-only passes: reference logprobs, the policy's for KL-in-reward and
+    the critic's values over every row; old logprobs over the kept rows when the batch takes > 1 update."""
+    if run.perf is None:
+        return {}
+    algo, tr = run.cfg.algo, run.cfg.trainer
+    has_ref = algo.kl_coef > 0 and run.ctx.ref_model is not None
+    every, kept = sequences(all_rows), sequences(rows)
+    forward = [every] * (int(has_ref) + int(has_ref and algo.kl_in_reward) + int(algo.advantage == "gae")) \
+        + [kept] * (tr.ppo_epochs * tr.mini_batches > 1)
+    shared = run.ctx.share_prompts and algo.advantage != "gae" \
+        and not getattr(run.ctx.model, "is_gradient_checkpointing", False)
+    return run.perf.step(trained=kept, epochs=tr.ppo_epochs, forward=forward, share_prompts=shared,
+                         generated_tokens=sum(ep.num_trained_tokens for ep in episodes), rollout_s=t_rollout,
+                         update_s=t_trainer)
 
 
 def _component_means(episodes: list[Episode]) -> dict[str, float]:

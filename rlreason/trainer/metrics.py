@@ -26,6 +26,8 @@ class MetricsLogger:
         self.samples_path = run_dir / "samples.jsonl"
         self.history: list[dict[str, Any]] = self.load_history() if resume else []
         self.wandb = None
+        self._samples_table: Any = None  # wandb.Table of the transcripts (log_samples); False once it failed
+        self._sample_components: list[str] = []
         if use_wandb:
             try:
                 import wandb
@@ -64,6 +66,25 @@ class MetricsLogger:
         with self.samples_path.open("a") as f:
             for s in samples:
                 f.write(json.dumps({"step": step, **s}) + "\n")
+        if self.wandb is not None and samples and self._samples_table is not False:
+            try:
+                self._log_sample_table(step, samples)
+            except Exception as e:  # noqa: BLE001 - monitoring must not stop training
+                log.warning("wandb samples table disabled: %s", e)
+                self._samples_table = False
+
+    def _log_sample_table(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """The transcripts as one wandb table, `samples`, growing by this step's rows (INCREMENTAL mode
+        uploads only the new rows). Its columns are fixed by the first call: the reward components of the
+        rubric, which do not change during a run."""
+        import wandb
+        if self._samples_table is None:
+            keys = sorted({k for s in samples for k in (s.get("components") or {})})
+            self._samples_table = wandb.Table(columns=sample_columns(keys), log_mode="INCREMENTAL")
+            self._sample_components = keys
+        for row in sample_rows(step, samples, self._sample_components):
+            self._samples_table.add_data(*row)
+        self.wandb.log({"samples": self._samples_table}, step=step)
 
     def finish(self, reward_key: str = "reward/total") -> str:
         summary = summarize(self.history, reward_key)
@@ -75,6 +96,26 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.finish()
         return summary
+
+
+def sample_columns(components: list[str]) -> list[str]:
+    return ["step", "id", "prompt", "completion", "reward", *(f"reward/{k}" for k in components)]
+
+
+def sample_rows(step: int, samples: list[dict[str, Any]], components: list[str]) -> list[list[Any]]:
+    """One table row per sample: step, id, prompt (chat messages as `role: content` lines), completion (the
+    episode's transcript), reward, and each reward component (None where a sample lacks it)."""
+    return [[step, None if s.get("id") is None else str(s["id"]), _prompt_text(s.get("prompt")),
+             s.get("transcript"), s.get("reward"), *((s.get("components") or {}).get(k) for k in components)]
+            for s in samples]
+
+
+def _prompt_text(prompt: Any) -> str | None:
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "content" in m for m in prompt):
+        return "\n".join(f"{m.get('role', '?')}: {m['content']}" for m in prompt)
+    return json.dumps(prompt)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
