@@ -218,9 +218,9 @@ def gpu80(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=H100_80GB))
 
 
-def _check(n, *, sleep_mode, util=0.4, ref_bytes=0, vllm=True):
+def _check(n, *, sleep_mode, util=0.4, ref_bytes=0, vllm=True, lora=False):
     return gpu_memory.check(int(n), torch.device("cuda"), gpu_memory_utilization=util, sleep_mode=sleep_mode,
-                            ref_bytes=ref_bytes, vllm=vllm, model_name="some/model")
+                            ref_bytes=ref_bytes, vllm=vllm, model_name="some/model", lora=lora)
 
 
 def test_memory_check_refuses_a_3b_model_without_sleep_mode_naming_size_and_fixes(gpu80):
@@ -251,6 +251,13 @@ def test_memory_check_arithmetic_matches_docs_gpu_md(gpu80):
         _check(n * 0.995e9, sleep_mode=sleep, util=util, ref_bytes=ref)
         with pytest.raises(ConfigError):
             _check(n * 1.005e9, sleep_mode=sleep, util=util, ref_bytes=ref)
+
+
+def test_memory_check_counts_only_frozen_weights_with_lora(gpu80):
+    """7B: 4 B/param resident + 31.9 GiB vLLM, 6 B/param while updating: fits with LoRA, not fully trained."""
+    _check(7e9, sleep_mode=False, lora=True)
+    with pytest.raises(ConfigError, match="7.00B parameters"):
+        _check(7e9, sleep_mode=True)
 
 
 def test_memory_check_vllm_share_too_small_for_the_weights(gpu80):

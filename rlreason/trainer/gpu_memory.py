@@ -13,6 +13,8 @@ The arithmetic, per parameter N (docs/gpu.md works it through for 80 GB):
     rollout phase:  12 N + ref + vLLM share          + reserve <= total
     update phase:   18 N + ref + (0 in sleep mode, else vLLM share) + reserve <= total
 
+With LoRA (expert iteration's `ei.lora_rank`) only the adapters train: 4 B/param resident (fp32 weights),
+6 B/param during the update (+ the bf16 copies); the adapters themselves are negligible.
 Activations are not counted (they depend on micro-batch size and sequence length); the reserve covers
 the CUDA context, vLLM's CUDA graphs and allocator slack, nothing more."""
 
@@ -28,6 +30,7 @@ GIB = 2**30
 RESERVE_BYTES = 3 * GIB  # CUDA context + vLLM's CUDA graphs + allocator slack
 TRAINER_RESIDENT = 12  # bytes per parameter: fp32 weights 4 + AdamW moments 8
 TRAINER_UPDATE = 18  # + fp32 gradients 4 + bf16 autocast weight copies 2
+LORA_RESIDENT, LORA_UPDATE = 4, 6  # frozen fp32 weights (+ bf16 copies while updating); adapters negligible
 ENGINE_BF16 = 2
 
 
@@ -44,21 +47,22 @@ class MemoryPlan:
 
 
 def plan(n_params: int, total: int, *, gpu_memory_utilization: float, sleep_mode: bool,
-         ref_bytes: int = 0, vllm: bool = True) -> MemoryPlan:
+         ref_bytes: int = 0, vllm: bool = True, lora: bool = False) -> MemoryPlan:
     """ref_bytes: bytes per parameter of the reference model (0 without one)."""
     engine = int(gpu_memory_utilization * total) if vllm else 0
     ref = ref_bytes * n_params
-    rollout = TRAINER_RESIDENT * n_params + ref + engine + RESERVE_BYTES
-    update = TRAINER_UPDATE * n_params + ref + (0 if sleep_mode else engine) + RESERVE_BYTES
+    resident, updating = (LORA_RESIDENT, LORA_UPDATE) if lora else (TRAINER_RESIDENT, TRAINER_UPDATE)
+    rollout = resident * n_params + ref + engine + RESERVE_BYTES
+    update = updating * n_params + ref + (0 if sleep_mode else engine) + RESERVE_BYTES
     return MemoryPlan(total, rollout, update, engine)
 
 
 def check(n_params: int, device: torch.device, *, gpu_memory_utilization: float, sleep_mode: bool,
-          ref_bytes: int, vllm: bool, model_name: str) -> MemoryPlan:
+          ref_bytes: int, vllm: bool, model_name: str, lora: bool = False) -> MemoryPlan:
     """Raise a ConfigError naming the model size and what to change when the estimate exceeds the device."""
     total = torch.cuda.get_device_properties(device).total_memory
     p = plan(n_params, total, gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode,
-             ref_bytes=ref_bytes, vllm=vllm)
+             ref_bytes=ref_bytes, vllm=vllm, lora=lora)
     if vllm and ENGINE_BF16 * n_params + GIB > p.engine:
         raise ConfigError(
             f"rollout.gpu_memory_utilization: {gpu_memory_utilization} gives vLLM {p.engine / GIB:.1f} GiB, less "
@@ -75,8 +79,8 @@ def check(n_params: int, device: torch.device, *, gpu_memory_utilization: float,
         fixes.append("a smaller model, or several GPUs through verl (docs/verl.md)")
         raise ConfigError(
             f"model.name: {model_name} has {n_params / 1e9:.2f}B parameters; the {phase} phase needs "
-            f"~{max(p.rollout, p.update) / GIB:.1f} GiB (fp32 weights + AdamW {TRAINER_RESIDENT} B/param, "
-            f"{TRAINER_UPDATE} B/param while updating, vLLM {p.engine / GIB:.1f} GiB"
+            f"~{max(p.rollout, p.update) / GIB:.1f} GiB (trainer {LORA_RESIDENT if lora else TRAINER_RESIDENT} B/param, "
+            f"{LORA_UPDATE if lora else TRAINER_UPDATE} B/param while updating, vLLM {p.engine / GIB:.1f} GiB"
             f"{' freed during the update' if sleep_mode else ''}) but the GPU has {total / GIB:.1f} GiB. "
             f"Change: {'; or '.join(fixes)}. Arithmetic: docs/gpu.md.")
     return p

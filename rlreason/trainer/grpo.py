@@ -164,7 +164,8 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
         gpu_memory.check(gpu_memory.count_parameters(model_dir), device,
                          gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                          sleep_mode=cfg.rollout.sleep_mode, vllm=cfg.rollout.engine == "vllm",
-                         ref_bytes=ref_dtype.itemsize if cfg.algo.kl_coef > 0 else 0, model_name=cfg.model.name)
+                         ref_bytes=ref_dtype.itemsize if cfg.algo.kl_coef > 0 else 0, model_name=cfg.model.name,
+                         lora=cfg.algorithm == "expert_iteration" and bool(cfg.ei.lora_rank))
     model = load_policy(model_dir, device, cfg.model.gradient_checkpointing, cfg.model.attn_implementation)
     ref_model = None
     if cfg.algo.kl_coef > 0:
