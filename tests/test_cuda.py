@@ -124,14 +124,14 @@ def test_vllm_logprobs_match_hf_before_and_after_an_in_place_reload_of_changed_w
     g = torch.Generator(device=CUDA).manual_seed(0)
     with torch.no_grad():
         for prm in model.parameters():
-            prm.add_(torch.randn(prm.shape, device=CUDA, generator=g) * 0.3 * prm.std())
+            prm.add_(torch.randn(prm.shape, device=CUDA, generator=g) * 0.1 * prm.std())
     free_awake = torch.cuda.mem_get_info()[0]
     eng.sleep()
     assert torch.cuda.mem_get_info()[0] > free_awake + 2**28  # weights and KV cache really freed
     eng.update_weights(model.state_dict().items())
     c = eng.generate_batch([p], n=1, max_tokens=32, seed=2)[0][0]
     assert _mean_logprob_gap(model, p, c) < 0.1  # bf16 engine vs bf16-autocast HF forward
-    assert _mean_logprob_gap(old, p, c) > 0.2  # the reload took effect
+    assert _mean_logprob_gap(old, p, c) > 0.5  # the reload took effect (CPU rehearsal: ~0.05 vs 1.1-1.5)
     eng.close()
 
 
