@@ -69,9 +69,10 @@ def check(n_params: int, device: torch.device, *, gpu_memory_utilization: float,
             f"than {model_name}'s {n_params / 1e9:.2f}B parameters need as bf16 weights "
             f"({ENGINE_BF16 * n_params / GIB:.1f} GiB) plus a KV cache; raise it.")
     if not p.fits:
+        resident, updating = (LORA_RESIDENT, LORA_UPDATE) if lora else (TRAINER_RESIDENT, TRAINER_UPDATE)
         phase = "update" if p.update >= p.rollout else "rollout"
         fixes = ["rollout.sleep_mode=true (vLLM frees its share during the update)"] if not sleep_mode and vllm else []
-        if vllm:
+        if vllm and (phase == "rollout" or not sleep_mode):  # in sleep mode the update does not see vLLM's share
             fixes.append(f"a lower rollout.gpu_memory_utilization (now {gpu_memory_utilization}; vLLM needs "
                          f"~{(ENGINE_BF16 * n_params + GIB) / total:.2f} for its weights and a 1 GiB KV cache)")
         if ref_bytes:
@@ -79,8 +80,8 @@ def check(n_params: int, device: torch.device, *, gpu_memory_utilization: float,
         fixes.append("a smaller model, or several GPUs through verl (docs/verl.md)")
         raise ConfigError(
             f"model.name: {model_name} has {n_params / 1e9:.2f}B parameters; the {phase} phase needs "
-            f"~{max(p.rollout, p.update) / GIB:.1f} GiB (trainer {LORA_RESIDENT if lora else TRAINER_RESIDENT} B/param, "
-            f"{LORA_UPDATE if lora else TRAINER_UPDATE} B/param while updating, vLLM {p.engine / GIB:.1f} GiB"
+            f"~{max(p.rollout, p.update) / GIB:.1f} GiB (trainer {resident} B/param, "
+            f"{updating} B/param while updating, vLLM {p.engine / GIB:.1f} GiB"
             f"{' freed during the update' if sleep_mode else ''}) but the GPU has {total / GIB:.1f} GiB. "
             f"Change: {'; or '.join(fixes)}. Arithmetic: docs/gpu.md.")
     return p
