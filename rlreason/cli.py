@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import inspect
 import json
 import logging
@@ -34,10 +35,20 @@ def preload_libs() -> list[str]:
     return libs + ([str(iomp)] if iomp.exists() else [])
 
 
+def gpu_visible() -> bool:
+    """Whether this process will see an NVIDIA GPU, decided without importing torch (the re-exec happens
+    before anything is loaded): a device node exists and CUDA_VISIBLE_DEVICES does not hide them all."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def reexec_preloaded(argv: list[str]) -> None:
     """The libraries must be loaded before the interpreter starts, so re-execute `python *argv` once with
-    LD_PRELOAD set (a user's own LD_PRELOAD is kept after them). RLREASON_NO_PRELOAD=1 turns this off."""
-    if os.environ.get("RLREASON_NO_PRELOAD") or os.environ.get("_RLREASON_PRELOADED"):
+    LD_PRELOAD set (a user's own LD_PRELOAD is kept after them). RLREASON_NO_PRELOAD=1 turns this off.
+    CPU only: both were measured for CPU training and the CPU vLLM; on a GPU node they buy nothing and a
+    preloaded allocator or OpenMP runtime beside CUDA's libraries is an untested mix."""
+    if os.environ.get("RLREASON_NO_PRELOAD") or os.environ.get("_RLREASON_PRELOADED") or gpu_visible():
         return
     libs = preload_libs()
     if not libs:

@@ -49,6 +49,7 @@ class RolloutConfig:
     max_model_len: int = 2048  # prompt + response tokens per request
     kv_cache_gb: float = 2.0  # CPU KV cache size in GiB (fractions allowed); GPUs use gpu_memory_utilization
     gpu_memory_utilization: float = 0.4  # GPU share vLLM may take (the trainer shares the device)
+    sleep_mode: bool = True  # GPU: vLLM frees its weights and KV cache during the update (docs/gpu.md); CPU has none
     enable_prefix_caching: bool = True  # G samples of a prompt share its KV
 
 

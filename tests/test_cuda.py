@@ -1,8 +1,10 @@
-"""CUDA paths of the trainer and the HF engine (skipped without a GPU; CI has none — run on a GPU node with
-`pytest tests/test_cuda.py`). Same checks as the CPU tests, on the device the production runs use:
-the shared-prefix forward equals the per-row forward, the bf16-autocast update with fused AdamW trains,
-and the HF engine's logprobs equal a forward pass."""
+"""CUDA paths of the trainer and both engines (skipped without a GPU; CI has none — run on a GPU node with
+`pytest tests/test_cuda.py`, docs/gpu.md). Same checks as the CPU tests, on the device the production runs
+use: the shared-prefix forward equals the per-row forward, the bf16-autocast update with fused AdamW trains,
+the HF engine's logprobs equal a forward pass, the CUDA vLLM's logprobs equal an HF forward before and after
+an in-place reload of changed weights (through sleep mode), and one GRPO step runs with vLLM on the GPU."""
 
+import json
 import random
 
 import pytest
@@ -85,3 +87,72 @@ def test_hf_engine_logprobs_match_a_forward_pass_on_cuda():
                 logits = model(torch.tensor([p + c.token_ids], device=CUDA)).logits[0, len(p) - 1:-1] / 0.7
             ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids, device=CUDA)[:, None])
             torch.testing.assert_close(ref[:, 0].cpu(), torch.tensor(c.logprobs), atol=1e-3, rtol=1e-3)
+
+
+def _vllm_engine(model_dir: str, tok):
+    from rlreason.rollout import SamplingConfig, make_engine
+    return make_engine("vllm", model_dir=model_dir, model=None, tokenizer=tok, sampling=SamplingConfig(1.0),
+                       dtype="bf16", max_model_len=512, kv_cache_gb=2.0, gpu_memory_utilization=0.3,
+                       enable_prefix_caching=True, seed=0)
+
+
+def _mean_logprob_gap(model, prompt: list[int], completion) -> float:
+    """Mean |engine logprob - HF forward logprob| over the completion's tokens (temperature 1)."""
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(torch.tensor([prompt + completion.token_ids], device=CUDA)).logits[0, len(prompt) - 1:-1]
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completion.token_ids, device=CUDA)[:, None])
+    return float((ref[:, 0].cpu() - torch.tensor(completion.logprobs)).abs().mean())
+
+
+def test_vllm_logprobs_match_hf_before_and_after_an_in_place_reload_of_changed_weights_on_cuda():
+    """The real CUDA vLLM with SmolLM2-135M: behaviour logprobs equal an HF forward; after sleeping, changing
+    every weight and reloading in place (streamed, then woken), they equal the forward of the *changed*
+    model and no longer the old one's; the rotary cache (not in any checkpoint) survives the level-2 sleep."""
+    import vllm
+    from transformers import AutoModelForCausalLM
+    assert vllm.__version__.startswith("0.32."), vllm.__version__
+    d = resolve_model("smollm2-135m-instruct", dtype="fp32")
+    tok = AutoTokenizer.from_pretrained(d)
+    eng = _vllm_engine(d, tok)
+    assert eng.sleep_mode
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(CUDA).eval()
+    p = tok.apply_chat_template([{"role": "user", "content": "Count from 1 to 20."}], add_generation_prompt=True,
+                                tokenize=True, return_dict=False)
+    c = eng.generate_batch([p], n=1, max_tokens=32, seed=1)[0][0]
+    assert _mean_logprob_gap(model, p, c) < 0.1  # bf16 engine vs bf16-autocast HF forward
+    old = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).to(CUDA).eval()
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(torch.randn(prm.shape, device=CUDA, generator=g) * 0.1 * prm.std())
+    free_awake = torch.cuda.mem_get_info()[0]
+    eng.sleep()
+    assert torch.cuda.mem_get_info()[0] > free_awake + 2**28  # weights and KV cache really freed
+    eng.update_weights(model.state_dict().items())
+    c = eng.generate_batch([p], n=1, max_tokens=32, seed=2)[0][0]
+    assert _mean_logprob_gap(model, p, c) < 0.1  # bf16 engine vs bf16-autocast HF forward
+    assert _mean_logprob_gap(old, p, c) > 0.5  # the reload took effect (CPU rehearsal: ~0.05 vs 1.1-1.5)
+    eng.close()
+
+
+def test_one_grpo_step_with_vllm_on_cuda(tmp_path):
+    """The production path on one GPU: SmolLM2-135M, vLLM rollouts with sleep mode, the bf16 update, the
+    streamed in-place sync; the engine generates again after the step."""
+    from rlreason.config import load_config
+    from rlreason.trainer.grpo import setup, train_step
+    c = load_config("configs/quickstart.yaml", [f"output_dir={tmp_path}/q", "trainer.steps=1", "eval.every=0",
+                                                "logging.wandb=false", "logging.progress=false", "model.device=cuda",
+                                                "rollout.gpu_memory_utilization=0.3",
+                                                "trainer.prompts_per_step=4", "trainer.samples_per_prompt=4"])
+    run = setup(c)
+    assert run.ctx.device.type == "cuda" and run.engine.sleep_mode
+    before = {n: p.detach().clone() for n, p in run.ctx.model.named_parameters()}
+    m = train_step(run)
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values() if isinstance(v, float)), m
+    assert m["loss/engine_trainer_logprob_diff"] < 0.2  # bf16 engine vs bf16-autocast trainer
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in run.ctx.model.named_parameters())
+    assert all(p.grad is None for p in run.ctx.model.parameters())
+    assert run.engine.generate_batch([[1, 2, 3]], n=1, max_tokens=4, seed=0)[0][0].token_ids
+    rows = [json.loads(x) for x in (tmp_path / "q/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 1
+    run.engine.close()

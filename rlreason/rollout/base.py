@@ -97,9 +97,15 @@ class Engine(ABC):
         flat = self.run([one(i, j) for i in range(len(prompts)) for j in range(n)])
         return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
+    def sleep(self) -> None:
+        """Free the accelerator memory the engine holds (weights, KV cache) for the policy update; the next
+        `update_weights` brings it back. A no-op for engines with nothing to free (CPU, the HF engine, which
+        generates with the trainer's own model)."""
+
     @abstractmethod
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load new policy weights in place (no restart, no disk round trip where possible)."""
+        """Load new policy weights in place (no restart, no disk round trip where possible); wakes a
+        sleeping engine."""
 
     def close(self) -> None:
         pass

@@ -67,9 +67,13 @@ def _check_attention(setting: str) -> None:
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("model.device: 'cuda' was asked for but no CUDA device is available. Allowed here: auto, cpu.")
+    if name == "cuda" and torch.cuda.device_count() > 1:
+        log.warning("%d GPUs are visible; the local trainer uses one (cuda:0). For several GPUs train through "
+                    "verl (`rlreason verl-config`, launch/, docs/verl.md); CUDA_VISIBLE_DEVICES=0 silences this.",
+                    torch.cuda.device_count())
     return torch.device(name)
 
 
@@ -97,10 +101,10 @@ def attention_for(device: torch.device, setting: str) -> str:
 
 
 def load_policy(model_dir: str, device: torch.device, gradient_checkpointing: bool,
-                attn_implementation: str = "auto") -> torch.nn.Module:
+                attn_implementation: str = "auto", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
     # fp32 master weights; bf16 compute comes from autocast (pure bf16 Adam loses small updates).
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
                                                  attn_implementation=attention_for(device, attn_implementation))
     model = model.to(device)
     if device.type == "cpu":
@@ -155,10 +159,21 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     eval_rows = [as_example(r) for r in eval_data.select(range(min(len(eval_data), cfg.eval.max_problems)))] \
         if eval_data is not None else []
 
+    # The frozen reference model is never updated, so on GPU it needs no fp32 master copy: bf16 halves it.
+    # CPU keeps fp32 (the CPU numerics, and exact resume, are unchanged).
+    ref_dtype = torch.bfloat16 if device.type == "cuda" and cfg.model.dtype == "bf16" else torch.float32
+    if device.type == "cuda":
+        from rlreason.trainer import gpu_memory
+        gpu_memory.check(gpu_memory.count_parameters(model_dir), device,
+                         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                         sleep_mode=cfg.rollout.sleep_mode, vllm=cfg.rollout.engine == "vllm",
+                         ref_bytes=ref_dtype.itemsize if cfg.algo.kl_coef > 0 else 0, model_name=cfg.model.name,
+                         lora=cfg.algorithm == "expert_iteration" and bool(cfg.ei.lora_rank))
     model = load_policy(model_dir, device, cfg.model.gradient_checkpointing, cfg.model.attn_implementation)
     ref_model = None
     if cfg.algo.kl_coef > 0:
-        ref_model = load_policy(model_dir, device, False, cfg.model.attn_implementation).eval().requires_grad_(False)
+        ref_model = load_policy(model_dir, device, False, cfg.model.attn_implementation,
+                                dtype=ref_dtype).eval().requires_grad_(False)
     value_head = None
     if cfg.algo.advantage == "gae":
         value_head = ValueHead(model.config.hidden_size).to(device)
@@ -178,7 +193,7 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
                          sampling=SamplingConfig(r.temperature, r.top_p), dtype=cfg.model.dtype,
                          max_model_len=r.max_model_len, kv_cache_gb=r.kv_cache_gb,
                          gpu_memory_utilization=r.gpu_memory_utilization,
-                         enable_prefix_caching=r.enable_prefix_caching, seed=cfg.seed)
+                         enable_prefix_caching=r.enable_prefix_caching, seed=cfg.seed, sleep_mode=r.sleep_mode)
 
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,6 +276,7 @@ def train_step(run: Run) -> dict[str, float]:
     groups, env_errors = run_groups(run.engine, run.env, run.rubric, examples, tr.samples_per_prompt,
                                     seed=(cfg.seed * 1_000_003 + run.step * 10_007) % (2**31 - 1))
     t_rollout = time.perf_counter() - t0
+    run.engine.sleep()  # GPU: vLLM's weights and KV cache make room for the update; update_weights wakes it
 
     episodes = [ep for g in groups for ep in g]
     group_ids = [gi for gi, g in enumerate(groups) for _ in g]
@@ -299,6 +315,7 @@ def train_step(run: Run) -> dict[str, float]:
     t_update = time.perf_counter() - t2
 
     t3 = time.perf_counter()
+    run.ctx.optimizer.zero_grad(set_to_none=True)  # gradients are dead until the next update: free them
     run.engine.update_weights(run.ctx.model.state_dict().items())
     t_sync = time.perf_counter() - t3
     run.step += 1
