@@ -163,7 +163,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.lr=1e-6)")
         key, raw = item.split("=", 1)
-        value = _parse_scalar(raw)
+        try:
+            value = _parse_scalar(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{_clip(item)}': the value is not valid YAML "
+                              f"({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from e
+        except (ValueError, RecursionError) as e:  # a 5,000-digit integer, nesting too deep
+            raise ConfigError(f"override '{_clip(item)}': bad value ({_clip(str(e) or type(e).__name__)})") from e
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -174,9 +180,28 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so
+    a second `lr:` further down a file would change what trains without a word)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice (first on line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_scalar(raw: str) -> Any:
     """YAML, except that `1e-6` is a number (YAML 1.1 reads exponents without a dot as strings)."""
-    value = yaml.safe_load(raw) if raw != "" else ""
+    value = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""
     if isinstance(value, str):
         try:
             return float(value)
@@ -208,7 +233,7 @@ def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except UnicodeDecodeError as e:
         raise ConfigError(f"{what} '{path}' is not UTF-8 text (byte {e.start})") from e
     except yaml.YAMLError as e:
@@ -218,6 +243,8 @@ def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from e
     except RecursionError as e:
         raise ConfigError(f"{path}: YAML nested too deeply") from e
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: bad value: {_clip(str(e))}") from e
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{what} '{path}' must hold a mapping at the top level, got {type(raw).__name__}")

@@ -112,3 +112,15 @@ def test_near_miss_model_name_is_an_error_not_a_hub_lookup():
     with pytest.raises(ConfigError, match="Did you mean 'smollm2-135m-instruct'"):
         resolve_model("smollm2-135m-instrct")
     assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+
+
+def test_duplicate_yaml_key_and_unparsable_values_are_errors(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("trainer:\n  lr: 1.0e-6\n  steps: 3\n  lr: 1.0e-5\n")
+    err = one_line_error(cli("config", "show", str(dup)))
+    assert "line 4" in err and "'lr' given twice" in err
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("trainer:\n  steps: " + "7" * 5000 + "\n")
+    assert str(huge) in one_line_error(cli("config", "show", str(huge)))
+    assert "trainer.steps" in one_line_error(cli("config", "show", "trainer.steps=" + "7" * 5000))
+    assert "not valid YAML" in one_line_error(cli("config", "show", "trainer.steps=[1,"))
