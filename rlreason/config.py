@@ -271,7 +271,7 @@ def load_config_dict(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any
 
 def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}

@@ -20,14 +20,14 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN = '''
 import os
 from rlreason.registry import register_environment, register_reward
-from environments.single_turn import SingleTurn
 
 print("plugin imported; preloaded=" + os.environ.get("_RLREASON_PRELOADED", "0"), flush=True)
 
 
 @register_environment("{env}")
-class MyEnv(SingleTurn):
-    pass
+class MyEnv:
+    def __init__(self, tokenizer, **args):
+        self.tokenizer, self.args = tokenizer, args
 
 
 @register_reward("{reward}")
