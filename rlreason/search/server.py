@@ -113,6 +113,7 @@ def create_app(index: Any, limits: Limits = Limits(), corpus: str = "") -> Any:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     app = FastAPI(title="rlreason search", docs_url=None, redoc_url=None, openapi_url=None)
     # The dense encoder's tokenizer is not safe to share between threads; BM25 (numpy over a fixed
@@ -141,12 +142,15 @@ def create_app(index: Any, limits: Limits = Limits(), corpus: str = "") -> Any:
     @app.post("/retrieve")
     async def retrieve(request: Request) -> Any:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return JSONResponse({"detail": f"request body is {_short(int(declared))} bytes; "
+        # len() first: int() of a 5,000-digit header would raise.
+        if declared and declared.isdigit() and (len(declared) > 15 or int(declared) > limits.max_body_bytes):
+            return JSONResponse({"detail": f"request body is {_short(declared, 20)} bytes; "
                                            f"at most {limits.max_body_bytes}"},
                                 status_code=413, headers={"connection": "close"})
         try:
             queries, topk, return_scores = parse_request(await read_body(request.stream(), limits), limits)
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            return Response(status_code=400)
         except RequestError as e:
             # 413/408 leave an unread body on the connection: close it rather than parse the rest.
             close = {"connection": "close"} if e.status in (408, 413) else None
