@@ -119,8 +119,8 @@ def test_search_runs_off_the_event_loop():
         deadline = time.monotonic() + 20
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        slow = threading.Thread(target=lambda: httpx.post(f"{base}/retrieve", json={"queries": ["a"]}, timeout=20,
-                                                          trust_env=False))
+        big = {"queries": ["capital city " * 50] * 16, "topk": 50}  # above the size searched on the loop
+        slow = threading.Thread(target=lambda: httpx.post(f"{base}/retrieve", json=big, timeout=20, trust_env=False))
         slow.start()
         assert index.entered.wait(10)
         r = httpx.get(f"{base}/health", timeout=20, trust_env=False)
