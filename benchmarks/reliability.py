@@ -152,6 +152,16 @@ def config_cases() -> list[Case]:
         Case("config", "override bad YAML value", show("trainer.steps=[1,"), "error", "trainer.steps"),
         Case("config", "override 5,000-digit value", show("trainer.steps=" + "7" * 5000), "error", "trainer.steps"),
         Case("config", "--import missing module", ["--import", "no_such_mod", "config", "show"], "error", "--import"),
+        Case("config", "imports: module raises on import", show("c.yaml"), "error", "broken_plugin",
+             {"c.yaml": b"imports: [broken_plugin]\n", "broken_plugin.py": b"raise RuntimeError('boom')\n"}),
+        Case("config", "imports: module re-registers 'math'", show("c.yaml"), "error", "dup_plugin",
+             {"c.yaml": b"imports: [dup_plugin]\n",
+              "dup_plugin.py": b"from rlreason.registry import REWARDS, register_reward\nREWARDS.names()\n"
+                               b"register_reward('math')(lambda completion, answer: 0.0)\n"}),
+        Case("config", "imports: a user's environment", show("c.yaml"), "ok", "",
+             {"c.yaml": b"imports: [my_env]\nenv: {name: my_env}\n",
+              "my_env.py": b"from rlreason.registry import register_environment\n"
+                           b"@register_environment('my_env')\nclass MyEnv:\n    pass\n"}),
     ]
 
 
@@ -164,6 +174,7 @@ def train_cases() -> list[Case]:
     return [
         t("model name near-miss (no hub lookup)", "Did you mean 'smollm2-135m-instruct'",
           "model.name=smollm2-135m-instrct"),
+        t("model directory that does not exist", "model.name", "model.name=./no/such/model"),
         t("unknown environment", "env.name", "env.name=single_trun"),
         t("unknown reward name in a list", "rewards[0].name", "rewards=[maht]"),
         t("unknown advantage estimator", "algo.advantage", "algo.advantage=grpoo"),

@@ -307,6 +307,8 @@ def check_model_name(name: str) -> None:
     instead of passing it on to a hub lookup that fails minutes later (or, offline, never answers)."""
     if name in MODELS or Path(name).expanduser().exists():
         return
+    if name.startswith(("/", "./", "../", "~")):  # a path, not a hub id: nothing to look up
+        raise ConfigError(f"model.name: local directory '{name}' does not exist")
     close = difflib.get_close_matches(name, sorted(MODELS), n=1, cutoff=0.8)
     if close:
         raise ConfigError(f"model.name: unknown model '{name}' (not a known name or a local directory). "

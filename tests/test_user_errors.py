@@ -112,6 +112,8 @@ def test_near_miss_model_name_is_an_error_not_a_hub_lookup():
     with pytest.raises(ConfigError, match="Did you mean 'smollm2-135m-instruct'"):
         resolve_model("smollm2-135m-instrct")
     assert resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    with pytest.raises(ConfigError, match="local directory './no/such/model' does not exist"):
+        resolve_model("./no/such/model")
 
 
 def test_duplicate_yaml_key_and_unparsable_values_are_errors(tmp_path):
