@@ -74,7 +74,8 @@ def run_cli_case(case: Case, root: Path, timeout: float) -> Result:
     # Log lines (INFO/WARNING with a timestamp) are not the error; the error is what the CLI printed last.
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith(("config error:", "data error:"))]
-    shown = (errors[-1] if errors else (lines[-1] if lines else "")).replace(str(d) + "/", "")
+    shown = (errors[-1] if errors else (lines[-1] if lines else "")).replace(str(d) + "/", "").replace(
+        str(d), "<case dir>")
     if "Traceback" in err:
         return Result(case, False, f"traceback, exit {rc}", shown, secs)
     if case.expect == "ok":
@@ -340,7 +341,7 @@ def server_cases(root: Path) -> list[Result]:
 
 AREAS = {"config": "Config files and overrides (`rlreason config show`)",
          "train": "Config names checked by `rlreason train` (before the model loads)",
-         "data": "Data files (`rlreason data source=jsonl|qa_jsonl path=...`)",
+         "data": "Data files (`rlreason data source=jsonl path=...`, and qa_jsonl)",
          "server": "Retrieval server requests (`rlreason serve-search`, raw HTTP)"}
 
 
