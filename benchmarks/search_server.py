@@ -7,10 +7,15 @@ cached), then runs, all bounded in count and time (--deadline-s):
   1. load:      --clients concurrent clients x --queries single-query requests each (one keep-alive
                 connection per client, topk 3, return_scores true), as a rollout step's episodes do;
   2. baseline:  one client sending --queries requests one after another;
-  3. brute force: BM25 scored by a plain-Python loop over every passage, in process (what the sparse
+  3. mixed:     --probes small probes (one query, topk 3) sent one after another by one client while
+                --heavy clients keep sending maximal requests (max_queries queries of max_query_chars
+                characters, topk max_topk): a rollout's searches next to someone's huge batch. Reports the
+                probes' p50/p99 alone and next to the heavy load;
+  4. brute force: BM25 scored by a plain-Python loop over every passage, in process (what the sparse
                 index saves), against bm25s on the same queries in process.
 Reports p50/p99 latency, throughput, errors, the ratios, and whether p50 <= --target-p50-ms.
-Exits 1 on any error. Queries are FanOutQA questions and sub-questions, cycled.
+Exits 1 on any error. Queries are FanOutQA questions and sub-questions, cycled. Results are committed
+under benchmarks/results/ (--json, and the printed summary).
 """
 
 from __future__ import annotations
@@ -104,6 +109,65 @@ async def load(url: str, per_client: list[list[str]], deadline: float) -> dict:
             "throughput_qps": len(lat) / wall, "wall_s": wall, "first_errors": errors[:3]}
 
 
+def maximal_request(qs: list[str], limits) -> dict:
+    """The largest request the server accepts by default: every query at the length cap, the top-k cap."""
+    text = " ".join(qs)
+    queries = [(text[i * 97:] + " " + text)[:limits.max_query_chars] for i in range(limits.max_queries)]
+    return {"queries": queries, "topk": limits.max_topk, "return_scores": True}
+
+
+async def heavy_run(url: str, body: dict, stop: asyncio.Event, lat: list[float], errors: list[str]) -> None:
+    async with httpx.AsyncClient(timeout=120.0, trust_env=False) as c:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                r = await c.post(url, json=body)
+                if r.status_code != 200:
+                    errors.append(f"heavy {r.status_code}: {r.text[:200]}")
+            except httpx.HTTPError as e:
+                errors.append(f"heavy {e!r}"[:200])
+            lat.append(time.perf_counter() - t0)
+
+
+async def mixed(url: str, probes: list[str], heavy: int, body: dict, deadline: float) -> dict:
+    """Probes alone, then the same probes while `heavy` clients send maximal requests."""
+    async def probe_all(lat: list[float], errors: list[str]) -> None:
+        async with httpx.AsyncClient(timeout=120.0, trust_env=False) as c:
+            for q in probes:
+                if time.monotonic() > deadline:
+                    errors.append("deadline")
+                    return
+                t0 = time.perf_counter()
+                try:
+                    r = await c.post(url, json={"queries": [q], "topk": 3, "return_scores": True})
+                    if r.status_code != 200:
+                        errors.append(f"probe {r.status_code}")
+                except httpx.HTTPError as e:
+                    errors.append(f"probe {e!r}"[:200])
+                lat.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.01)
+
+    alone: list[float] = []
+    errors: list[str] = []
+    await probe_all(alone, errors)
+    stop = asyncio.Event()
+    heavy_lat: list[float] = []
+    tasks = [asyncio.create_task(heavy_run(url, body, stop, heavy_lat, errors)) for _ in range(heavy)]
+    await asyncio.sleep(0.5)  # the heavy requests are in flight before the first probe
+    loaded: list[float] = []
+    await probe_all(loaded, errors)
+    stop.set()
+    await asyncio.gather(*tasks)
+    ms = lambda xs, q: 1000 * percentile(xs, q) if xs else float("nan")  # noqa: E731
+    return {"probes": len(loaded), "heavy_clients": heavy, "heavy_requests": len(heavy_lat),
+            "heavy_request": {"queries": len(body["queries"]), "chars_per_query": len(body["queries"][0]),
+                              "topk": body["topk"]},
+            "probe_alone_p50_ms": ms(alone, 50), "probe_alone_p99_ms": ms(alone, 99),
+            "probe_p50_ms": ms(loaded, 50), "probe_p99_ms": ms(loaded, 99),
+            "heavy_p50_ms": ms(heavy_lat, 50), "heavy_p99_ms": ms(heavy_lat, 99),
+            "errors": len(errors), "first_errors": errors[:3]}
+
+
 def brute_force(passages: list, queries: list[str], k: int = 3, k1: float = 1.5, b: float = 0.75) -> float:
     """Seconds per query for BM25 scored over every passage in plain Python (no inverted index)."""
     tok = lambda s: re.findall(r"\b\w\w+\b", s.lower())  # noqa: E731
@@ -127,16 +191,19 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--queries", type=int, default=200, help="requests per client")
     ap.add_argument("--workers", type=int, default=1, help="server processes (serve-search --workers)")
+    ap.add_argument("--probes", type=int, default=100, help="mixed workload: small probes sent one by one")
+    ap.add_argument("--heavy", type=int, default=4, help="mixed workload: clients sending maximal requests")
     ap.add_argument("--brute-force-queries", type=int, default=30)
     ap.add_argument("--target-p50-ms", type=float, default=20.0)
     ap.add_argument("--deadline-s", type=float, default=300.0, help="stop sending after this long")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
-    if not (1 <= a.clients <= 64 and 1 <= a.queries <= 5000):
-        raise SystemExit("bounded load only: 1..64 clients, 1..5000 queries each")
+    if not (1 <= a.clients <= 64 and 1 <= a.queries <= 5000 and 1 <= a.probes <= 2000 and 0 <= a.heavy <= 16):
+        raise SystemExit("bounded load only: 1..64 clients, 1..5000 queries each, 1..2000 probes, 0..16 heavy")
 
     from rlreason.search.corpus import load_corpus, wiki_corpus_path
     from rlreason.search.index import BM25Index
+    from rlreason.search.server import Limits
 
     qs = benchmark_queries()
     port = free_port()
@@ -148,6 +215,7 @@ def main() -> int:
         per_client = [[qs[(c * a.queries + i) % len(qs)] for i in range(a.queries)] for c in range(a.clients)]
         concurrent = asyncio.run(load(url, per_client, deadline))
         sequential = asyncio.run(load(url, [per_client[0]], deadline))
+        mix = asyncio.run(mixed(url, qs[:a.probes], a.heavy, maximal_request(qs, Limits()), deadline))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -161,7 +229,7 @@ def main() -> int:
     brute_s = brute_force(passages, bq)
 
     res = {"corpus_passages": len(passages), "server_workers": a.workers,
-           "concurrent": concurrent, "sequential_1_client": sequential,
+           "concurrent": concurrent, "sequential_1_client": sequential, "mixed": mix,
            "throughput_ratio_concurrent_vs_sequential": concurrent["throughput_qps"] / sequential["throughput_qps"],
            "in_process_ms_per_query": {"bm25s": 1000 * bm25s_s, "brute_force_python": 1000 * brute_s},
            "speedup_bm25s_vs_brute_force": brute_s / bm25s_s,
@@ -176,9 +244,14 @@ def main() -> int:
           f"-> concurrent/sequential throughput x{res['throughput_ratio_concurrent_vs_sequential']:.2f}")
     print(f"in process: bm25s {1000 * bm25s_s:.2f} ms/query vs brute-force Python {1000 * brute_s:.1f} ms/query "
           f"-> x{res['speedup_bm25s_vs_brute_force']:.0f}")
+    m, hr = mix, mix["heavy_request"]
+    print(f"mixed: {m['probes']} probes next to {m['heavy_clients']} clients sending {hr['queries']} queries x "
+          f"{hr['chars_per_query']} chars, topk {hr['topk']} ({m['heavy_requests']} sent, p50 {m['heavy_p50_ms']:.0f} ms): "
+          f"probe p50 {m['probe_p50_ms']:.1f} ms, p99 {m['probe_p99_ms']:.1f} ms "
+          f"(alone: p50 {m['probe_alone_p50_ms']:.1f} ms, p99 {m['probe_alone_p99_ms']:.1f} ms), errors {m['errors']}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
-    return 1 if c["errors"] or s["errors"] else 0
+    return 1 if c["errors"] or s["errors"] or m["errors"] else 0
 
 
 if __name__ == "__main__":

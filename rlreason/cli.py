@@ -264,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlreason", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of a config/data error too (or set RLREASON_DEBUG=1)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import a module before anything is looked up (your @register_environment / "
+                        "@register_reward); repeatable, like the config key `imports:`")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a policy (GRPO/PPO or expert iteration)",
@@ -366,12 +371,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from rlreason.registry import ConfigError
+    from rlreason.registry import UserError, import_modules
     try:
+        import_modules(args.imports, "--import")
         return args.fn(args)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return _user_error(e, debug=args.debug)
+
+
+def _user_error(e: Exception, *, debug: bool) -> int:
+    """Bad input is one line and exit code 2; RLREASON_DEBUG=1 or --debug prints the traceback as well."""
+    if debug or os.environ.get("RLREASON_DEBUG", "") not in ("", "0"):
+        import traceback
+        traceback.print_exception(e, file=sys.stderr)
+    kind = "data" if type(e).__name__ == "DataError" else "config"
+    message = " ".join(str(e).split())  # one line, whatever the message held
+    print(f"{kind} error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from rlreason.registry import ConfigError, suggest
+from rlreason.registry import ConfigError, import_modules, suggest
 
 
 @dataclass
@@ -146,6 +146,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ei: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)  # algorithm=expert_iteration
+    imports: list = field(default_factory=list)  # modules imported before any lookup (your @register_environment)
+
+    def __post_init__(self) -> None:
+        self.rewards = reward_specs(self.rewards)
 
     @property
     def run_dir(self) -> Path:
@@ -160,7 +164,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trainer.lr=1e-6)")
         key, raw = item.split("=", 1)
-        value = _parse_scalar(raw)
+        try:
+            value = _parse_scalar(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{_clip(item)}': the value is not valid YAML "
+                              f"({getattr(e, 'problem', None) or str(e).splitlines()[0]})") from e
+        except (ValueError, RecursionError) as e:  # a 5,000-digit integer, nesting too deep
+            raise ConfigError(f"override '{_clip(item)}': bad value ({_clip(str(e) or type(e).__name__)})") from e
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -171,9 +181,28 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently, so
+    a second `lr:` further down a file would change what trains without a word)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' given twice (first on line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_scalar(raw: str) -> Any:
     """YAML, except that `1e-6` is a number (YAML 1.1 reads exponents without a dot as strings)."""
-    value = yaml.safe_load(raw) if raw != "" else ""
+    value = yaml.load(raw, Loader=_StrictLoader) if raw != "" else ""
     if isinstance(value, str):
         try:
             return float(value)
@@ -190,31 +219,60 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file '{path}' does not exist")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping at the top level")
-        if "defaults" in raw:  # `defaults: other.yaml` composes presets
-            base = load_config_dict(p.parent / raw.pop("defaults"))
-            raw = deep_merge(base, raw)
+    """The YAML file (with its `defaults:` chain) merged with the overrides, checked, and its `imports:`
+    imported, so the environments and rewards they register can be looked up."""
+    raw: dict[str, Any] = load_config_dict(Path(path)) if path else {}
     raw = deep_merge(raw, parse_overrides(overrides or []))
-    return from_dict(RunConfig, raw, "")
+    cfg = from_dict(RunConfig, raw, "")
+    import_modules(cfg.imports, "imports")
+    return cfg
 
 
-def load_config_dict(path: Path) -> dict[str, Any]:
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if "defaults" in raw:
-        raw = deep_merge(load_config_dict(Path(path).parent / raw.pop("defaults")), raw)
+def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """One YAML mapping; a missing file, bad encoding or syntax error is a ConfigError naming the file
+    (and the line and column of a syntax error)."""
+    if not path.is_file():
+        raise ConfigError(f"{what} '{path}' does not exist")
+    try:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} '{path}' is not UTF-8 text (byte {e.start})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path}: YAML nested too deeply") from e
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{path}: bad value: {_clip(str(e))}") from e
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} '{path}' must hold a mapping at the top level, got {type(raw).__name__}")
     return raw
+
+
+def load_config_dict(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file with its `defaults: other.yaml` chain (relative to the file) merged under it."""
+    path = Path(path)
+    what = "config file" if not _chain else f"defaults file (from {_chain[-1]})"
+    raw = read_yaml(path, what)
+    if "defaults" not in raw:
+        return raw
+    base = raw.pop("defaults")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: defaults: expected a file name (e.g. defaults: base.yaml), got {base!r}")
+    chain = (*_chain, path.resolve())
+    target = (path.parent / base).resolve()
+    if target in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(target):], target))
+        raise ConfigError(f"{path}: defaults cycle: {cycle}")
+    return deep_merge(load_config_dict(path.parent / base, chain), raw)
 
 
 def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -282,6 +340,20 @@ def _coerce(tp: Any, v: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {v!r}")
         return v
     return v
+
+
+def reward_specs(rewards: Any) -> list[dict[str, Any]]:
+    """`rewards: [math, {name: boxed_format, weight: 0.5}]`: a bare name is {name: <it>}."""
+    if not isinstance(rewards, list):
+        raise ConfigError(f"rewards: expected a list of reward names or {{name, weight, args}} mappings, got {rewards!r}")
+    out = []
+    for i, r in enumerate(rewards):
+        if isinstance(r, str):
+            r = {"name": r}
+        if not isinstance(r, dict):
+            raise ConfigError(f"rewards[{i}]: expected a reward name or a {{name, weight, args}} mapping, got {r!r}")
+        out.append(r)
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -302,16 +302,25 @@ def prepare(name: str, dtype: str = "bf16") -> Path:
     return ensure_built(spec.name, dtype, spec.source_sha256, spec.build)
 
 
+def check_model_name(name: str) -> None:
+    """A name that is neither known nor a local directory but close to a known name is a typo: raise
+    instead of passing it on to a hub lookup that fails minutes later (or, offline, never answers)."""
+    if name in MODELS or Path(name).expanduser().exists():
+        return
+    if name.startswith(("/", "./", "../", "~")):  # a path, not a hub id: nothing to look up
+        raise ConfigError(f"model.name: local directory '{name}' does not exist")
+    close = difflib.get_close_matches(name, sorted(MODELS), n=1, cutoff=0.8)
+    if close:
+        raise ConfigError(f"model.name: unknown model '{name}' (not a known name or a local directory). "
+                          f"Did you mean '{close[0]}'? Known: {', '.join(sorted(MODELS))}.")
+
+
 def resolve_model(name: str, *, dtype: str = "bf16") -> str:
     """Known names become cached local directories; anything else is returned unchanged (hub names and
-    local paths), with a warning when it looks like a misspelt known name."""
+    local paths), except a misspelt known name, which raises."""
     if name in MODELS:
         return str(prepare(name, dtype))
-    if not Path(name).expanduser().exists():
-        close = difflib.get_close_matches(name, sorted(MODELS), n=1, cutoff=0.8)
-        if close:
-            log.warning("model '%s' is not a known name or a local directory; passing it on as a hub "
-                        "name. Did you mean '%s'?", name, close[0])
+    check_model_name(name)
     return name
 
 

@@ -1,19 +1,31 @@
 """Name -> object registries, so configs can say `env.name: markovian` and a user's own package can add
-entries through a decorator or an entry point (`rlreason.environments`, `rlreason.rewards`) without
-editing rlreason. Registering a name twice raises; an unknown name raises with the valid names."""
+entries through a decorator (in a module the config lists under `imports:`) or an entry point
+(`rlreason.environments`, `rlreason.rewards`) without editing rlreason. Registering a name twice raises;
+an unknown name raises with the valid names. Entry points load lazily, one name at a time, so one broken
+third-party plugin cannot break lookups of anything else."""
 
 from __future__ import annotations
 
 import difflib
 import importlib
 import inspect
-from importlib.metadata import entry_points
+import logging
+import os
+import sys
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
 
-class ConfigError(ValueError):
+
+class UserError(ValueError):
+    """Bad input from the user (config, data file, command line): the CLI prints the message as one line
+    and exits with code 2, without a traceback. Messages name their source (config key, file and line)."""
+
+
+class ConfigError(UserError):
     """A configuration problem; the message names the key and what is allowed."""
 
 
@@ -44,24 +56,44 @@ class Registry(Generic[T]):
         return deco
 
     def _load(self) -> None:
+        """Import the built-in modules (their decorators register). Entry points are only listed here;
+        `_entry_point` loads one when its name is asked for."""
         if self._loaded:
             return
         self._loaded = True
         for mod in self.builtin_modules:
             importlib.import_module(mod)
-        if self.entry_point_group:
-            for ep in entry_points(group=self.entry_point_group):
-                if ep.name not in self._items:
-                    obj = ep.load()
-                    self._items.setdefault(ep.name, obj)
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        if not self.entry_point_group:
+            return {}
+        return {ep.name: ep for ep in entry_points(group=self.entry_point_group)}
+
+    def _entry_point(self, name: str, key: str) -> bool:
+        """Load the entry point registered as `name`, if any. A plugin that fails to import is named in a
+        warning and in the error, and only a lookup of that name fails."""
+        ep = self._entry_points().get(name)
+        if ep is None:
+            return False
+        try:
+            obj = ep.load()
+        except Exception as e:  # noqa: BLE001 - any failure inside third-party code
+            dist = f" (package {ep.dist.name} {ep.dist.version})" if getattr(ep, "dist", None) else ""
+            where = f"{key}: " if key else ""
+            msg = (f"{self.kind} plugin '{name}' = '{ep.value}'{dist} from entry point group "
+                   f"'{self.entry_point_group}' failed to load: {type(e).__name__}: {e}")
+            log.warning("%s", msg)
+            raise ConfigError(f"{where}{msg}") from e
+        self._items.setdefault(name, obj)
+        return True
 
     def names(self) -> list[str]:
         self._load()
-        return sorted(self._items)
+        return sorted({*self._items, *self._entry_points()})
 
     def get(self, name: str, key: str = "") -> T:
         self._load()
-        if name not in self._items:
+        if name not in self._items and not self._entry_point(name, key):
             allowed = self.names()
             where = f"{key}: " if key else ""
             raise ConfigError(f"{where}unknown {self.kind} '{name}'. Allowed: {', '.join(allowed)}."
@@ -70,7 +102,29 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         self._load()
-        return name in self._items
+        return name in self._items or name in self._entry_points()
+
+
+def import_modules(modules: list[str], key: str = "imports") -> None:
+    """Import the user's modules (`imports: [my_pkg.my_env]`, `--import my_pkg.my_env`) so the
+    environments and rewards they register by decorator exist before any lookup. The working directory
+    is importable whether the CLI runs as `rlreason` or as `python -m rlreason.cli` (its re-exec)."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError(f"{key}: expected a list of module names (e.g. [my_pkg.my_env]), got {modules!r}")
+    if modules and os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    for i, mod in enumerate(modules):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name and mod.startswith(e.name):
+                raise ConfigError(f"{key}[{i}]: cannot import module '{mod}': no module named '{e.name}' "
+                                  f"(on PYTHONPATH or in {os.getcwd()})") from e
+            raise ConfigError(f"{key}[{i}]: importing '{mod}' failed: {type(e).__name__}: {e}") from e
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an error inside the user's module, named as such
+            raise ConfigError(f"{key}[{i}]: importing '{mod}' failed: {type(e).__name__}: {e}") from e
 
 
 def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], key: str,

@@ -62,7 +62,7 @@ def test_jsonl_bad_row_names_line(tmp_path, bad, message):
 def test_jsonl_empty_or_missing_file(tmp_path):
     with pytest.raises(DataError, match="no rows"):
         load_jsonl(_write(tmp_path, [""]))
-    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    with pytest.raises(DataError, match="nope.jsonl"):
         load_jsonl(tmp_path / "nope.jsonl")
 
 
@@ -179,5 +179,5 @@ def test_train_test_split_is_seeded_and_disjoint():
     assert not set(train["id"]) & set(test["id"])
     assert test["id"] != train_test_split(ds, test_size=0.25, seed=8)[1]["id"]
     assert len(train_test_split(ds, test_size=5, seed=0)[1]) == 5
-    with pytest.raises(ConfigError, match="test_size"):
+    with pytest.raises(ConfigError, match="data.eval_size"):
         train_test_split(ds, test_size=1.5, seed=0)

@@ -31,10 +31,10 @@ def test_unknown_names_pass_through_unchanged(monkeypatch, tmp_path):
     assert not (tmp_path / "models").exists()
 
 
-def test_misspelt_known_name_warns(monkeypatch, tmp_path, caplog):
+def test_misspelt_known_name_raises(monkeypatch, tmp_path):
     monkeypatch.setenv("RLREASON_CACHE", str(tmp_path))
-    assert resolve_model("smollm2-135m-instuct") == "smollm2-135m-instuct"
-    assert "smollm2-135m-instruct" in caplog.text
+    with pytest.raises(ConfigError, match="Did you mean 'smollm2-135m-instruct'"):
+        resolve_model("smollm2-135m-instuct")
 
 
 def test_bad_dtype_and_unknown_prepare_name_raise():

@@ -92,11 +92,14 @@ def build_dataset(spec: Mapping[str, Any], *, key: str = "data") -> Dataset:
     return ds
 
 
-def train_test_split(ds: Dataset, *, test_size: float | int, seed: int) -> tuple[Dataset, Dataset]:
-    """Seeded split (a fraction in (0, 1) or a row count), so a held-out set is the same every run."""
+def train_test_split(ds: Dataset, *, test_size: float | int, seed: int,
+                     key: str = "data.eval_size") -> tuple[Dataset, Dataset]:
+    """Seeded split (a fraction in (0, 1) or a row count), so a held-out set is the same every run. `key`
+    is the config key `test_size` came from, named in errors."""
     if isinstance(test_size, float) and not 0.0 < test_size < 1.0:
-        raise ConfigError(f"test_size: a fraction must be in (0, 1), got {test_size}.")
+        raise ConfigError(f"{key}: a fraction must be in (0, 1), got {test_size}.")
     if isinstance(test_size, int) and not 0 < test_size < len(ds):
-        raise ConfigError(f"test_size: a row count must be in 1..{len(ds) - 1}, got {test_size}.")
+        raise ConfigError(f"{key}: a row count must be in 1..{len(ds) - 1} (data.train has {len(ds)} rows), "
+                          f"got {test_size}.")
     parts = ds.train_test_split(test_size=test_size, seed=seed)
     return parts["train"], parts["test"]

@@ -29,7 +29,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from rlreason.data.jsonl import DataError
+from rlreason.data.jsonl import DataError, parse_line, read_lines
 from rlreason.data.schema import loads_info, make_dataset, make_row
 from rlreason.models import package_dir, verified_file
 from rlreason.registry import ConfigError
@@ -104,17 +104,14 @@ def build_qa_jsonl(path: str, data_source: str | None = None) -> Dataset:
     """jsonl of {question, answers: [..]} (or answer: "..."), optional id; a bad line names file and line."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"jsonl file not found: {p}")
+        raise DataError(f"jsonl file not found: {p}")
     source, rows, seen = data_source or p.stem, [], set()
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in read_lines(p):
         if not line.strip():
             continue
         where = f"{p}, line {lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
+        row = parse_line(line, where)
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
             raise DataError(f"{where}: expected an object with a non-empty 'question' string")
         raw = row.get("answers", row.get("answer"))
         answers = [_answer_text(a) for a in (raw if isinstance(raw, list) else [raw])]

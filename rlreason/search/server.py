@@ -6,9 +6,12 @@ environment can talk to this server or to an existing Search-R1 / MASH E5 + wiki
          (with "return_scores": false each inner list holds the documents themselves, as Search-R1 does)
     GET  /health    -> {"status": "ok", "index": "bm25", "passages": 10033, "corpus": "..."}
 
-Binds 127.0.0.1 unless told otherwise. Requests are bounded: a body over `max_body_bytes` or more than
-`max_queries` queries -> 413; a query longer than `max_query_chars`, topk outside 1..`max_topk`, or a
-malformed body -> 422. Every error body is {"detail": "<what was wrong and the limit>"}.
+Binds 127.0.0.1 unless told otherwise. Requests are bounded: a body over `max_body_bytes` (counted as it
+streams in, chunked or not) or more than `max_queries` queries -> 413; a query longer than
+`max_query_chars`, topk outside 1..`max_topk`, or a malformed body (bad JSON, nesting too deep, a
+5,000-digit number) -> 422; a request whose headers or body are not in within `read_timeout_s` -> 408 or
+the connection closed. Every error body is {"detail": "<what was wrong and the limit>"}. Searching and
+encoding the answer run in a worker thread, so one large request does not stall small ones.
 
 fastapi/uvicorn are imported when a server is built, so `rlreason --help` stays fast.
 """
@@ -16,10 +19,13 @@ fastapi/uvicorn are imported when a server is built, so `rlreason --help` stays 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime,
 # and `Request` is imported inside create_app.
 import argparse
+import asyncio
 import json
 import logging
 import os
 import sys
+import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -35,6 +41,7 @@ class Limits:
     max_topk: int = 50
     max_body_bytes: int = 1 << 20
     default_topk: int = 3  # when a request omits topk (MASH / Search-R1 use top-3)
+    read_timeout_s: int = 10  # a request's headers, and then its body, must arrive within this many seconds
 
 
 class RequestError(Exception):
@@ -43,19 +50,26 @@ class RequestError(Exception):
         self.status, self.detail = status, detail
 
 
+def _short(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else f"{text[:n]}... ({len(text)} characters)"
+
+
 def parse_request(body: bytes, limits: Limits) -> tuple[list[str], int, bool]:
     """Validate a /retrieve body; raise RequestError(413|422, message) naming the field and the limit."""
     if len(body) > limits.max_body_bytes:
         raise RequestError(413, f"request body is {len(body)} bytes; at most {limits.max_body_bytes}")
     try:
         req = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(422, f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise RequestError(422, "body is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer over 4300 digits
+        raise RequestError(422, f"body is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(req, dict):
         raise RequestError(422, 'body must be a JSON object {"queries": [...], "topk": k, "return_scores": bool}')
     unknown = sorted(set(req) - {"queries", "topk", "return_scores"})
     if unknown:
-        raise RequestError(422, f"unknown fields {unknown}; allowed: queries, topk, return_scores")
+        raise RequestError(422, f"unknown fields {_short(unknown)}; allowed: queries, topk, return_scores")
     queries = req.get("queries")
     if not isinstance(queries, list) or not all(isinstance(q, str) for q in queries):
         raise RequestError(422, "'queries' must be a list of strings")
@@ -68,18 +82,66 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], int, bool]:
     if topk is None:
         topk = limits.default_topk
     if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= limits.max_topk:
-        raise RequestError(422, f"'topk' must be an integer in 1..{limits.max_topk}, got {topk!r}")
+        raise RequestError(422, f"'topk' must be an integer in 1..{limits.max_topk}, got {_short(topk)}")
     return_scores = req.get("return_scores", False)
     if not isinstance(return_scores, bool):
-        raise RequestError(422, f"'return_scores' must be true or false, got {return_scores!r}")
+        raise RequestError(422, f"'return_scores' must be true or false, got {_short(return_scores)}")
     return queries, topk, return_scores
+
+
+async def read_body(receive_chunks: Any, limits: Limits) -> bytes:
+    """The request body, refused (413) as soon as it passes max_body_bytes, whatever Content-Length said or
+    whether it was chunked, and (408) when it has not all arrived within read_timeout_s."""
+    deadline = time.monotonic() + limits.read_timeout_s
+    body = bytearray()
+    chunks = receive_chunks.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            return bytes(body)
+        except asyncio.TimeoutError:
+            raise RequestError(408, f"request body not received within {limits.read_timeout_s} s "
+                                    f"({len(body)} bytes arrived)") from None
+        body += chunk
+        if len(body) > limits.max_body_bytes:
+            raise RequestError(413, f"request body is over {limits.max_body_bytes} bytes; "
+                                    f"at most {limits.max_body_bytes}")
+
+
+# Requests at most this large are searched on the event loop (a rollout's one-query searches: a thread hop
+# would double their latency); larger ones in a worker thread. A maximal request (64 queries x 2000
+# characters, topk 50) takes ~0.3-0.7 s of BM25 and encoding, and on the loop it held every other
+# request for that long (benchmarks/search_server.py, mixed workload: probe p50 462 ms -> 8 ms).
+INLINE_MAX_QUERIES = 4
+INLINE_MAX_CHARS = 1000
 
 
 def create_app(index: Any, limits: Limits = Limits(), corpus: str = "") -> Any:
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     app = FastAPI(title="rlreason search", docs_url=None, redoc_url=None, openapi_url=None)
+    # The dense encoder's tokenizer is not safe to share between threads; BM25 (numpy over a fixed
+    # index) is, so its requests search in parallel.
+    search_lock = threading.Lock() if getattr(index, "kind", "") == "dense" else None
+    from rlreason.search.timed_protocol import TimedHTTPProtocol
+    TimedHTTPProtocol.read_timeout_s = limits.read_timeout_s  # per process: each worker builds its app
+
+    def search(queries: list[str], topk: int, return_scores: bool) -> bytes:
+        if search_lock is not None:
+            with search_lock:
+                found = index.search(queries, topk)
+        else:
+            found = index.search(queries, topk)
+        result = []
+        for hits in found:
+            docs = [{"id": p.id, "contents": p.contents} for p, _ in hits]
+            result.append([{"document": d, "score": s} for d, (_, s) in zip(docs, hits)] if return_scores else docs)
+        # json.dumps straight to bytes: FastAPI's generic encoder costs more than the BM25 search here.
+        return json.dumps({"result": result}, ensure_ascii=False).encode()
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -88,21 +150,24 @@ def create_app(index: Any, limits: Limits = Limits(), corpus: str = "") -> Any:
     @app.post("/retrieve")
     async def retrieve(request: Request) -> Any:
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return JSONResponse({"detail": f"request body is {declared} bytes; at most {limits.max_body_bytes}"},
-                                status_code=413)
+        # len() first: int() of a 5,000-digit header would raise.
+        if declared and declared.isdigit() and (len(declared) > 15 or int(declared) > limits.max_body_bytes):
+            return JSONResponse({"detail": f"request body is {_short(declared, 20)} bytes; "
+                                           f"at most {limits.max_body_bytes}"},
+                                status_code=413, headers={"connection": "close"})
         try:
-            queries, topk, return_scores = parse_request(await request.body(), limits)
+            queries, topk, return_scores = parse_request(await read_body(request.stream(), limits), limits)
+        except ClientDisconnect:  # the client went away mid-body: nobody to answer
+            return Response(status_code=400)
         except RequestError as e:
-            return JSONResponse({"detail": e.detail}, status_code=e.status)
-        # BM25 over 10k passages takes ~0.5 ms a query: searching on the event loop is cheaper than a
-        # thread hop, and keeps one request's queries together.
-        result = []
-        for hits in index.search(queries, topk):
-            docs = [{"id": p.id, "contents": p.contents} for p, _ in hits]
-            result.append([{"document": d, "score": s} for d, (_, s) in zip(docs, hits)] if return_scores else docs)
-        # json.dumps straight to bytes: FastAPI's generic encoder costs more than the BM25 search here.
-        return Response(json.dumps({"result": result}, ensure_ascii=False).encode(), media_type="application/json")
+            # 413/408 leave an unread body on the connection: close it rather than parse the rest.
+            close = {"connection": "close"} if e.status in (408, 413) else None
+            return JSONResponse({"detail": e.detail}, status_code=e.status, headers=close)
+        if len(queries) <= INLINE_MAX_QUERIES and sum(map(len, queries)) <= INLINE_MAX_CHARS:
+            body = search(queries, topk, return_scores)  # ~0.3 ms: cheaper than the thread hop (~1 ms)
+        else:  # off the event loop, so that small requests are not queued behind it
+            body = await run_in_threadpool(search, queries, topk, return_scores)
+        return Response(body, media_type="application/json")
 
     return app
 
@@ -127,6 +192,7 @@ def serve(corpus: str | None = None, *, index: str = "bm25", host: str = "127.0.
 
     from rlreason.search.corpus import resolve_corpus
     from rlreason.search.index import load_index
+    from rlreason.search.timed_protocol import TimedHTTPProtocol
 
     path = resolve_corpus(corpus)
     idx = load_index(index, path)
@@ -137,10 +203,10 @@ def serve(corpus: str | None = None, *, index: str = "bm25", host: str = "127.0.
     if workers > 1:
         os.environ[WORKER_ENV] = json.dumps({"index": index, "corpus": str(path), "limits": asdict(limits)})
         uvicorn.run("rlreason.search.server:app_from_env", factory=True, workers=workers, host=host, port=port,
-                    log_level=log_level, access_log=False)
+                    log_level=log_level, access_log=False, http=TimedHTTPProtocol)
     else:
         uvicorn.run(create_app(idx, limits, str(path)), host=host, port=port, log_level=log_level,
-                    access_log=False)
+                    access_log=False, http=TimedHTTPProtocol)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
