@@ -15,9 +15,13 @@ What maps one to one onto verl (native):
     algo.entropy_coef -> actor.entropy_coeff;  algo.tis_cap -> algorithm.rollout_correction (token IS)
     algo.dynamic_sampling -> algorithm.filter_groups (DAPO)
     trainer.* -> batch sizes, lr, warm-up, grad clip, epochs, steps, checkpoints;  rollout.* -> rollout.*
+    trainer.micro_batch_size -> *_micro_batch_size_per_gpu: the largest divisor of one GPU's mini-batch rows
+                      not above it (micro_batch_per_gpu)
+    env row_bound() -> data.max_prompt_length / max_response_length (env_row_bound)
     nodes x gpus_per_node -> trainer.nnodes / n_gpus_per_node
 
-What the adapter adds (env vars read by rlreason.verl.hooks inside every Ray worker):
+What the adapter adds (env vars read by rlreason.verl.hooks inside every Ray worker; quoted, since Ray
+accepts only string values):
     RLREASON_VERL_SESSION_ADV=1      every outcome estimator (not only GRPO, as verl 0.9.1's V1 trainer
                                      does) sees one reward per episode and gives all chunks (rows) of the
                                      episode the same advantage

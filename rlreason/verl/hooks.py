@@ -19,12 +19,18 @@ J = (1/G) sum_g (1/l_g) sum_chunks sum_t U): verl has no such aggregation, and i
 trace ids, so the weight rides on the advantage. The PPO loss is positively homogeneous in A
 (-min(r wA, clip(r) wA) = -w min(r A, clip(r) A) for w > 0, dual clip included), so scaling row i's
 advantage by w_i = (R/G) / l_g(i) and aggregating with seq-mean-token-sum (sum over tokens, mean over
-R rows) gives exactly (1/G) sum_g (1/l_g) sum U. Exact when a step is one mini-batch; with several, each
-mini-batch is off by the factor (R_mb/G_mb)/(R/G), i.e. how far its chunks-per-trace ratio is from the
-step's. Entropy and KL loss terms are not reweighted. GAE is left to verl (per-row critic).
+R rows) gives (1/G) sum_g (1/l_g) sum U. verl cuts a step into ceil(R/M) optimizer steps of M rows
+(ppo_mini_batch_size x n) and divides each by M, so the steps' gradients sum to R/M times that objective
+(docs/verl.md, "Optimizer steps for chunked traces"; measured by tests/verl/test_rehearsal.py).
+Entropy and KL loss terms are not reweighted. GAE is left to verl (per-row critic).
+
+Every patch target is checked before patching (present, expected parameters) and a verl outside
+rlreason.verl.SUPPORTED_VERL is refused: a moved internal fails at worker start instead of silently
+training verl's defaults.
 
 The hook also adds the batch means of the episode metrics and reward components the agent loop put in
-`extra_fields["reward_extra_info"]` (final output of each session) to the training metrics.
+`extra_fields["reward_extra_info"]` (final output of each session; verl's padding rows skipped) to the
+training metrics.
 """
 
 from __future__ import annotations

@@ -121,3 +121,39 @@ def test_every_builtin_environment_declares_a_row_bound():
     for name in ENVIRONMENTS.names():
         bound = build_environment(name, None, {}).row_bound()
         assert bound is not None and bound.response >= 1 and bound.prompt_extra >= 0, name
+
+
+def verl_optimizer_steps(vcfg, rows: int, dp: int) -> int:
+    """Optimizer steps verl's V1 trainer takes for a step of `rows` rows: its padding to the required multiple
+    (_get_required_batch_multiple) and each rank's mini-batch iterator (tu.make_iterator)."""
+    from types import SimpleNamespace
+
+    import torch
+    from tensordict import TensorDict
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+    from verl.utils import tensordict_utils as tu
+    multiple = PPOTrainer._get_required_batch_multiple(SimpleNamespace(config=vcfg, use_critic=False,
+                                                                       global_steps=1), dp)
+    per_rank = -(-rows // multiple) * multiple // dp
+    M = vcfg.actor_rollout_ref.actor.ppo_mini_batch_size * vcfg.actor_rollout_ref.rollout.n
+    td = TensorDict({"i": torch.arange(per_rank)}, batch_size=per_rank)
+    return len(list(tu.make_iterator(td, mini_batch_size=M // dp, epochs=1)))
+
+
+# markovian_paper on 1 x 8 GPUs: 128 prompts x 8 traces, mini_batches 2 -> verl mini-batch of 64 x 8 = 512 rows.
+# (mean chunks per trace, verl optimizer steps); the local trainer takes trainer.mini_batches = 2 every step.
+PAPER_STEPS = [(1, 2), (2, 4), (3, 6), (5, 10)]
+
+
+@pytest.mark.parametrize("chunks,steps", PAPER_STEPS)
+def test_optimizer_steps_for_chunked_traces(chunks, steps):
+    """verl counts a mini-batch in rows (ppo_mini_batch_size x n) and a Delethink trace is one row per chunk, so
+    a step of R rows takes ceil(R / 512) optimizer steps where the local trainer takes 2. The difference is
+    documented in docs/verl.md with these numbers; this pins them to verl's own batching code."""
+    rc = load_config(str(ROOT / "configs" / "markovian_paper.yaml"))
+    vcfg = compose_verl(overrides("markovian_paper", gpus=8))
+    R = rc.trainer.prompts_per_step * rc.trainer.samples_per_prompt * chunks
+    assert verl_optimizer_steps(vcfg, R, dp=8) == steps
+    doc = (ROOT / "docs" / "verl.md").read_text()
+    assert f"| {chunks} | {R} | {steps} | {rc.trainer.mini_batches} |" in doc
+    assert "exact when one optimizer step uses the whole batch" not in doc  # the old, wrong claim
