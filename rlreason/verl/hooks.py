@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlreason.verl import SUPPORTED_VERL
+from rlreason.verl import SUPPORTED_VERL, version_supported
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,6 @@ def _verl_version() -> str:
 
 def check_verl_version(version: str | None = None) -> None:
     """Refuse a verl outside the tested range: the patched internals are not a public API."""
-    from rlreason.verl import SUPPORTED_VERL, version_supported
     version = version or _verl_version()
     if not version_supported(version):
         raise RuntimeError(f"verl {version} is installed; rlreason's verl adapter is tested with verl {SUPPORTED_VERL} "

@@ -55,6 +55,22 @@ SHIPPED = {
 }
 
 
+class EndsSomeTraces(HFServerManager):
+    """The tiny random model almost never writes EOS, so every Delethink trace would run all its chunks and
+    the row count would always be a multiple of verl's mini-batch. Every third generation here ends with
+    EOS instead of its last sampled token: traces get 1 to 3 chunks and verl's padding is exercised."""
+
+    def __init__(self, engine, eos_id: int) -> None:
+        super().__init__(engine)
+        self.eos_id = eos_id
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        out = await super().generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, **kwargs)
+        if self.calls % 3 == 0 and out.token_ids:
+            out.token_ids = [*out.token_ids[:-1], self.eos_id]
+        return out
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -226,12 +242,16 @@ def test_launch_rehearsal(name, tmp_path, tiny_model_dir, engine):
         vcfg, entry = launch(cfg, rows, tmp_path)
         from rlreason.verl.hooks import setup_worker
         setup_worker()  # this process plays the trainer: patch verl's V1 module as the Ray hook does
-        results = run_groups(engine, vcfg, entry, dataset_rows(vcfg, engine.tokenizer), HFServerManager(engine))
+        manager = (EndsSomeTraces(engine, engine.tokenizer.eos_token_id) if cfg.env.name == "markovian"
+                   else HFServerManager(engine))
+        results = run_groups(engine, vcfg, entry, dataset_rows(vcfg, engine.tokenizer), manager)
     finally:
         ray.shutdown()
     assert len(results) == P * G
     keys, samples, real, multiple = assemble_v1_batch(results, vcfg, engine.tokenizer.eos_token_id)
     assert len(keys) % multiple == 0
+    if cfg.env.name == "markovian":  # traces of different lengths: verl pads the step
+        assert real % multiple and len(keys) > real
     real_rows = {r for r, k in enumerate(keys) if not k.startswith("pad")}
     assert len(real_rows) == real
     c_verl, mask, adv, steps, M = verl_coefficients(keys, samples, vcfg, runtime_env_vars(cfg))
