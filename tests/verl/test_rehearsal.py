@@ -65,8 +65,9 @@ class EndsSomeTraces(HFServerManager):
         self.eos_id = eos_id
 
     async def generate(self, request_id, *, prompt_ids, sampling_params, **kwargs):
+        call = self.calls + 1  # counted before awaiting: the sessions' requests interleave
         out = await super().generate(request_id, prompt_ids=prompt_ids, sampling_params=sampling_params, **kwargs)
-        if self.calls % 3 == 0 and out.token_ids:
+        if call % 3 == 0 and out.token_ids:
             out.token_ids = [*out.token_ids[:-1], self.eos_id]
         return out
 
