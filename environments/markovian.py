@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from environments.single_turn import DEFAULT_SYSTEM, DEFAULT_TEMPLATE, SingleTurn
 from rlreason.registry import ConfigError, register_environment
-from rlreason.types import Episode, Policy, Sample
+from rlreason.types import Episode, Policy, RowBound, Sample
 
 # The paper's 24K setting: C = 8192, m = C/2, I = 5 (I = 23 gives 96K); the first 100 tokens are kept.
 CHUNK_SIZE, CARRYOVER, KEEP_HEAD, MAX_CHUNKS = 8192, 4096, 100, 5
@@ -74,6 +74,10 @@ class MarkovianThinking(SingleTurn):
 
     def budget(self) -> int:
         return delethink_budget(self.C, self.m, self.I)
+
+    def row_bound(self) -> RowBound:
+        """Chunk l >= 2 sees q + head + carry = |q| + m tokens and writes <= C - m; chunk 1 writes <= C."""
+        return RowBound(prompt_extra=self.m, response=self.C)
 
     async def rollout(self, example: dict, policy: Policy) -> Episode:
         q = self.encode_prompt(self.prompt(example))

@@ -44,7 +44,7 @@ from environments.single_turn import SingleTurn
 from rewards.qa import FINAL_ANSWER, MAX_SEARCHES
 from rlreason.registry import ConfigError, register_environment
 from rlreason.search.client import DEFAULT_URL, Document, SearchClient
-from rlreason.types import Episode, Policy, Sample
+from rlreason.types import Episode, Policy, RowBound, Sample
 
 # MASH's prompt ("baseline" in its rl_dataset.py), reworded.
 MASH_TEMPLATE = (
@@ -114,6 +114,10 @@ class PayPerSearch(SingleTurn):
         self.max_response_tokens, self.max_doc_words = max_response_tokens, max_doc_words
         self.max_turns = max_turns if max_turns is not None else max_searches + 2
         self.client = SearchClient(server_url, topk=topk, timeout_s=timeout_s, retries=retries)
+
+    def row_bound(self) -> RowBound:
+        """One row per episode: generated turns and injected documents share max_response_tokens."""
+        return RowBound(prompt_extra=0, response=self.max_response_tokens)
 
     async def tool_message(self, query: str, n_search: int) -> tuple[str, bool]:
         """(text to inject, whether the tool failed)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rlreason.registry import register_environment
-from rlreason.types import Environment, Episode, Policy, Sample
+from rlreason.types import Environment, Episode, Policy, RowBound, Sample
 
 DEFAULT_SYSTEM = None
 DEFAULT_TEMPLATE = "{question}\nPut the final answer in \\boxed{{}}."
@@ -35,6 +35,9 @@ class SingleTurn(Environment):
             return text
         sys = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return sys + [{"role": "user", "content": text}]
+
+    def row_bound(self) -> RowBound:
+        return RowBound(prompt_extra=0, response=self.max_tokens)
 
     async def rollout(self, example: dict, policy: Policy) -> Episode:
         prompt_ids = self.encode_prompt(self.prompt(example))

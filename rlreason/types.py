@@ -76,6 +76,17 @@ class Episode:
         return sum(s.num_trained_tokens for s in self.samples)
 
 
+@dataclass(frozen=True)
+class RowBound:
+    """The most tokens one training row (Sample) of an environment can hold, declared before any rollout so
+    a scale-out engine can size its fixed-width buffers (verl pads every row to data.max_prompt_length +
+    data.max_response_length and would otherwise truncate). A row's prompt is the rendered query plus at
+    most `prompt_extra` tokens (Delethink's carryover); its response is at most `response` tokens."""
+
+    prompt_extra: int
+    response: int
+
+
 class Environment(ABC):
     """Base class of every environment. Subclasses implement `rollout` and nothing else is required.
 
@@ -90,6 +101,11 @@ class Environment(ABC):
     @abstractmethod
     async def rollout(self, example: dict, policy: Policy) -> Episode:
         """Run one episode of `example` against `policy`."""
+
+    def row_bound(self) -> RowBound | None:
+        """Most tokens of one training row (see RowBound); None = undeclared (verl-config then refuses
+        the environment, since it cannot size verl's rows)."""
+        return None
 
     def on_step_end(self, stats: dict[str, float]) -> None:
         """Called by the trainer after every optimizer step with that step's metrics (curricula)."""

@@ -11,3 +11,11 @@ See docs/verl.md for what verl does natively and what the adapter adds.
 """
 
 VERL_VERSION = "0.9.1"  # the version the adapter was written and tested against
+SUPPORTED_VERL = ("0.9.1",)  # hooks.py patches verl internals: only releases the tests ran against
+
+
+def version_supported(version: str) -> bool:
+    """verl releases the adapter accepts (local builds `0.9.1+abc` / `0.9.1.dev0` count as their release)."""
+    import re
+    m = re.match(r"\d+\.\d+\.\d+", version)
+    return bool(m) and m.group(0) in SUPPORTED_VERL

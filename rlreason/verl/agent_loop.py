@@ -29,7 +29,7 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
 from rlreason.registry import build_environment
-from rlreason.types import Completion, Environment, Episode
+from rlreason.types import Completion, Environment, Episode, Sample
 from rlreason.verl.export import example_from_extra_info
 from rlreason.verl.reward import get_scorer
 
@@ -82,34 +82,46 @@ def eos_ids_of(tokenizer: Any, generation_eos: Any = None) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
+class RowTooLong(ValueError):
+    """A row exceeds verl's fixed row widths: training on a truncated context the policy never saw would be
+    wrong, so the episode fails instead (`rlreason verl-config` sizes the widths from Environment.row_bound)."""
+
+
 def episode_to_outputs(episode: Episode, *, reward: float, components: dict[str, float], env_name: str,
                        prompt_length: int, response_length: int, generate_seconds: float = 0.0,
-                       num_preempted: int = -1) -> list[AgentLoopOutput]:
-    """One AgentLoopOutput per Sample, in order; the last one is the session's final output (verl takes the
-    advantage from it). Prompts longer than `prompt_length` are left-truncated and responses cut at
-    `response_length` as verl's own agent loops do; both are counted in the metrics."""
+                       num_preempted: int = -1, eos_id: int = 0) -> list[AgentLoopOutput]:
+    """One AgentLoopOutput per Sample with a response, in order; the last one is the session's final output
+    (verl takes the advantage from it). A prompt over `prompt_length` or a response over `response_length`
+    raises RowTooLong (never truncated). Rows with an empty response are dropped, as the local trainer drops
+    them (verl's reward placement indexes a row's last response token); if every row is empty, one row with a
+    single untrained EOS token (mask 0) carries the session's reward so its group still counts it."""
     if not episode.samples:
         raise ValueError(f"environment '{env_name}' returned an episode without samples")
+    for i, s in enumerate(episode.samples):
+        if len(s.prompt_ids) > prompt_length or len(s.response_ids) > response_length:
+            raise RowTooLong(
+                f"environment '{env_name}' row {i}: prompt {len(s.prompt_ids)} / response {len(s.response_ids)} "
+                f"tokens exceed data.max_prompt_length={prompt_length} / data.max_response_length="
+                f"{response_length}: the environment's row_bound() or rollout.max_model_len is too small for "
+                "this example (rlreason verl-config sizes both from them)")
+    samples = [s for s in episode.samples if s.response_ids]
+    dropped = len(episode.samples) - len(samples)
+    if not samples:
+        last = episode.samples[-1]
+        samples = [Sample(last.prompt_ids, [eos_id], [0.0], [0])]
     info = {**{f"env/{env_name}/{k}": float(v) for k, v in episode.metrics.items()},
             **{f"reward/{k}": float(v) for k, v in components.items()},
-            "reward/total": float(reward), "rollout/rows": float(len(episode.samples)),
-            "rollout/prompt_truncated": 0.0, "rollout/response_truncated": 0.0}
+            "reward/total": float(reward), "rollout/rows": float(len(samples)),
+            "rollout/empty_rows_dropped": float(dropped)}
     outputs = []
-    for i, s in enumerate(episode.samples):
-        prompt_ids = s.prompt_ids
-        if len(prompt_ids) > prompt_length:
-            info["rollout/prompt_truncated"] += 1
-            prompt_ids = prompt_ids[-prompt_length:]
-        if len(s.response_ids) > response_length:
-            info["rollout/response_truncated"] += 1
-        L = response_length
+    for i, s in enumerate(samples):
         outputs.append(AgentLoopOutput(
-            prompt_ids=list(prompt_ids), response_ids=list(s.response_ids[:L]),
-            response_mask=[int(m) for m in s.response_mask[:L]],
-            response_logprobs=[float(x) for x in s.response_logprobs[:L]],
+            prompt_ids=list(s.prompt_ids), response_ids=list(s.response_ids),
+            response_mask=[int(m) for m in s.response_mask],
+            response_logprobs=[float(x) for x in s.response_logprobs],
             reward_score=float(reward), num_turns=2,
             metrics=AgentLoopMetrics(generate_sequences=generate_seconds, num_preempted=num_preempted),
-            extra_fields={"rlreason_row": i, "rlreason_rows": len(episode.samples),
+            extra_fields={"rlreason_row": i, "rlreason_rows": len(samples),
                           "turn_scores": [], "tool_rewards": []}))
     for o in outputs:  # verl's V1 copies the final output's reward_extra_info to the others anyway
         o.extra_fields["reward_extra_info"] = dict(info)
@@ -182,4 +194,5 @@ class RLReasonAgentLoop(AgentLoopBase):
                 _STARTED.pop(uid, None)
         return episode_to_outputs(episode, reward=reward, components=components, env_name=self.env_name,
                                   prompt_length=self.prompt_length, response_length=self.response_length,
-                                  generate_seconds=policy.seconds, num_preempted=policy.num_preempted)
+                                  generate_seconds=policy.seconds, num_preempted=policy.num_preempted,
+                                  eos_id=min(self.eos_ids) if self.eos_ids else 0)

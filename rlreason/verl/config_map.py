@@ -15,9 +15,13 @@ What maps one to one onto verl (native):
     algo.entropy_coef -> actor.entropy_coeff;  algo.tis_cap -> algorithm.rollout_correction (token IS)
     algo.dynamic_sampling -> algorithm.filter_groups (DAPO)
     trainer.* -> batch sizes, lr, warm-up, grad clip, epochs, steps, checkpoints;  rollout.* -> rollout.*
+    trainer.micro_batch_size -> *_micro_batch_size_per_gpu: the largest divisor of one GPU's mini-batch rows
+                      not above it (micro_batch_per_gpu)
+    env row_bound() -> data.max_prompt_length / max_response_length (env_row_bound)
     nodes x gpus_per_node -> trainer.nnodes / n_gpus_per_node
 
-What the adapter adds (env vars read by rlreason.verl.hooks inside every Ray worker):
+What the adapter adds (env vars read by rlreason.verl.hooks inside every Ray worker; quoted, since Ray
+accepts only string values):
     RLREASON_VERL_SESSION_ADV=1      every outcome estimator (not only GRPO, as verl 0.9.1's V1 trainer
                                      does) sees one reward per episode and gives all chunks (rows) of the
                                      episode the same advantage
@@ -31,7 +35,6 @@ unclipped -r A).
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +49,39 @@ NO_CLIP = 1e9  # a clip bound that never binds: verl has no switch to turn clipp
 HOOK = "rlreason.verl.hooks.setup_worker"
 
 
-def _env_max_response(cfg: RunConfig) -> int:
-    """Most response tokens one row (Sample) of the environment can hold: verl pads every row to
-    data.max_response_length. Read from env.args, else the environment constructor's default."""
-    from rlreason.registry import ENVIRONMENTS
-    cls = ENVIRONMENTS.get(cfg.env.name, "env.name")
-    defaults = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    args = {**defaults, **cfg.env.args}
-    for key in ("max_response_tokens", "chunk_size", "max_tokens"):  # multi-turn, markovian, single-turn
-        if isinstance(args.get(key), int):
-            return args[key]
-    return cfg.rollout.max_model_len // 2
+def env_row_bound(cfg: RunConfig) -> tuple[int, int]:
+    """(max_prompt_length, max_response_length) of one verl row, from the environment's declared RowBound:
+    the query gets what rollout.max_model_len leaves beside the response (as the local engine's context
+    does), a row's prompt adds the bound's prompt_extra (Delethink's carryover), the response is the
+    bound's response. verl pads every row to these widths; the agent loop refuses any row that exceeds
+    them instead of truncating it."""
+    from rlreason.registry import build_environment
+    env = build_environment(cfg.env.name, None, dict(cfg.env.args))
+    bound = env.row_bound()
+    if bound is None:
+        raise ConfigError(f"env.name: '{cfg.env.name}' declares no row bound (Environment.row_bound), so verl's "
+                          "max_prompt_length / max_response_length cannot be sized; implement row_bound()")
+    query = cfg.rollout.max_model_len - bound.response
+    if query < 1:
+        raise ConfigError(f"rollout.max_model_len: {cfg.rollout.max_model_len} leaves no room for a prompt beside "
+                          f"the environment's {bound.response} response tokens per row")
+    return query + bound.prompt_extra, bound.response
+
+
+def micro_batch_per_gpu(cfg: RunConfig, dp: int) -> int:
+    """verl's *_micro_batch_size_per_gpu: the largest divisor of the rows one GPU holds per mini-batch that
+    does not exceed trainer.micro_batch_size (the local rows per forward). verl asserts that a GPU's rows
+    split evenly into micro-batches; the V1 trainer pads every step to a multiple of the mini-batch rows
+    (ppo_mini_batch_size x rollout.n), so divisibility of one GPU's mini-batch share is enough."""
+    t = cfg.trainer
+    mini_rows = t.prompts_per_step // t.mini_batches * t.samples_per_prompt
+    if mini_rows % dp:
+        raise ConfigError(
+            f"trainer.prompts_per_step / trainer.mini_batches x trainer.samples_per_prompt = {mini_rows} rows per "
+            f"mini-batch do not split over {dp} GPUs (verl: actor_rollout_ref.actor.ppo_mini_batch_size x "
+            f"rollout.n must be divisible by trainer.nnodes x trainer.n_gpus_per_node)")
+    per_gpu = mini_rows // dp
+    return max(d for d in range(1, min(per_gpu, t.micro_batch_size) + 1) if per_gpu % d == 0)
 
 
 def _model_path(name: str, dtype: str) -> str:
@@ -96,11 +120,8 @@ def verl_overrides(cfg: RunConfig, *, nodes: int = 1, gpus_per_node: int = 8, ru
         raise ConfigError("rewards: expected a list of {name, weight, args}")
     run_verl = Path(run_dir or cfg.run_dir) / "verl"
     model = _model_path(cfg.model.name, cfg.model.dtype)
-    response_len = _env_max_response(cfg)
-    prompt_len = cfg.rollout.max_model_len - response_len
-    if prompt_len < 1:
-        raise ConfigError(f"rollout.max_model_len: {r.max_model_len} leaves no room for a prompt beside the "
-                          f"environment's {response_len} response tokens per row")
+    prompt_len, response_len = env_row_bound(cfg)
+    micro = micro_batch_per_gpu(cfg, nodes * gpus_per_node)
     dtype = {"bf16": "bfloat16", "fp32": "float32"}[cfg.model.dtype]
     ppo_clip = a.policy_loss == "ppo_clip"
     AR = "actor_rollout_ref"
@@ -150,9 +171,9 @@ def verl_overrides(cfg: RunConfig, *, nodes: int = 1, gpus_per_node: int = 8, ru
         f"{AR}.actor.optim.clip_grad={t.max_grad_norm}",
         f"{AR}.actor.ppo_epochs={t.ppo_epochs}",
         f"{AR}.actor.ppo_mini_batch_size={t.prompts_per_step // t.mini_batches}",
-        f"{AR}.actor.ppo_micro_batch_size_per_gpu={t.micro_batch_size}",
-        f"{AR}.rollout.log_prob_micro_batch_size_per_gpu={t.micro_batch_size}",
-        f"{AR}.ref.log_prob_micro_batch_size_per_gpu={t.micro_batch_size}",
+        f"{AR}.actor.ppo_micro_batch_size_per_gpu={micro}",
+        f"{AR}.rollout.log_prob_micro_batch_size_per_gpu={micro}",
+        f"{AR}.ref.log_prob_micro_batch_size_per_gpu={micro}",
         # --- rollout: vLLM (or SGLang) behind verl's server manager, G samples per prompt
         f"{AR}.rollout.name={rollout_name}",
         f"{AR}.rollout.n={t.samples_per_prompt}",
@@ -184,17 +205,22 @@ def verl_overrides(cfg: RunConfig, *, nodes: int = 1, gpus_per_node: int = 8, ru
         f"trainer.val_before_train={str(cfg.eval.every > 0).lower()}",
         f"trainer.default_local_dir={run_verl / 'checkpoints'}",
         f"trainer.rollout_data_dir={run_verl / 'rollouts'}",
-        # --- the adapter's additions, applied in every Ray worker by rlreason.verl.hooks
+        # --- the adapter's additions, applied in every Ray worker by rlreason.verl.hooks. Ray accepts only
+        # strings as env var values, so each is quoted: Hydra would parse a bare 1 or 1e-06 as a number.
         f"+ray_kwargs.ray_init.runtime_env.worker_process_setup_hook={HOOK}",
-        "+ray_kwargs.ray_init.runtime_env.env_vars.RLREASON_VERL_SESSION_ADV="
-        f"{'1' if a.advantage != 'gae' else '0'}",
-        "+ray_kwargs.ray_init.runtime_env.env_vars.RLREASON_VERL_TRACE_NORM="
-        f"{'1' if a.loss_agg_mode == 'trace-length-norm' else '0'}",
-        f"+ray_kwargs.ray_init.runtime_env.env_vars.RLREASON_VERL_ADV_EPS={a.adv_eps}",
+        *(f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}='{v}'" for k, v in runtime_env_vars(cfg).items()),
     ]
     if a.advantage == "gae":  # a learned critic on the same base model; verl's critic defaults otherwise
-        o += [f"critic.model.path={model}", f"critic.ppo_micro_batch_size_per_gpu={t.micro_batch_size}"]
+        o += [f"critic.model.path={model}", f"critic.ppo_micro_batch_size_per_gpu={micro}"]
     return o
+
+
+def runtime_env_vars(cfg: RunConfig) -> dict[str, str]:
+    """The env vars rlreason.verl.hooks reads in every Ray worker (strings, as Ray requires)."""
+    a = cfg.algo
+    return {"RLREASON_VERL_SESSION_ADV": "1" if a.advantage != "gae" else "0",
+            "RLREASON_VERL_TRACE_NORM": "1" if a.loss_agg_mode == "trace-length-norm" else "0",
+            "RLREASON_VERL_ADV_EPS": repr(float(a.adv_eps))}
 
 
 def agent_loop_entries(cfg: RunConfig) -> list[dict[str, Any]]:

@@ -9,7 +9,9 @@ imported, nothing else is touched) with `session_advantages`:
 
     reward of a session = its final output's score (+ the KL-in-reward penalty of all its rows)
     advantages          = rlreason.algos.ADVANTAGES[grpo|dr_grpo|rloo|reinforce_pp_baseline] over sessions,
-                          grouped by uid; REINFORCE++'s whitening weighs a session by its tokens over all rows
+                          grouped by uid, exactly as the local trainer calls them (REINFORCE++'s batch
+                          whitening counts each episode once; sessions with no response token, i.e.
+                          verl's padding rows, take no part)
     every row (chunk) of a session gets the session's advantage
 
 and, with RLREASON_VERL_TRACE_NORM=1, trace-length normalisation (Delethink Eq. 3,
@@ -17,18 +19,25 @@ J = (1/G) sum_g (1/l_g) sum_chunks sum_t U): verl has no such aggregation, and i
 trace ids, so the weight rides on the advantage. The PPO loss is positively homogeneous in A
 (-min(r wA, clip(r) wA) = -w min(r A, clip(r) A) for w > 0, dual clip included), so scaling row i's
 advantage by w_i = (R/G) / l_g(i) and aggregating with seq-mean-token-sum (sum over tokens, mean over
-R rows) gives exactly (1/G) sum_g (1/l_g) sum U. Exact when a step is one mini-batch; with several, each
-mini-batch is off by the factor (R_mb/G_mb)/(R/G), i.e. how far its chunks-per-trace ratio is from the
-step's. Entropy and KL loss terms are not reweighted. GAE is left to verl (per-row critic).
+R rows) gives (1/G) sum_g (1/l_g) sum U. verl cuts a step into ceil(R/M) optimizer steps of M rows
+(ppo_mini_batch_size x n) and divides each by M, so the steps' gradients sum to R/M times that objective
+(docs/verl.md, "Optimizer steps for chunked traces"; measured by tests/verl/test_rehearsal.py).
+Entropy and KL loss terms are not reweighted. GAE is left to verl (per-row critic).
+
+Every patch target is checked before patching (present, expected parameters) and a verl outside
+rlreason.verl.SUPPORTED_VERL is refused: a moved internal fails at worker start instead of silently
+training verl's defaults.
 
 The hook also adds the batch means of the episode metrics and reward components the agent loop put in
-`extra_fields["reward_extra_info"]` (final output of each session) to the training metrics.
+`extra_fields["reward_extra_info"]` (final output of each session; verl's padding rows skipped) to the
+training metrics.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import inspect
 import logging
 import os
 import sys
@@ -37,6 +46,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from rlreason.verl import SUPPORTED_VERL, version_supported
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +105,15 @@ def session_advantages(row_rewards: torch.Tensor, response_mask: torch.Tensor, b
         if is_final[r]:
             rewards[s] = float(row_rewards[r])
     _, group_ids = np.unique(np.array(uids, dtype=object).astype(str), return_inverse=True)
-    token_counts = torch.zeros(S, dtype=torch.float64).index_add_(0, rs, response_mask.to(torch.float64).sum(-1))
-    adv = ADVANTAGES.get(estimator, "algo.advantage")(rewards, torch.as_tensor(group_ids, dtype=torch.long),
-                                                        eps=eps, token_counts=token_counts)
+    # Sessions without a response token are verl's batch padding (or carry no trainable row): they join no
+    # group statistic, as in the local trainer, which never sees them.
+    tokens = torch.zeros(S, dtype=torch.float64).index_add_(0, rs, response_mask.to(torch.float64).sum(-1))
+    real = tokens > 0
+    adv = torch.zeros(S, dtype=torch.float64)
+    if bool(real.any()):
+        # No token_counts: every episode counts once in REINFORCE++'s batch whitening, as in the local trainer.
+        adv[real] = ADVANTAGES.get(estimator, "algo.advantage")(
+            rewards[real], torch.as_tensor(group_ids, dtype=torch.long)[real], eps=eps).to(torch.float64)
     row_adv = adv[rs]
     if trace_norm:
         row_adv = row_adv * trace_length_weights(rs, response_mask)
@@ -155,25 +172,67 @@ def env_metrics(extra_fields: list[Any]) -> dict[str, float]:
 def make_metrics_method(original: Any, tq: Any) -> Any:
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
         out = original(self, batch, metrics, timing_raw, global_steps, epoch)
-        try:
-            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
+        # verl's padding rows copy row 0's extra fields (its final-row flag too): read real rows only.
+        keys = [k for k, tag in zip(batch.keys, batch.tags) if not (tag or {}).get("is_padding", False)]
+        if keys:
+            data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
             metrics.update(env_metrics(data.pop("extra_fields").tolist()))
-        except Exception:  # noqa: BLE001 - metrics must not stop training; logged with the traceback
-            log.exception("rlreason: could not add environment metrics for step %s", global_steps)
         return out
     return _compute_metrics
 
 
+# The patch targets and the parameters the replacements assume; a verl release that moves or reshapes
+# them must fail at worker start, not train something else.
+TARGETS = {"compute_advantage_for_multi_trajectories": ["data", "batch_keys", "adv_estimator", "gamma", "lam",
+                                                        "num_repeat", "norm_adv_by_std_in_grpo", "config"],
+           "PPOTrainer._compute_metrics": ["self", "batch", "metrics", "timing_raw", "global_steps", "epoch"]}
+
+
+class PatchTargetMissing(RuntimeError):
+    """verl's trainer no longer has a function the adapter replaces, or its signature changed."""
+
+
+def _check_target(mod: Any, dotted: str) -> Any:
+    obj = mod
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise PatchTargetMissing(f"rlreason.verl.hooks: {mod.__name__}.{dotted} is missing in verl "
+                                     f"{_verl_version()} (adapter tested with {SUPPORTED_VERL})")
+    params = list(inspect.signature(obj).parameters)
+    if not getattr(obj, "rlreason_patched", False) and params != TARGETS[dotted]:
+        raise PatchTargetMissing(f"rlreason.verl.hooks: {mod.__name__}.{dotted} has parameters {params}, the "
+                                 f"adapter expects {TARGETS[dotted]} (verl {_verl_version()}; tested {SUPPORTED_VERL})")
+    return obj
+
+
+def _verl_version() -> str:
+    import verl
+    return str(getattr(verl, "__version__", "unknown"))
+
+
+def check_verl_version(version: str | None = None) -> None:
+    """Refuse a verl outside the tested range: the patched internals are not a public API."""
+    version = version or _verl_version()
+    if not version_supported(version):
+        raise RuntimeError(f"verl {version} is installed; rlreason's verl adapter is tested with verl {SUPPORTED_VERL} "
+                           f"only (its hooks patch verl internals): pip install 'verl[vllm]=={SUPPORTED_VERL[0]}'")
+
+
 def patch_trainer_module(mod: Any) -> None:
-    """Apply the adapter's changes to verl's V1 trainer module (idempotent)."""
-    fn = getattr(mod, "compute_advantage_for_multi_trajectories", None)
-    if fn is not None and not getattr(fn, "rlreason_patched", False):
+    """Apply the adapter's changes to verl's V1 trainer module (idempotent). Every target is checked first;
+    a missing or reshaped one raises PatchTargetMissing (trace norm and per-session advantages would
+    otherwise silently become verl's defaults)."""
+    fn = _check_target(mod, "compute_advantage_for_multi_trajectories")
+    method = _check_target(mod, "PPOTrainer._compute_metrics")
+    if not getattr(fn, "rlreason_patched", False):
         mod.compute_advantage_for_multi_trajectories = make_advantage_fn(fn)
-    trainer = getattr(mod, "PPOTrainer", None)
-    if trainer is not None and not getattr(trainer._compute_metrics, "rlreason_patched", False):
-        method = make_metrics_method(trainer._compute_metrics, mod.tq)
-        method.rlreason_patched = True
-        trainer._compute_metrics = method
+    if not getattr(method, "rlreason_patched", False):
+        patched = make_metrics_method(method, mod.tq)
+        patched.rlreason_patched = True
+        mod.PPOTrainer._compute_metrics = patched
+    log.info("rlreason: patched %s (per-session advantages, trace norm=%s, env metrics)",
+             mod.__name__, _flag("RLREASON_VERL_TRACE_NORM"))
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
@@ -201,7 +260,9 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
 
 def setup_worker() -> None:
-    """Ray `worker_process_setup_hook`: patch verl's V1 trainer now or when it is imported."""
+    """Ray `worker_process_setup_hook`: check verl's version, then patch verl's V1 trainer now or when it is
+    imported (the patch itself checks every target and raises if one moved)."""
+    check_verl_version()
     if TRAINER_MODULE in sys.modules:
         patch_trainer_module(sys.modules[TRAINER_MODULE])
     elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):

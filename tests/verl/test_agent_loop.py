@@ -76,7 +76,7 @@ def engine(tiny_model_dir):
 
 def setup_run(tmp_path: Path, tiny_model_dir: str, env: dict, rewards: list, rows: list[dict]):
     """Config -> verl config + agent-loop yaml + parquet, as `rlreason verl-config` / `data export` do."""
-    cfg = load_config(None, [f"env.name={env['name']}", f"trainer.samples_per_prompt={G}", "rollout.max_model_len=256",
+    cfg = load_config(None, [f"env.name={env['name']}", f"trainer.samples_per_prompt={G}", "rollout.max_model_len=512",
                              f"model.name={tiny_model_dir}", "logging.wandb=false"])
     cfg.env.args = dict(env["args"])
     cfg.rewards = rewards

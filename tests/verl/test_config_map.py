@@ -55,7 +55,10 @@ def test_overrides_compose_against_verl_ppo_trainer_yaml(name, nodes, gpus):
     rc = load_config(str(CASES[name]))
     assert cfg.actor_rollout_ref.rollout.n == rc.trainer.samples_per_prompt
     assert cfg.actor_rollout_ref.actor.clip_ratio_high == rc.algo.eps_high
-    assert cfg.data.max_prompt_length + cfg.data.max_response_length == rc.rollout.max_model_len
+    from rlreason.registry import build_environment
+    bound = build_environment(rc.env.name, None, dict(rc.env.args)).row_bound()
+    assert cfg.data.max_response_length == bound.response  # the environment's declared row bound
+    assert cfg.data.max_prompt_length == rc.rollout.max_model_len - bound.response + bound.prompt_extra
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -79,13 +82,14 @@ def test_verl_builds_its_typed_configs_from_the_overrides():
     actor = cfg.actor_rollout_ref.actor
     assert actor.loss_agg_mode == "seq-mean-token-sum" and actor.clip_ratio_c == 1e9 and actor.use_kl_loss
     rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout, RolloutConfig)
-    assert rollout.n == 8 and rollout.prompt_length == 1024 and rollout.response_length == 512
+    # prompt: max_model_len 1536 - C 512 for the query, + carryover 256; response: one chunk of C 512
+    assert rollout.n == 8 and rollout.prompt_length == 1280 and rollout.response_length == 512
 
 
 def test_mapping_table():
     def ov(**algo):
         cfg = load_config(None, [f"algo.{k}={v}" for k, v in algo.items()] + ["logging.wandb=false"])
-        return dict(o.lstrip("+").split("=", 1) for o in verl_overrides(cfg, **FIXED))
+        return {k: v.strip("'") for k, v in (o.lstrip("+").split("=", 1) for o in verl_overrides(cfg, **FIXED))}
     assert ov(advantage="dr_grpo")["algorithm.norm_adv_by_std_in_grpo"] == "false"
     assert ov(advantage="grpo")["algorithm.adv_estimator"] == "grpo"
     assert ov(advantage="reinforce_pp_baseline")["algorithm.adv_estimator"] == "reinforce_plus_plus_baseline"

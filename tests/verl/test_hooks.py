@@ -15,7 +15,7 @@ from verl.protocol import DataProto
 from verl.trainer.ppo.v1.utils import compute_advantage_for_multi_trajectories as verl_multi
 
 from rlreason.algos import rloo
-from rlreason.verl.hooks import env_metrics, make_advantage_fn, parse_keys, session_advantages
+from rlreason.verl.hooks import env_metrics, make_advantage_fn, make_metrics_method, parse_keys, session_advantages
 
 # 2 prompts x 3 sessions; session (a,1) has 3 chunks, (b,0) has 2; final rows carry the session reward.
 KEYS = ["a_0_0", "a_1_0", "a_1_1", "a_1_2", "a_2_0", "b_0_0", "b_0_1", "b_1_0", "b_2_0"]
@@ -94,3 +94,98 @@ def test_worker_hook_patches_the_v1_trainer_on_import():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "patched" in out.stdout
+
+
+# ---- metrics skip verl's padding rows --------------------------------------------------------------------
+
+class FakeTQ:
+    """TransferQueue's kv_batch_get over a dict of extra_fields by key."""
+
+    def __init__(self, fields: dict[str, dict]) -> None:
+        self.fields = fields
+
+    def kv_batch_get(self, keys, partition_id, select_fields):
+        return {"extra_fields": np.array([self.fields[k] for k in keys] + [None], dtype=object)[:-1]}
+
+
+class FakeBatch:
+    def __init__(self, keys, tags):
+        self.keys, self.tags, self.partition_id = keys, tags, "train"
+
+
+def test_env_metrics_skip_padding_rows():
+    """verl's upsample_batch_to_divisible_size copies row 0's extra fields (final flag included) into each
+    padding row; 3 sessions with solved = 1, 0, 0 must log 1/3, not (1 + 0 + 0 + 5) / 8 = 0.75."""
+    real = {f"u{i}_0_0": {"rlreason_final": True, "reward_extra_info": {"env/x/solved": float(i == 0)}}
+            for i in range(3)}
+    pads = {f"padabc_{i}_0": dict(real["u0_0_0"]) for i in range(5)}
+    batch = FakeBatch([*real, *pads], [{}] * 3 + [{"is_padding": True}] * 5)
+    metrics: dict = {}
+    method = make_metrics_method(lambda *a: None, FakeTQ({**real, **pads}))
+    method(None, batch, metrics, {}, 1, 0)
+    assert metrics["env/x/solved"] == pytest.approx(1 / 3)
+
+
+def test_metrics_hook_does_not_swallow_errors():
+    class Broken:
+        def kv_batch_get(self, **kw):
+            raise KeyError("extra_fields")
+    with pytest.raises(KeyError):
+        make_metrics_method(lambda *a: None, Broken())(None, FakeBatch(["a_0_0"], [{}]), {}, {}, 1, 0)
+
+
+# ---- REINFORCE++ whitening: the same on both paths ---------------------------------------------------------
+
+def test_reinforce_pp_matches_the_local_trainer_on_multi_chunk_sessions():
+    """The local trainer calls ADVANTAGES[reinforce_pp_baseline](rewards, group_ids) with one entry per episode;
+    the hook must give every chunk of a session exactly that (it used to weigh sessions by token count)."""
+    from rlreason.algos.advantages import ADVANTAGES
+    d = batch()
+    mask = d.batch["response_mask"]
+    adv = session_advantages(d.batch["token_level_scores"].sum(-1), mask, KEYS, estimator="reinforce_pp_baseline")
+    local = ADVANTAGES.get("reinforce_pp_baseline")(torch.tensor([1.0, 0.0, 0.0, 2.0, 0.0, 4.0]),
+                                                     torch.tensor([0, 0, 0, 1, 1, 1]), eps=1e-6)
+    row_session, _, _ = parse_keys(KEYS)
+    expected = local[row_session].unsqueeze(-1) * mask
+    assert (adv - expected).abs().max() < 1e-6
+
+
+def test_padding_sessions_do_not_enter_group_statistics():
+    """verl's padding rows (uid pad<hex>, one session each, no response token) change no advantage."""
+    d = batch()
+    scores, mask = d.batch["token_level_scores"].sum(-1), d.batch["response_mask"]
+    keys = KEYS + ["padff_0_0", "padff_1_0", "padff_2_0"]
+    scores_p = torch.cat([scores, torch.zeros(3)])
+    mask_p = torch.cat([mask, torch.zeros(3, T)])
+    for est in ("grpo", "rloo", "reinforce_pp_baseline"):
+        for tn in (False, True):
+            a = session_advantages(scores, mask, KEYS, estimator=est, trace_norm=tn)
+            b = session_advantages(scores_p, mask_p, keys, estimator=est, trace_norm=tn)
+            assert torch.allclose(a, b[:len(KEYS)], atol=1e-6) and not b[len(KEYS):].any(), (est, tn)
+
+
+# ---- patch targets: fail loudly -----------------------------------------------------------------------------
+
+def test_patch_refuses_a_trainer_module_without_its_targets():
+    import types
+
+    from rlreason.verl.hooks import PatchTargetMissing, patch_trainer_module
+    mod = types.ModuleType("verl.trainer.ppo.v1.trainer_base")
+    with pytest.raises(PatchTargetMissing, match="compute_advantage_for_multi_trajectories"):
+        patch_trainer_module(mod)
+
+    def moved(data, keys, estimator):  # a reshaped signature
+        return data
+    mod.compute_advantage_for_multi_trajectories = moved
+    mod.PPOTrainer = type("PPOTrainer", (), {"_compute_metrics": lambda self, batch, metrics, timing_raw,
+                                             global_steps, epoch: None})
+    mod.tq = None
+    with pytest.raises(PatchTargetMissing, match="parameters"):
+        patch_trainer_module(mod)
+
+
+def test_unsupported_verl_version_is_refused():
+    from rlreason.verl.hooks import check_verl_version
+    check_verl_version("0.9.1")
+    with pytest.raises(RuntimeError, match="tested with verl"):
+        check_verl_version("0.10.0")
