@@ -66,7 +66,12 @@ def make_reward(name: str, args: dict[str, Any], key: str) -> Any:
     obj = REWARDS.get(name, f"{key}.name")
     if inspect.isclass(obj):
         check_kwargs(obj.__init__, args, f"{key}.args")
-        return obj(**args)
+        try:
+            return obj(**args)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:  # the constructor refused a value: a config error, named
+            raise ConfigError(f"{key}.args: reward '{name}' rejected its arguments: {e}") from e
     check_kwargs(obj, args, f"{key}.args", skip=FIELDS)
     return FunctionReward(name, obj, args)
 

@@ -132,3 +132,18 @@ def test_group_reward_of_wrong_shape_is_counted_for_every_episode(name, caplog):
 def test_reward_weight_must_be_a_finite_number(weight):
     with pytest.raises(ConfigError, match=r"rewards\[1\]\.weight.*finite number"):
         Rubric([{"name": "_test_len"}, {"name": "_test_len", "weight": weight}])
+
+
+@REWARDS.register("_test_strict_args")
+class _StrictArgs:
+    def __init__(self, lam: float = 0.5):
+        if not 0 < lam <= 1:
+            raise ValueError(f"lam must be in (0, 1], got {lam}")
+
+    def score_group(self, examples, episodes):
+        return [0.0] * len(episodes)
+
+
+def test_reward_constructor_value_error_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"rewards\[1\]\.args: reward '_test_strict_args'.*lam must be in"):
+        Rubric([{"name": "_test_len"}, {"name": "_test_strict_args", "args": {"lam": 2.0}}])

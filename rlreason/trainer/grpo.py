@@ -21,6 +21,7 @@ from rlreason.algos.kl import kl_estimate
 from rlreason.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES
 from rlreason.algos.sampling import nonzero_variance_groups
 from rlreason.config import RunConfig, to_dict
+from rlreason.config_checks import check_combinations, check_ranges
 from rlreason.registry import ConfigError, build_environment, suggest
 from rlreason.rollout import Engine, SamplingConfig, make_engine
 from rlreason.rubric import Rubric
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 
 
 def validate(cfg: RunConfig) -> None:
-    """Check every registry-backed name before anything slow starts."""
+    """Check every registry-backed name, every numeric range and the combinations that would be silently
+    ignored, before anything slow starts."""
     if cfg.algo.advantage != "gae":  # gae needs a critic and lives in trainer/critic.py
         if cfg.algo.advantage not in ADVANTAGES:
             raise ConfigError(f"algo.advantage: unknown advantage estimator '{cfg.algo.advantage}'. Allowed: "
@@ -50,9 +52,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.algo.kl_estimator not in ("k1", "k2", "k3"):
         raise ConfigError(f"algo.kl_estimator: '{cfg.algo.kl_estimator}' is not allowed. Allowed: k1, k2, k3.")
     _check_attention(cfg.model.attn_implementation)
-    for key in ("steps", "prompts_per_step", "samples_per_prompt", "micro_batch_size", "ppo_epochs", "mini_batches"):
-        if getattr(cfg.trainer, key) < 1:
-            raise ConfigError(f"trainer.{key}: must be >= 1, got {getattr(cfg.trainer, key)}")
+    check_ranges(cfg)
+    check_combinations(cfg)
 
 
 def _check_attention(setting: str) -> None:
@@ -139,7 +140,7 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model_dir = resolve_model(cfg.model.name, dtype="fp32")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    env = build_environment(cfg.env.name, tokenizer, cfg.env.args)
+    env = build_environment(cfg.env.name, tokenizer, cfg.env.args)  # its constructor checks env.args
     rubric = Rubric(cfg.rewards)
 
     data = build_dataset(cfg.data.train, key="data.train")

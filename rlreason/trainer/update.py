@@ -197,7 +197,8 @@ def _step(ctx: UpdateContext, tr: TrainerConfig, sums: dict, counts: dict, loss:
     counted; `max_nonfinite_steps` in a row stops the run with a clear error rather than training
     on garbage."""
     params = [*ctx.model.parameters(), *(ctx.value_head.parameters() if ctx.value_head is not None else [])]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
+    max_norm = tr.max_grad_norm if tr.max_grad_norm is not None else math.inf  # inf: measure, do not clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     if not torch.isfinite(grad_norm) or not math.isfinite(loss):
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.nonfinite_streak += 1
