@@ -143,6 +143,8 @@ def check_ranges(cfg: Any) -> None:
 def check_combinations(cfg: Any, warn: Callable[[str], None] = log.warning) -> None:
     """Settings that would be silently ignored: an error where it changes what trains, else a warning."""
     a, t, defaults = cfg.algo, cfg.trainer, type(cfg.algo)()
+    if cfg.algorithm != "grpo":  # expert iteration reads neither algo.* nor the batch shape of trainer.*
+        return
     if a.kl_in_reward and a.kl_coef == 0:
         raise ConfigError("algo.kl_in_reward: true has no effect with algo.kl_coef=0 (no reference model is "
                           "loaded); set algo.kl_coef > 0 or algo.kl_in_reward=false")
