@@ -16,6 +16,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from rlreason.algos.sampling import nonzero_variance_groups
 from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.types import Episode
 
@@ -34,7 +37,8 @@ class StepGroups:
 
 def informative(group: list[Episode]) -> bool:
     """Rewards not all equal, or a group of one (its GRPO advantage is the raw reward; verl keeps it too)."""
-    return len(group) == 1 or len({ep.reward for ep in group}) > 1
+    rewards = torch.tensor([ep.reward for ep in group], dtype=torch.float64)
+    return bool(nonzero_variance_groups(rewards, torch.zeros(len(group), dtype=torch.long))[0])
 
 
 def collect_groups(run: Any, seed: int) -> StepGroups:
