@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlreason.registry import register_environment
+from rlreason.registry import ConfigError, register_environment
 from rlreason.types import Environment, Episode, Policy, RowBound, Sample
 
 DEFAULT_SYSTEM = None
@@ -22,7 +22,13 @@ class SingleTurn(Environment):
                  stop: list[str] | None = None, transcript_prefix: str = "") -> None:
         super().__init__(tokenizer)
         if style not in ("chat", "raw"):
-            raise ValueError(f"env.args.style: '{style}' is not allowed. Allowed: chat, raw.")
+            raise ConfigError(f"env.args.style: '{style}' is not allowed. Allowed: chat, raw.")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ConfigError(f"env.args.max_tokens: must be an integer >= 1, got {max_tokens!r}.")
+        if not isinstance(template, str):
+            raise ConfigError(f"env.args.template: must be a string, got {template!r}.")
+        if stop is not None and not (isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
+            raise ConfigError(f"env.args.stop: must be a list of strings or null, got {stop!r}.")
         self.template, self.style, self.system_prompt = template, style, system_prompt
         self.max_tokens, self.stop = max_tokens, stop
         # Text the prompt ends with that belongs to the answer (a raw prompt ending in "\boxed{"):

@@ -66,7 +66,8 @@ class AlgoConfig:
     kl_estimator: str = "k3"  # k1 | k2 | k3
     kl_in_reward: bool = False  # subtract kl_coef * KL from the reward instead of adding it to the loss
     entropy_coef: float = 0.0  # entropy bonus
-    dynamic_sampling: bool = False  # drop groups whose rewards are all equal (DAPO)
+    dynamic_sampling: bool = False  # DAPO: refill the batch with groups whose rewards are not all equal
+    max_sampling_rounds: int = 10  # generation rounds per step at most when refilling (verl max_num_gen_batches)
     adv_eps: float = 1e-6
     gamma: float = 1.0  # GAE discount (advantage=gae)
     lam: float = 1.0  # GAE lambda (advantage=gae)
@@ -88,7 +89,7 @@ class TrainerConfig:
     # Rows with the same prompt run it once (exact). auto = on CPU only: on an H200 the two-pass shared forward
     # of SmolLM2-135M was 2.2x slower than one pass per row (launch-bound), on 2 CPU cores 1.35x faster.
     share_prompt_forward: Literal["auto", True, False] = "auto"
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0  # gradient-norm clip; null = no clipping
     max_nonfinite_steps: int = 3  # consecutive NaN/inf losses tolerated (skipped) before stopping
     checkpoint_every: int = 10  # steps; 0 = only at the end
     keep_checkpoints: int = 2

@@ -25,6 +25,7 @@ from rlreason.types import Episode
 
 log = logging.getLogger(__name__)
 
+_RAISED = object()
 FIELDS = ("completion", "answer", "example", "episode", "metrics", "prompt", "info")
 
 
@@ -65,7 +66,12 @@ def make_reward(name: str, args: dict[str, Any], key: str) -> Any:
     obj = REWARDS.get(name, f"{key}.name")
     if inspect.isclass(obj):
         check_kwargs(obj.__init__, args, f"{key}.args")
-        return obj(**args)
+        try:
+            return obj(**args)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as e:  # the constructor refused a value: a config error, named
+            raise ConfigError(f"{key}.args: reward '{name}' rejected its arguments: {e}") from e
     check_kwargs(obj, args, f"{key}.args", skip=FIELDS)
     return FunctionReward(name, obj, args)
 
@@ -86,30 +92,42 @@ class Rubric:
             if "name" not in spec:
                 raise ConfigError(f"{key}.name is required. Allowed: {', '.join(REWARDS.names())}.")
             name = spec["name"]
-            self.terms.append((name, make_reward(name, dict(spec.get("args") or {}), key),
-                               float(spec.get("weight", 1.0))))
+            weight = spec.get("weight", 1.0)
+            if _finite(weight) is None:
+                raise ConfigError(f"{key}.weight: must be a finite number (0 logs the reward without "
+                                  f"rewarding), got {weight!r}")
+            self.terms.append((name, make_reward(name, dict(spec.get("args") or {}), key), float(weight)))
         self.errors: dict[str, int] = {n: 0 for n, _, _ in self.terms}
 
     def score_group(self, examples: list[dict], episodes: list[Episode]) -> None:
+        """A term that raises, returns a list of the wrong length or type, or a value that is not a finite
+        number (NaN, inf, None, a string) is an error of that reward, counted per episode by name and logged
+        with the bad value; the term is 0 for that episode and never reaches the total."""
         totals = [0.0] * len(episodes)
         for name, reward, weight in self.terms:
             try:
                 values = reward.score_group(examples, episodes)
             except Exception:  # noqa: BLE001 - a reward bug must not kill a long run; it is counted
                 log.exception("reward '%s' raised on a group of %d episodes", name, len(episodes))
+                values = _RAISED
+            if not isinstance(values, (list, tuple)) or len(values) != len(episodes):
+                if values is not _RAISED:
+                    log.error("reward '%s' returned %s for a group of %d episodes; counted as an error",
+                              name, _describe(values), len(episodes))
                 self.errors[name] += len(episodes)
-                values = [Scored(0.0, f"reward '{name}' raised")] * len(episodes)
+                for ep in episodes:
+                    ep.reward_components[name] = 0.0
+                continue
             for i, (ep, v) in enumerate(zip(episodes, values)):
                 comps = _components(name, v)
+                if comps is None:
+                    log.error("reward '%s' returned %r; counted as an error", name, v)
+                    self.errors[name] += 1
+                    comps = {name: 0.0}
                 if isinstance(v, Scored) and v.reason:
                     ep.info.setdefault("reward_reasons", {})[name] = v.reason
-                for k, x in comps.items():
-                    if not math.isfinite(x):
-                        log.warning("reward '%s' returned %s; counted as an error", k, x)
-                        self.errors[name] += 1
-                        x = 0.0
-                    ep.reward_components[k] = x
-                totals[i] += weight * comps[name] if name in comps else 0.0
+                ep.reward_components.update(comps)
+                totals[i] += weight * comps[name]
         for ep, t in zip(episodes, totals):
             ep.reward = t
 
@@ -122,13 +140,33 @@ class Rubric:
                 r.load_state_dict(state[name])
 
 
-def _components(name: str, v: Any) -> dict[str, float]:
-    """float -> {name: v}; Scored -> {name: v.value}; dict -> its items, `name` from its 'reward' key."""
+def _components(name: str, v: Any) -> dict[str, float] | None:
+    """float -> {name: v}; Scored -> {name: v.value}; dict -> its items, `name` from its 'reward' key.
+    None when any value is not a finite real number (NaN, inf, None, a string, a dict without 'reward')."""
     if isinstance(v, Scored):
-        return {name: float(v.value)}
+        v = v.value
     if isinstance(v, dict):
-        comps = {f"{name}/{k}" if k != "reward" else name: float(x) for k, x in v.items()}
-        if name not in comps:
-            raise ValueError(f"reward '{name}' returned a dict without a 'reward' key: {sorted(v)}")
-        return comps
-    return {name: float(v)}
+        comps = {f"{name}/{k}" if k != "reward" else name: x for k, x in v.items()}
+    else:
+        comps = {name: v}
+    out = {k: _finite(x) for k, x in comps.items()}
+    if name not in out or any(x is None for x in out.values()):
+        return None
+    return out  # type: ignore[return-value]
+
+
+def _finite(x: Any) -> float | None:
+    """float(x) for a finite real number (bool, int, float, numpy or 0-d tensor); None for NaN, inf, None, text."""
+    if x is None or isinstance(x, (str, bytes)):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _describe(values: Any) -> str:
+    if isinstance(values, (list, tuple)):
+        return f"{len(values)} values"
+    return f"{type(values).__name__} {values!r:.80}"

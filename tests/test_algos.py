@@ -102,12 +102,23 @@ def test_singleton_groups_follow_verl():
     assert close(reinforce_pp_baseline(rewards, groups), [1.091089, -0.872872, -0.218218])
 
 
-def test_equal_rewards_give_zero_advantage():
-    rewards, groups = T([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), GROUPS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [1.2, 0.2, 0.64, 0.1, 1e-3, 0.0, 1.0])
+def test_equal_rewards_give_exactly_zero_advantage(value, dtype):
+    """An all-equal group has no signal: every member gets exactly 0, whatever the value (float32 sums of 8 x 1.2
+    gave +0.1057 under GRPO). Inexact values, G = 8 and G = 3, beside an informative group and a singleton."""
+    rewards = torch.tensor([value] * 8 + [value] * 3 + [0.3, 0.7, 0.9] + [value], dtype=dtype)
+    groups = T([0] * 8 + [1] * 3 + [2] * 3 + [3])
     for name in ("grpo", "dr_grpo", "rloo"):
         adv = ADVANTAGES.get(name)(rewards, groups)
-        assert torch.equal(adv, torch.zeros(6)), name
-        assert torch.isfinite(adv).all()
+        assert adv[:11].tolist() == [0.0] * 11, (name, adv[:11].tolist())
+        assert adv[11:14].abs().min() > 0.01 and torch.isfinite(adv).all()
+    # REINFORCE++ baseline: the group-centred reward of an equal group is exactly 0; whitening over a batch of
+    # only such groups keeps 0, and beside an informative group every member shares one advantage.
+    only_equal = reinforce_pp_baseline(rewards[:11], groups[:11])
+    assert only_equal.tolist() == [0.0] * 11
+    mixed = reinforce_pp_baseline(rewards, groups)
+    assert len(set(mixed[:11].tolist())) == 1
 
 
 def test_non_contiguous_group_ids():
@@ -237,11 +248,34 @@ def test_is_weights_scale_loss_detached_and_mask_zeroes():
 
 
 def test_truncated_is_weights_cap_and_mask():
-    old = torch.log(T([[1.0, 3.0, 0.5, 4.0]]))
-    rollout = torch.zeros(1, 4, requires_grad=True)
-    w = truncated_is_weights(old, rollout, T([[1, 1, 1, 0]]), cap=2.0)
-    assert close(w, [[1.0, 2.0, 0.5, 0.0]])  # ratio 3 capped at 2; masked -> 0
+    # Ratios 0.3 and 0.05 lie below 1/cap = 0.5: truncation is one-sided, so they pass unchanged (a two-sided
+    # clamp to [1/cap, cap] would lift them); 3 is capped at 2; the masked ratio 4 -> 0.
+    old = torch.log(T([[1.0, 3.0, 0.3, 0.05, 4.0]]))
+    rollout = torch.zeros(1, 5, requires_grad=True)
+    w = truncated_is_weights(old, rollout, T([[1, 1, 1, 1, 0]]), cap=2.0)
+    assert close(w, [[1.0, 2.0, 0.3, 0.05, 0.0]], atol=1e-6)
     assert not w.requires_grad
+    w3 = truncated_is_weights(old, rollout.detach(), T([[1, 1, 1, 1, 1]]), cap=3.5)
+    assert close(w3, [[1.0, 3.0, 0.3, 0.05, 3.5]], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "reinforce"])
+def test_log_ratio_is_clamped_to_plus_minus_20(name):
+    """log(pi/pi_old) is clamped to [-20, 20] (as verl): without it a masked token whose logprob is garbage
+    (here 1e4 nats above the old one) makes exp() overflow, and inf * 0 turns the whole gradient NaN; and an
+    unmasked token with a log-ratio of 25 would carry exp(25) instead of exp(20)."""
+    logprobs = T([[25.0, -30.0, -1.0, 1e4]], dtype=torch.float64).requires_grad_()
+    old = torch.zeros(1, 4, dtype=torch.float64)
+    adv = T([[-1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    loss, m = POLICY_LOSSES.get(name)(logprobs, old, adv, T([[1, 1, 1, 0]]), dual_clip_c=None, eps_low=0.2,
+                                      eps_high=0.2)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logprobs.grad).all()
+    assert loss[0, 3].item() == 0.0 and logprobs.grad[0, 3].item() == 0.0
+    assert m["ratio_mean"] == pytest.approx((math.exp(20) + math.exp(-20) + math.exp(-1)) / 3, rel=1e-7)
+    if name == "reinforce":  # -A r, unclipped: the clamped ratio shows in the value; no gradient past the clamp
+        assert close(loss[0, :3], [math.exp(20), -math.exp(-20), -math.exp(-1)], atol=1e-3)
+        assert logprobs.grad[0, 0].item() == 0.0 and logprobs.grad[0, 1].item() == 0.0
 
 
 # ---- aggregation ------------------------------------------------------------------------------------
@@ -288,32 +322,77 @@ def test_trace_length_norm_matches_eq3_loops():
     assert aggregate(loss, mask, "seq-mean-token-mean").item() != pytest.approx(expected)
 
 
-@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
-def test_micro_batch_invariance(mode):
-    g = torch.Generator().manual_seed(2)
-    logprobs = torch.randn(6, 5, generator=g, dtype=torch.float64)
-    mask = (torch.rand(6, 5, generator=g) > 0.3).long()
-    mask[3] = 0  # a fully masked row
-    trace_ids = T([0, 0, 1, 1, 2, 3])
-    adv = torch.randn(6, 5, generator=g, dtype=torch.float64)
+def _agg_reference(loss: torch.Tensor, mask: torch.Tensor, mode: str, trace_ids: list[int]) -> torch.Tensor:
+    """Each aggregation mode as an explicit loop over rows and tokens, written from its formula, not from
+    token_weights: differentiable in `loss`, float64."""
+    R, Tn = mask.shape
+    valid_rows = [r for r in range(R) if any(mask[r, t] for t in range(Tn))]
+    total = loss.new_zeros(())
+    if mode == "token-mean":
+        n = sum(int(mask[r, t]) for r in range(R) for t in range(Tn))
+        for r in valid_rows:
+            for t in range(Tn):
+                if mask[r, t]:
+                    total = total + loss[r, t] / n
+    elif mode == "seq-mean-token-sum":
+        for r in valid_rows:
+            for t in range(Tn):
+                if mask[r, t]:
+                    total = total + loss[r, t] / len(valid_rows)
+    elif mode == "seq-mean-token-mean":
+        for r in valid_rows:
+            length = sum(int(mask[r, t]) for t in range(Tn))
+            for t in range(Tn):
+                if mask[r, t]:
+                    total = total + loss[r, t] / (length * len(valid_rows))
+    else:  # trace-length-norm, Eq. 3: (1/G) sum_g (1/l_g) sum over g's rows and tokens
+        traces = sorted({trace_ids[r] for r in valid_rows})
+        for g in traces:
+            rows = [r for r in valid_rows if trace_ids[r] == g]
+            length = sum(int(mask[r, t]) for r in rows for t in range(Tn))
+            for r in rows:
+                for t in range(Tn):
+                    if mask[r, t]:
+                        total = total + loss[r, t] / (length * len(traces))
+    return total
 
-    def loss_of(lp):
-        return ppo_clip(lp, torch.zeros_like(lp), adv, mask)[0]
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_aggregation_and_micro_batch_split_match_loop_reference(mode):
+    """aggregate() and the trainer's way (weights once per mini-batch, summed over micro-batches) both equal
+    an explicit loop of the mode's formula, in value and gradient, whatever the split."""
+    g = torch.Generator().manual_seed(2)
+    logprobs = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    mask = (torch.rand(7, 5, generator=g) > 0.3).double()  # float64 weights: exact to rounding
+    mask[3] = 0  # a fully masked row
+    mask[5, :] = torch.tensor([1, 0, 0, 0, 0])
+    trace_ids = [0, 0, 1, 1, 2, 3, 0]  # trace 0 has three chunk rows, trace 1 one empty and one valid chunk
+    adv = torch.randn(7, 5, generator=g, dtype=torch.float64)
+
+    def loss_of(lp, rows=slice(None)):
+        return ppo_clip(lp, torch.zeros_like(lp) + 0.1, adv[rows], mask[rows])[0]
+
+    ref_lp = logprobs.clone().requires_grad_()
+    ref = _agg_reference(loss_of(ref_lp), mask, mode, trace_ids)
+    ref.backward()
+    assert ref_lp.grad.abs().sum() > 0
 
     whole_lp = logprobs.clone().requires_grad_()
-    whole = aggregate(loss_of(whole_lp), mask, mode, trace_ids=trace_ids)
+    whole = aggregate(loss_of(whole_lp), mask, mode, trace_ids=T(trace_ids))
     whole.backward()
+    assert whole.item() == pytest.approx(ref.item(), rel=1e-12)
+    assert torch.allclose(whole_lp.grad, ref_lp.grad, rtol=1e-12, atol=0)
 
-    w = token_weights(mask, mode, trace_ids=trace_ids)
-    split_lp = logprobs.clone().requires_grad_()
-    total = 0.0
-    for rows in (slice(0, 2), slice(2, 3), slice(3, 6)):
-        lp = split_lp[rows]
-        part = (ppo_clip(lp, torch.zeros_like(lp), adv[rows], mask[rows])[0] * w[rows]).sum()
-        part.backward()
-        total += part.item()
-    assert total == pytest.approx(whole.item())
-    assert torch.allclose(split_lp.grad, whole_lp.grad)
+    w = token_weights(mask, mode, trace_ids=T(trace_ids))
+    for split in ([slice(0, 2), slice(2, 3), slice(3, 7)], [slice(i, i + 1) for i in range(7)]):
+        split_lp = logprobs.clone().requires_grad_()
+        total = 0.0
+        for rows in split:
+            part = (loss_of(split_lp[rows], rows) * w[rows]).sum()
+            part.backward()
+            total += part.item()
+        assert total == pytest.approx(ref.item(), rel=1e-12)
+        assert torch.allclose(split_lp.grad, ref_lp.grad, rtol=1e-12, atol=0)
 
 
 def test_token_weights_errors():

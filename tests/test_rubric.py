@@ -80,3 +80,70 @@ def test_registered_subclass_gets_its_own_name():
     from environments.markovian import MarkovianThinking
     from environments.single_turn import SingleTurn
     assert SingleTurn.name == "single_turn" and MarkovianThinking.name == "markovian"
+
+
+_BAD = {"nan": float("nan"), "inf": float("inf"), "none": None, "text": "1.0", "dict_nan": {"reward": float("nan")}}
+
+
+@REWARDS.register("_test_bad")
+def _bad(completion: str, example: dict) -> object:
+    return _BAD[example["bad"]] if completion == "x" else 1.0
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD))
+def test_bad_reward_value_is_an_error_of_that_reward_and_never_reaches_the_total(bad, caplog):
+    """NaN, inf, None, a string: counted under the reward's name, the value logged, the term 0 for that episode
+    only, the total finite and the other rewards intact."""
+    r = Rubric([{"name": "_test_bad", "weight": 2.0}, {"name": "_test_len", "weight": 1.0}])
+    eps = [ep("x"), ep("ok")]
+    r.score_group([{"bad": bad}] * 2, eps)
+    assert [e.reward for e in eps] == [1.0, 2.0 + 2.0]
+    assert r.errors == {"_test_bad": 1, "_test_len": 0}
+    assert eps[0].reward_components["_test_bad"] == 0.0
+    assert "_test_bad" in caplog.text and repr(_BAD[bad])[:6] in caplog.text
+
+
+@REWARDS.register("_test_short_group")
+class _ShortGroup:
+    """A group reward with a bug: one value fewer than the episodes (zip used to drop the last episode)."""
+
+    def score_group(self, examples, episodes):
+        return [1.0] * (len(episodes) - 1)
+
+
+@REWARDS.register("_test_not_a_list")
+class _NotAList:
+    def score_group(self, examples, episodes):
+        return None
+
+
+@pytest.mark.parametrize("name", ["_test_short_group", "_test_not_a_list"])
+def test_group_reward_of_wrong_shape_is_counted_for_every_episode(name, caplog):
+    r = Rubric([{"name": name}, {"name": "_test_len"}])
+    eps = [ep("ab"), ep("c"), ep("def")]
+    r.score_group([{}] * 3, eps)
+    assert r.errors[name] == 3 and r.errors["_test_len"] == 0
+    assert [e.reward for e in eps] == [2.0, 1.0, 3.0]  # no episode got the buggy term, none was skipped
+    assert all(e.reward_components[name] == 0.0 for e in eps)
+    assert name in caplog.text and "3 episodes" in caplog.text
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), "heavy", None])
+def test_reward_weight_must_be_a_finite_number(weight):
+    with pytest.raises(ConfigError, match=r"rewards\[1\]\.weight.*finite number"):
+        Rubric([{"name": "_test_len"}, {"name": "_test_len", "weight": weight}])
+
+
+@REWARDS.register("_test_strict_args")
+class _StrictArgs:
+    def __init__(self, lam: float = 0.5):
+        if not 0 < lam <= 1:
+            raise ValueError(f"lam must be in (0, 1], got {lam}")
+
+    def score_group(self, examples, episodes):
+        return [0.0] * len(episodes)
+
+
+def test_reward_constructor_value_error_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"rewards\[1\]\.args: reward '_test_strict_args'.*lam must be in"):
+        Rubric([{"name": "_test_len"}, {"name": "_test_strict_args", "args": {"lam": 2.0}}])

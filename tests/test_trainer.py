@@ -160,3 +160,58 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     wa = load_file(str(tmp_path / "a/checkpoints/step_000004/model.safetensors"))
     wb = load_file(str(tmp_path / "b/checkpoints/step_000004/model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@REWARDS.register("_tiny_dapo")
+def _tiny_dapo(completion: str, answer: str) -> float:
+    """Two prompts in three score 1.2 whatever the answer (a zero-variance group, inexact value), the rest
+    vary with the completion's length."""
+    return 1.2 if int(answer) % 3 else len(completion) / 10.0
+
+
+@REWARDS.register("_tiny_const")
+def _tiny_const(completion: str) -> float:
+    return 1.2
+
+
+DAPO = ["rewards=[{name: _tiny_dapo, weight: 1.0}]", "algo.dynamic_sampling=true", "trainer.prompts_per_step=3"]
+
+
+def _rows(path):
+    return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_dynamic_sampling_refills_to_prompts_per_step_and_resumes_exactly(tmp_path):
+    """DAPO: zero-variance groups are replaced by groups from further rounds of prompts until the batch holds
+    prompts_per_step informative ones; rounds and prompts are logged; the sampler advances by every prompt
+    drawn, so 2 steps straight equal 1 step + --resume + 1 step."""
+    train(cfg(tmp_path / "a", "trainer.steps=2", *DAPO))
+    rows = [r for r in _rows(tmp_path / "a/run") if "reward/total" in r]
+    assert max(r["rollout/sampling_rounds"] for r in rows) >= 2
+    for r in rows:
+        assert r["rollout/trained_groups"] == 3.0
+        assert r["rollout/prompts"] == 3 * r["rollout/sampling_rounds"]
+        assert r["rollout/episodes"] == 3 * r["rollout/prompts"]
+        assert r["rollout/zero_var_groups_frac"] > 0
+    state = json.loads((tmp_path / "a/run/checkpoints/step_000002/state.json").read_text())
+    assert state["sampler"]["epoch"] * 36 + state["sampler"]["index"] == sum(r["rollout/prompts"] for r in rows)
+
+    train(cfg(tmp_path / "b", "trainer.steps=1", *DAPO))
+    train(cfg(tmp_path / "b", "trainer.steps=2", *DAPO), resume=True)
+    wa = load_file(str(tmp_path / "a/run/checkpoints/step_000002/model.safetensors"))
+    wb = load_file(str(tmp_path / "b/run/checkpoints/step_000002/model.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    keys = ("reward/total", "rollout/prompts", "rollout/sampling_rounds", "loss/policy")
+    assert [[r.get(k) for k in keys] for r in rows] == \
+        [[r.get(k) for k in keys] for r in _rows(tmp_path / "b/run") if "reward/total" in r]
+
+
+def test_dynamic_sampling_stops_at_max_sampling_rounds(tmp_path):
+    """Every group scores 1.2: no informative group exists, so the step stops after algo.max_sampling_rounds
+    rounds, skips the update and says how many prompts it used; the summary reports the zero-variance share."""
+    summary = train(cfg(tmp_path, "trainer.steps=1", "rewards=[{name: _tiny_const}]", "algo.dynamic_sampling=true",
+                        "algo.max_sampling_rounds=3"))
+    (r,) = [r for r in _rows(tmp_path / "run") if "reward/total" in r]
+    assert (r["rollout/sampling_rounds"], r["rollout/prompts"], r["rollout/trained_groups"]) == (3.0, 9.0, 0.0)
+    assert r["rollout/zero_var_groups_frac"] == 1.0 and r["loss/skipped_empty"] == 1.0
+    assert "zero-variance groups per step: mean 1.000" in summary

@@ -3,6 +3,8 @@ update; and under bf16 autocast the fp32 weights are cast once per optimizer ste
 
 import random
 
+import pytest
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -97,3 +99,42 @@ def test_gradient_checkpointing_recomputes_inside_the_step_region_and_matches():
         policy_update(rows, ctx, AlgoConfig(), TrainerConfig(micro_batch_size=2), None)
         out[ckpt] = torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()])
     assert torch.nn.functional.cosine_similarity(out[True], out[False], dim=0) > 0.999
+
+
+def _stub_update(rows, vocab: int, algo: AlgoConfig, *, mini_batches: int, micro: int, epochs: int = 1):
+    from token_table_policy import RecordingSGD, TokenTable
+    model = TokenTable(vocab)
+    opt = RecordingSGD(model.parameters())
+    ctx = UpdateContext(model, opt, None, None, torch.device("cpu"), None, 0, 1.0, share_prompts=False)
+    tr = TrainerConfig(mini_batches=mini_batches, micro_batch_size=micro, ppo_epochs=epochs, max_grad_norm=1e9)
+    metrics = policy_update(rows, ctx, algo, tr, None)
+    return opt.grads, metrics
+
+
+def test_trace_length_norm_with_mini_batches_uses_whole_traces():
+    """Delethink Eq. 3 per mini-batch: J = (1/G) sum_g (1/l_g) sum_chunks sum_t U, with l_g the valid tokens of the
+    WHOLE trace g (all its chunks) and G the traces of the mini-batch. Reference: an explicit float64 loop over
+    whole traces, against the per-token weights read back from the gradients of a fixed (lr 0) stub model."""
+    from token_table_policy import random_rows, read_weights
+    rows, vocab = random_rows(3, groups=6, G=3, max_chunks=4)
+    length: dict[int, int] = {}
+    for r in rows:
+        length[r.trace_id] = length.get(r.trace_id, 0) + sum(r.response_mask)
+    trace_of = {tok: r.trace_id for r in rows for tok, m in zip(r.response_ids, r.response_mask) if m}
+    for mini_batches in (1, 2, 4):
+        for micro in (1, 3, 64):
+            random.seed(mini_batches * 100 + micro)
+            grads, _ = _stub_update(rows, vocab, AlgoConfig(loss_agg_mode="trace-length-norm"),
+                                    mini_batches=mini_batches, micro=micro)
+            assert len(grads) == mini_batches
+            seen: set[int] = set()
+            for got in read_weights(grads, rows, vocab):
+                traces = {trace_of[tok] for tok in got}
+                assert not traces & seen, f"a trace is split over mini-batches ({mini_batches=}, {micro=})"
+                seen |= traces
+                # every valid token of each trace present is in this mini-batch
+                assert set(got) == {tok for tok, g in trace_of.items() if g in traces}
+                G = sum(1 for g in traces if length[g] > 0)
+                for tok, w in got.items():
+                    assert w == pytest.approx(1.0 / (length[trace_of[tok]] * G), rel=1e-6), (mini_batches, micro)
+            assert seen == {g for g in length if length[g] > 0}

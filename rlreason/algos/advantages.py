@@ -24,16 +24,22 @@ def _as_float(x: Tensor) -> Tensor:
 
 
 def _group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-episode (mean, unbiased std, size) of its group; groups need not be contiguous or dense.
-    A group of one gets mean 0 and std 1, as verl does, so its advantage is the raw reward."""
+    """Per-episode (mean, unbiased std, size) of its group, in float64; groups need not be contiguous or dense.
+    A group of one gets mean 0 and std 1, as verl does, so its advantage is the raw reward. A group whose
+    rewards are all equal gets its common value as the mean and std 0, exactly: summing eight float32 1.2s in
+    float32 leaves a mean 1e-7 off, which GRPO's 1/(std + 1e-6) turned into A = +0.106 for every member, and
+    even float64 sums of 0.1 are not exact, so equal groups are detected rather than computed."""
+    r = rewards.to(torch.float64)
     _, inv = torch.unique(group_ids, return_inverse=True)
     n_groups = int(inv.max()) + 1 if inv.numel() else 0
-    count = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
-        0, inv, torch.ones_like(rewards))
-    total = torch.zeros_like(count).index_add_(0, inv, rewards)
-    mean = total / count
+    count = torch.zeros(n_groups, dtype=r.dtype, device=r.device).index_add_(0, inv, torch.ones_like(r))
+    total = torch.zeros_like(count).index_add_(0, inv, r)
+    lo = torch.full_like(count, float("inf")).scatter_reduce(0, inv, r, reduce="amin")
+    hi = torch.full_like(count, float("-inf")).scatter_reduce(0, inv, r, reduce="amax")
+    equal = lo == hi
+    mean = torch.where(equal, lo, total / count)
     # Two-pass variance (centre first) like torch.std, rather than E[x^2] - E[x]^2, to avoid cancellation.
-    sq = torch.zeros_like(count).index_add_(0, inv, (rewards - mean[inv]) ** 2)
+    sq = torch.zeros_like(count).index_add_(0, inv, (r - mean[inv]) ** 2)
     std = torch.sqrt(sq / (count - 1).clamp_min(1))
     single = count <= 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
@@ -62,7 +68,7 @@ def grpo(rewards: Tensor, group_ids: Tensor, *, eps: float = 1e-6, **_) -> Tenso
     DeepSeekMath Eq. (GRPO outcome supervision), arXiv 2402.03300."""
     rewards = _as_float(rewards)
     mean, std, _ = _group_stats(rewards, group_ids)
-    return (rewards - mean) / (std + eps)
+    return ((rewards.double() - mean) / (std + eps)).to(rewards.dtype)
 
 
 @ADVANTAGES.register("dr_grpo")
@@ -72,7 +78,7 @@ def dr_grpo(rewards: Tensor, group_ids: Tensor, *, eps: float = 1e-6, **_) -> Te
     rewards [N], group_ids [N] long -> [N]. Dr. GRPO Eq. (unbiased advantage), arXiv 2503.20783."""
     rewards = _as_float(rewards)
     mean, _, _ = _group_stats(rewards, group_ids)
-    return rewards - mean
+    return (rewards.double() - mean).to(rewards.dtype)
 
 
 @ADVANTAGES.register("rloo")
@@ -82,8 +88,8 @@ def rloo(rewards: Tensor, group_ids: Tensor, *, eps: float = 1e-6, **_) -> Tenso
     rewards [N], group_ids [N] long -> [N]. RLOO (Ahmadian et al.), arXiv 2402.14740."""
     rewards = _as_float(rewards)
     mean, _, count = _group_stats(rewards, group_ids)
-    loo = (rewards - mean) * count / (count - 1).clamp_min(1)
-    return torch.where(count > 1, loo, rewards)
+    loo = (rewards.double() - mean) * count / (count - 1).clamp_min(1)
+    return torch.where(count > 1, loo, rewards.double()).to(rewards.dtype)
 
 
 @ADVANTAGES.register("reinforce_pp_baseline")
@@ -96,8 +102,9 @@ def reinforce_pp_baseline(rewards: Tensor, group_ids: Tensor, *, eps: float = 1e
     rewards [N], group_ids [N] long -> [N]. REINFORCE++ Eq. (baseline variant), arXiv 2501.03262."""
     rewards = _as_float(rewards)
     mean, _, _ = _group_stats(rewards, group_ids)
-    weights = torch.ones_like(rewards) if token_counts is None else token_counts.to(rewards.dtype)
-    return masked_whiten(rewards - mean, weights)
+    centred = rewards.double() - mean
+    weights = torch.ones_like(centred) if token_counts is None else token_counts.to(centred.dtype)
+    return masked_whiten(centred, weights).to(rewards.dtype)
 
 
 def gae(token_rewards: Tensor, values: Tensor, response_mask: Tensor, *, gamma: float, lam: float,

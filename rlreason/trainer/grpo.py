@@ -19,8 +19,8 @@ import torch
 from rlreason.algos.advantages import ADVANTAGES
 from rlreason.algos.kl import kl_estimate
 from rlreason.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES
-from rlreason.algos.sampling import nonzero_variance_groups
 from rlreason.config import RunConfig, to_dict
+from rlreason.config_checks import check_combinations, check_ranges
 from rlreason.registry import ConfigError, build_environment, suggest
 from rlreason.rollout import Engine, SamplingConfig, make_engine
 from rlreason.rubric import Rubric
@@ -29,9 +29,10 @@ from rlreason.trainer.critic import ValueHead, assign_gae
 from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlreason.trainer.evaluate import evaluate
 from rlreason.trainer.metrics import MetricsLogger
+from rlreason.trainer.dynamic_sampling import collect_groups
 from rlreason.trainer.perf import PerfMeter, sequences
+from rlreason.trainer.rollout_phase import as_example
 from rlreason.trainer.run_dir import prepare_run_dir
-from rlreason.trainer.rollout_phase import as_example, run_groups
 from rlreason.trainer.sampler import PromptSampler
 from rlreason.trainer.update import UpdateContext, compute_logprobs, policy_update
 from rlreason.types import Environment, Episode
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 def validate(cfg: RunConfig) -> None:
-    """Check every registry-backed name before anything slow starts."""
+    """Check every registry-backed name, every numeric range and the combinations that would be silently
+    ignored, before anything slow starts."""
     if cfg.algo.advantage != "gae":  # gae needs a critic and lives in trainer/critic.py
         if cfg.algo.advantage not in ADVANTAGES:
             raise ConfigError(f"algo.advantage: unknown advantage estimator '{cfg.algo.advantage}'. Allowed: "
@@ -52,9 +54,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.algo.kl_estimator not in ("k1", "k2", "k3"):
         raise ConfigError(f"algo.kl_estimator: '{cfg.algo.kl_estimator}' is not allowed. Allowed: k1, k2, k3.")
     _check_attention(cfg.model.attn_implementation)
-    for key in ("steps", "prompts_per_step", "samples_per_prompt", "micro_batch_size", "ppo_epochs", "mini_batches"):
-        if getattr(cfg.trainer, key) < 1:
-            raise ConfigError(f"trainer.{key}: must be >= 1, got {getattr(cfg.trainer, key)}")
+    check_ranges(cfg)
+    check_combinations(cfg)
 
 
 def _check_attention(setting: str) -> None:
@@ -146,7 +147,7 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model_dir = resolve_model(cfg.model.name, dtype="fp32")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    env = build_environment(cfg.env.name, tokenizer, cfg.env.args)
+    env = build_environment(cfg.env.name, tokenizer, cfg.env.args)  # its constructor checks env.args
     rubric = Rubric(cfg.rewards)
 
     data = build_dataset(cfg.data.train, key="data.train")
@@ -270,11 +271,9 @@ def checkpoint(run: Run) -> None:
 def train_step(run: Run) -> dict[str, float]:
     cfg, tr, algo = run.cfg, run.cfg.trainer, run.cfg.algo
     t0 = time.perf_counter()
-    idx = run.sampler.next_indices(tr.prompts_per_step)
-    examples = [as_example(run.train_rows[i]) for i in idx]
-    # Seeds depend only on (run seed, step): a resumed run draws the same rollouts.
-    groups, env_errors = run_groups(run.engine, run.env, run.rubric, examples, tr.samples_per_prompt,
-                                    seed=(cfg.seed * 1_000_003 + run.step * 10_007) % (2**31 - 1))
+    # Seeds depend only on (run seed, step, round): a resumed run draws the same rollouts.
+    step_groups = collect_groups(run, seed=(cfg.seed * 1_000_003 + run.step * 10_007) % (2**31 - 1))
+    groups, generated = step_groups.groups, step_groups.generated
     t_rollout = time.perf_counter() - t0
     run.engine.sleep()  # GPU: vLLM's weights and KV cache make room for the update; update_weights wakes it
 
@@ -286,8 +285,7 @@ def train_step(run: Run) -> dict[str, float]:
     t1 = time.perf_counter()
     ref_logprobs = None
     rows = episodes_to_rows(episodes, [0.0] * len(episodes), group_ids)
-    all_rows = rows
-    if algo.kl_coef > 0 and run.ctx.ref_model is not None:
+    if algo.kl_coef > 0 and run.ctx.ref_model is not None and rows:
         ref_logprobs = compute_logprobs(run.ctx.ref_model, rows, run.ctx, tr.micro_batch_size)
         if algo.kl_in_reward:  # r <- r - beta * sum_t KL(pi || ref) over the trace's trained tokens
             pol = compute_logprobs(run.ctx.model, rows, run.ctx, tr.micro_batch_size)
@@ -296,18 +294,13 @@ def train_step(run: Run) -> dict[str, float]:
                 m = torch.tensor(r.response_mask, dtype=torch.float)
                 pen[r.trace_id] += float((kl_estimate(lp, ref, algo.kl_estimator) * m).sum())
             rewards = rewards - algo.kl_coef * pen
-    keep = nonzero_variance_groups(rewards, gids) if algo.dynamic_sampling else torch.ones(len(episodes), dtype=torch.bool)
-    if algo.advantage == "gae":
+    if rows and algo.advantage == "gae":
         assign_gae(rows, rewards.tolist(), run.ctx.model, run.ctx.value_head, run.ctx.pad_id, run.ctx.device,
                    gamma=algo.gamma, lam=algo.lam, micro=tr.micro_batch_size)
-    else:
+    elif rows:
         advantages = ADVANTAGES.get(algo.advantage)(rewards, gids, eps=algo.adv_eps)
         for r in rows:
             r.advantage = float(advantages[r.trace_id])
-    kept_rows = [(i, r) for i, r in enumerate(rows) if keep[r.trace_id]]
-    if ref_logprobs is not None:
-        ref_logprobs = [ref_logprobs[i] for i, _ in kept_rows]
-    rows = [r for _, r in kept_rows]
     t_reward = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -320,21 +313,30 @@ def train_step(run: Run) -> dict[str, float]:
     t_sync = time.perf_counter() - t3
     run.step += 1
 
+    all_episodes = [ep for g in generated for ep in g]
     metrics = {
-        "reward/total": float(rewards.mean()) if len(rewards) else float("nan"),
-        **_component_means(episodes),
+        # reward/* over every episode generated this step (what the policy scores), the KL penalty apart
+        "reward/total": float(np.mean([ep.reward for ep in all_episodes])) if all_episodes else float("nan"),
+        **({"reward/kl_penalty": float((torch.tensor([ep.reward for ep in episodes]) - rewards).mean())}
+           if algo.kl_in_reward and len(rewards) else {}),
+        **_component_means(all_episodes),
         **{f"reward/{k}/errors": float(v) for k, v in run.rubric.errors.items() if v},
         **loss_metrics,
-        "rollout/episodes": float(len(episodes)),
-        "rollout/env_errors": float(env_errors),
+        "rollout/episodes": float(len(all_episodes)),
+        "rollout/env_errors": float(step_groups.env_errors),
         "rollout/rows": float(len(rows)),
-        "rollout/kept_groups_frac": float(keep.float().mean()) if len(keep) else 0.0,
-        "rollout/response_tokens": float(np.mean([ep.num_trained_tokens for ep in episodes])) if episodes else 0.0,
-        **_env_metric_means(run.env.name, episodes),
+        "rollout/prompts": float(len(step_groups.examples)),
+        "rollout/sampling_rounds": float(step_groups.rounds),
+        "rollout/trained_groups": float(len(groups)),
+        "rollout/kept_groups_frac": len(groups) / len(generated) if generated else 0.0,
+        "rollout/zero_var_groups_frac": step_groups.zero_variance / len(generated) if generated else 0.0,
+        "rollout/response_tokens": float(np.mean([ep.num_trained_tokens for ep in all_episodes]))
+        if all_episodes else 0.0,
+        **_env_metric_means(run.env.name, all_episodes),
         "time/rollout": t_rollout, "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
         "time/step": time.perf_counter() - t0,
         "lr": run.ctx.optimizer.param_groups[0]["lr"],
-        **_perf_metrics(run, all_rows, rows, episodes, t_rollout, t_reward + t_update),
+        **_perf_metrics(run, rows, rows, all_episodes, t_rollout, t_reward + t_update),
     }
     run.env.on_step_end(metrics)
     run.logger.log(run.step, metrics)
@@ -343,7 +345,7 @@ def train_step(run: Run) -> dict[str, float]:
             {"id": ex.get("id"), "prompt": ex.get("prompt"), "answer": ex.get("answer"),
              "transcript": g[0].transcript, "reward": g[0].reward, "components": g[0].reward_components,
              "info": g[0].info}
-            for ex, g in list(zip(examples, groups))[:cfg.logging.log_samples]])
+            for ex, g in list(zip(step_groups.examples, generated))[:cfg.logging.log_samples]])
     return metrics
 
 

@@ -2,7 +2,7 @@
 key is set, so a laptop run never blocks on a login), a reward-curve PNG and a text summary at the end.
 
 Metric keys: `loss/...` (policy update), `reward/<name>` (mean of each reward term), `rollout/...`
-(tokens, lengths, timings), `env/<name>/...` (environment metrics), `eval/...` (held-out pass@k),
+(tokens, lengths, prompts, DAPO sampling rounds, zero-variance groups), `env/<name>/...` (environment metrics), `eval/...` (held-out pass@k),
 `time/...` (seconds per phase)."""
 
 from __future__ import annotations
@@ -187,6 +187,9 @@ def summarize(history: list[dict[str, Any]], reward_key: str = "reward/total", w
     t = [h["time/step"] for h in rows if "time/step" in h]
     if t:
         lines.append(f"mean step time: {_mean(t):.1f} s")
+    z = [h["rollout/zero_var_groups_frac"] for h in rows if "rollout/zero_var_groups_frac" in h]
+    if z:  # groups whose rewards were all equal: no gradient signal (DAPO's dynamic sampling refills them)
+        lines.append(f"zero-variance groups per step: mean {_mean(z):.3f}")
     return "\n".join(lines) + "\n"
 
 

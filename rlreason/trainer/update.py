@@ -83,6 +83,22 @@ def _pad_rows(values: list[torch.Tensor], T: int) -> torch.Tensor:
     return out
 
 
+def minibatch_indices(rows: list[Row], mini_batches: int) -> list[list[int]]:
+    """Row indices of each mini-batch of one pass: the prompt groups are shuffled and dealt into `mini_batches`
+    parts whose sizes differ by at most one group. A group holds whole traces (every chunk row of a Delethink
+    episode), so each trace lands in exactly one mini-batch and Eq. 3's l_g is its whole length, never the
+    few chunks a row-level shuffle happened to put there; whole groups also match verl, whose mini-batches are
+    ppo_mini_batch_size prompts x n responses. Shuffles with python's RNG (checkpointed), so a resumed run
+    deals identically. Delethink Eq. 3, J = (1/G) sum_g (1/l(tau_g)) sum_chunks sum_t U, arXiv 2510.06557."""
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.group_id, []).append(i)
+    keys = list(groups)
+    random.shuffle(keys)
+    bounds = [len(keys) * m // mini_batches for m in range(mini_batches + 1)]
+    return [[i for k in keys[bounds[m]:bounds[m + 1]] for i in groups[k]] for m in range(mini_batches)]
+
+
 def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: TrainerConfig,
                   ref_logprobs: list[torch.Tensor] | None) -> dict[str, float]:
     """PPO-style update on one rollout batch; returns `loss/...` metrics averaged over micro-batches."""
@@ -94,14 +110,11 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
     loss_fn = POLICY_LOSSES.get(algo.policy_loss, "algo.policy_loss")
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
-    order = list(range(len(rows)))
     for _epoch in range(tr.ppo_epochs):
-        random.shuffle(order)  # python RNG is checkpointed, so a resumed run shuffles identically
-        per_mb = -(-len(order) // tr.mini_batches)
-        for m in range(tr.mini_batches):
-            # Shuffling decides the mini-batches; inside one, rows sharing a prompt go together (one prompt
-            # forward per group, less padding) -- the weighted loss sum does not depend on row order.
-            idx = group_order(rows, order[m * per_mb:(m + 1) * per_mb])
+        for part in minibatch_indices(rows, tr.mini_batches):
+            # Inside one mini-batch, rows sharing a prompt go together (one prompt forward per group, less
+            # padding) -- the weighted loss sum does not depend on row order.
+            idx = group_order(rows, part)
             if not idx:
                 continue
             mb_rows = [rows[i] for i in idx]
@@ -184,7 +197,8 @@ def _step(ctx: UpdateContext, tr: TrainerConfig, sums: dict, counts: dict, loss:
     counted; `max_nonfinite_steps` in a row stops the run with a clear error rather than training
     on garbage."""
     params = [*ctx.model.parameters(), *(ctx.value_head.parameters() if ctx.value_head is not None else [])]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
+    max_norm = tr.max_grad_norm if tr.max_grad_norm is not None else math.inf  # inf: measure, do not clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     if not torch.isfinite(grad_norm) or not math.isfinite(loss):
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.nonfinite_streak += 1

@@ -13,7 +13,9 @@ What maps one to one onto verl (native):
     algo.kl_coef/kl_estimator -> actor.use_kl_loss + kl_loss_coef/kl_loss_type (k1|k2|k3), or with
                       kl_in_reward -> algorithm.use_kl_in_reward + kl_penalty + kl_ctrl.kl_coef
     algo.entropy_coef -> actor.entropy_coeff;  algo.tis_cap -> algorithm.rollout_correction (token IS)
-    algo.dynamic_sampling -> algorithm.filter_groups (DAPO)
+    algo.dynamic_sampling/max_sampling_rounds -> algorithm.filter_groups (DAPO) + max_num_gen_batches
+                      (verl stops with an error when the rounds run out; the local trainer trains on the
+                      informative groups it has)
     trainer.* -> batch sizes, lr, warm-up, grad clip, epochs, steps, checkpoints;  rollout.* -> rollout.*
     trainer.micro_batch_size -> *_micro_batch_size_per_gpu: the largest divisor of one GPU's mini-batch rows
                       not above it (micro_batch_per_gpu)
@@ -164,11 +166,12 @@ def verl_overrides(cfg: RunConfig, *, nodes: int = 1, gpus_per_node: int = 8, ru
         # --- DAPO dynamic sampling: drop groups whose rewards are all equal
         f"algorithm.filter_groups.enable={str(a.dynamic_sampling).lower()}",
         "algorithm.filter_groups.metric=reward",
+        f"algorithm.filter_groups.max_num_gen_batches={a.max_sampling_rounds}",
         # --- optimiser and batches (verl counts mini-batches in prompts, micro-batches in rows per GPU)
         f"{AR}.actor.optim.lr={t.lr}",
         f"{AR}.actor.optim.weight_decay={t.weight_decay}",
         f"{AR}.actor.optim.lr_warmup_steps={t.warmup_steps if t.warmup_steps > 0 else -1}",
-        f"{AR}.actor.optim.clip_grad={t.max_grad_norm}",
+        f"{AR}.actor.optim.clip_grad={t.max_grad_norm if t.max_grad_norm is not None else 'inf'}",
         f"{AR}.actor.ppo_epochs={t.ppo_epochs}",
         f"{AR}.actor.ppo_mini_batch_size={t.prompts_per_step // t.mini_batches}",
         f"{AR}.actor.ppo_micro_batch_size_per_gpu={micro}",
