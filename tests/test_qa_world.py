@@ -135,3 +135,20 @@ def test_warm_start_sft_searches_exactly_on_must_search_rows(tmp_path):
             assert normalize_answer(row["answer"]) in normalize_answer(docs)  # the search found it
         else:
             assert "<search>" not in c and "<document>" not in c
+
+
+def test_corpus_alone_or_with_the_wiki_leads_and_the_repo_config(tmp_path):
+    from rlreason.config import load_config
+    from rlreason.data.qa_world import main
+    from rlreason.search.corpus import wiki_corpus_path
+
+    main(["corpus", "--out", str(tmp_path / "world.jsonl"), "--n-entities", "20"])
+    world = load_corpus(tmp_path / "world.jsonl")
+    assert [p.title for p in world] == [r["title"] for r in corpus_rows(0, 20)]
+    write_corpus(tmp_path / "both.jsonl", n_entities=20, with_wiki=True)
+    both = load_corpus(tmp_path / "both.jsonl")  # raises on a duplicate id
+    assert len(both) == len(load_corpus(wiki_corpus_path())) + 20 and both[-20:] == world
+    cfg = load_config("configs/qa_world_cpu.yaml")
+    train, test = build_dataset(cfg.data.train, key="data.train"), build_dataset(cfg.data.eval, key="data.eval")
+    assert (len(train), len(test)) == (256, 64)
+    assert sum(loads_info(i)["type"] == "must_search" for i in test["info"]) == 32

@@ -23,7 +23,8 @@ metrics can be split by type and the warm-start SFT builder searches for the rig
 
     rlreason data source=qa_world split=train size=8
     python -m rlreason.data.qa_world corpus --out runs/qa_world/corpus.jsonl [--with-wiki]
-    python -m rlreason.data.qa_world sft --out runs/qa_world/warm_start.jsonl --size 300
+    python -m rlreason.data.qa_world sft --out runs/qa_world/warm_start.jsonl --size 300 \
+        --config configs/qa_world_cpu.yaml   # the prompt of the RL run
     rlreason serve-search --corpus runs/qa_world/corpus.jsonl --port 8765
 """
 
@@ -239,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--test-fraction", type=float, default=0.25)
     s.add_argument("--max-searches", type=int, default=1)
     s.add_argument("--corpus", help="corpus jsonl the SFT passages come from (default: the world's own)")
-    s.add_argument("--env-args", default="{}", help="pay_per_search env args as JSON (template, style, ...)")
+    s.add_argument("--config", help="take the pay_per_search env args (template, style, ...) from this config")
+    s.add_argument("--env-args", default="{}", help="pay_per_search env args as JSON (override --config's)")
     for p in (c, s):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--n-entities", type=int, default=200)
@@ -247,9 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     if a.cmd == "corpus":
         print(write_corpus(a.out, seed=a.seed, n_entities=a.n_entities, with_wiki=a.with_wiki))
     else:
+        env_args = {}
+        if a.config:
+            from rlreason.config import load_config
+            env_args = dict(load_config(a.config).env.args)
+        env_args.update(json.loads(a.env_args))
         print(write_sft(a.out, split=a.split, size=a.size, must_search_fraction=a.must_search_fraction,
                         n_entities=a.n_entities, test_fraction=a.test_fraction, seed=a.seed,
-                        max_searches=a.max_searches, corpus=a.corpus, env_args=json.loads(a.env_args)))
+                        max_searches=a.max_searches, corpus=a.corpus, env_args=env_args))
 
 
 if __name__ == "__main__":
