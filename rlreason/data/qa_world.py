@@ -65,9 +65,13 @@ MUST_SEARCH_TEMPLATES = {
     "year": ("In what year was {name} born?", "When was {name} born?"),
 }
 CONTEXT_TEMPLATES = (
-    "{name} is a {occupation} from {birthplace}, born in {year}.",
-    "Born in {birthplace} in {year}, {name} works as a {occupation}.",
+    "{name} is {a_occupation} from {birthplace}, born in {year}.",
+    "Born in {birthplace} in {year}, {name} works as {a_occupation}.",
 )
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 @dataclass(frozen=True)
@@ -84,13 +88,13 @@ class Entity:
 
     def document(self) -> str:
         """The one corpus passage that holds this entity's facts (short: MASH cuts passages to ~50 words)."""
-        return (f"{self.name} (born {self.year}) is a {self.occupation} from {self.birthplace}. "
+        return (f"{self.name} (born {self.year}) is {_a(self.occupation)} from {self.birthplace}. "
                 f"{self.name} was born in the town of {self.birthplace} in {self.year} "
-                f"and worked as a {self.occupation}.")
+                f"and worked as {_a(self.occupation)}.")
 
     def context(self, rng: random.Random) -> str:
         return rng.choice(CONTEXT_TEMPLATES).format(name=self.name, birthplace=self.birthplace,
-                                                    occupation=self.occupation, year=self.year)
+                                                    a_occupation=_a(self.occupation), year=self.year)
 
 
 def _rng(*parts: Any) -> random.Random:
