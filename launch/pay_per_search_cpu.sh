@@ -6,12 +6,14 @@
 #
 #   flock /tmp/rlreason-cpu.lock bash launch/pay_per_search_cpu.sh
 #   SEARCH_PORT=8766 ABSTENTION=0 bash launch/pay_per_search_cpu.sh trainer.steps=2
+#   CONFIG=configs/qa_world_cpu.yaml RUN_DIR=runs/qa_world_cpu SEARCH_CORPUS=runs/qa_world_cpu/corpus.jsonl \
+#       bash launch/pay_per_search_cpu.sh      # another config, served another corpus (docs/qa_world.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 [ -f .venv/bin/activate ] && . .venv/bin/activate
 
-CONFIG=configs/pay_per_search_cpu.yaml
+CONFIG=${CONFIG:-configs/pay_per_search_cpu.yaml}
 PORT=${SEARCH_PORT:-8765}
 BASE="http://127.0.0.1:$PORT"
 ABSTENTION=${ABSTENTION:-1}
@@ -23,7 +25,7 @@ if curl -sf "$BASE/health" >/dev/null 2>&1; then
   echo "launch: something already answers on $BASE; set SEARCH_PORT to a free port" >&2
   exit 1
 fi
-rlreason serve-search --port "$PORT" >"$LOG" 2>&1 &
+rlreason serve-search --port "$PORT" ${SEARCH_CORPUS:+--corpus "$SEARCH_CORPUS"} >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
 trap stop_server EXIT INT TERM

@@ -46,6 +46,10 @@ from rlreason.data.search_qa import build_fanoutqa, build_qa_jsonl  # noqa: E402
 
 SOURCES.update({"fanoutqa": build_fanoutqa, "qa_jsonl": build_qa_jsonl})
 
+from rlreason.data.qa_world import build_qa_world  # noqa: E402
+
+SOURCES["qa_world"] = build_qa_world
+
 
 def _params(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in inspect.signature(fn).parameters.items()
