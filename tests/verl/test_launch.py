@@ -47,8 +47,8 @@ def run_ppo_with_probe(cfg) -> None:
     """verl's main_ppo.run_ppo(config, task_runner_class) with the probe as the task runner."""
     import sys
 
-    import cloudpickle
     import ray
+    from ray import cloudpickle  # Ray pickles with its own vendored copy
     from verl.trainer import main_ppo
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the worker cannot import this test file
