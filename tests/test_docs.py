@@ -241,6 +241,22 @@ def _setup_is_current(root: Path) -> bool:
     return any(s.read_text().strip() == h.hexdigest()[:16] for s in stamps)
 
 
+# Commands that run scripts/setup.sh (directly or through quickstart.sh): with a stale stamp they would
+# `pip install -e` the scratch copy into the linked, shared .venv and leave it pointing at a deleted tmp dir.
+_SETUP = re.compile(r"^(bash\s+)?(\./)?scripts/(setup|quickstart)\.sh\b")
+
+
+def runs_setup(cmd: str) -> bool:
+    return bool(_SETUP.match(cmd.strip()))
+
+
+def test_commands_that_run_setup_are_recognised():
+    for cmd in ("bash scripts/setup.sh", "scripts/setup.sh", "./scripts/setup.sh", "bash scripts/quickstart.sh x=1"):
+        assert runs_setup(cmd), cmd
+    for cmd in ("bash scripts/setup_verl_venv.sh", "rlreason train configs/quickstart.yaml", "cat scripts/setup.sh"):
+        assert not runs_setup(cmd), cmd
+
+
 def _has_code(doc: Path) -> bool:
     return any(lang in LANG_SHELL + LANG_PYTHON for lang, _, _ in fenced_blocks(doc.read_text()))
 
@@ -254,9 +270,9 @@ def test_doc_commands(doc, tmp_path):
     for cmd, line in doc_commands(doc):
         if skip_reason(cmd):
             continue
-        if cmd.startswith("bash scripts/quickstart.sh") and not _setup_is_current(root):
-            warnings.warn("docs test: scripts/quickstart.sh not run: the venv's setup stamp is stale (run "
-                          "scripts/setup.sh); it would reinstall into the shared venv")
+        if runs_setup(cmd) and not _setup_is_current(root):
+            warnings.warn(f"docs test: `{cmd}` not run: the venv's setup stamp is stale (run scripts/setup.sh); "
+                          "it would reinstall the shared venv's editable rlreason from the scratch copy")
             continue
         run = shrink(cmd)
         ran.append(run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -171,6 +172,7 @@ class VLLMEngine(Engine):
         # CUDA, for serving; compiled graphs are built under that count and Dynamo guards on it) and on CPU
         # replaces torch.set_num_threads with a no-op. The trainer gets its own count back (with the original
         # function); rollouts run under vLLM's (`run`). On CPU the two are the same, so nothing switches.
+        _collect_dead_engines()
         with _torch_threads(torch.get_num_threads()):
             self.llm = LLM(
                 model=model_dir,
@@ -257,4 +259,15 @@ class VLLMEngine(Engine):
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
-        del self.llm
+        del self.llm, self.engine
+        _collect_dead_engines()
+
+
+def _collect_dead_engines() -> None:
+    """Finalize engines nobody holds before another starts. An in-process vLLM engine tears down the
+    process-wide parallel groups when it is collected, and its start gc.freeze()s every live object, so a
+    dead engine still waiting in a reference cycle becomes immortal until some later gc.unfreeze() and is then
+    collected under the next engine, pulling its groups away ("pipeline model parallel group is not
+    initialized" at the next generate). Unfreezing and collecting here runs that teardown first."""
+    gc.unfreeze()
+    gc.collect()
