@@ -97,12 +97,23 @@ class DelethinkPolicy:
         self.calls = 0
         self.boundary_stops = 0
         self.finish = "length"
+        self.busy = False
 
     async def generate(self, prompt_ids: list[int], *, max_tokens: int,
                        stop: list[str] | None = None) -> Completion:
         prompt_ids = list(prompt_ids)
         if max_tokens <= 0:
             return Completion([], [], "length", "")
+        if self.busy:  # one trace state per episode: overlapping calls would interleave it
+            raise RuntimeError("Delethink (env.markovian) needs an episode's generate calls one at a time; "
+                               "this environment awaited two at once")
+        self.busy = True
+        try:
+            return await self._generate(prompt_ids, stop)
+        finally:
+            self.busy = False
+
+    async def _generate(self, prompt_ids: list[int], stop: list[str] | None) -> Completion:
         self.calls += 1
         view = self.view
         if view is not None and prompt_ids[:len(view)] == view:

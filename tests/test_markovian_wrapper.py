@@ -397,3 +397,54 @@ def test_real_hf_engine_chunks_are_exact_rows():
         ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(s.response_ids)[:, None])[:, 0]
         assert torch.allclose(ref, torch.tensor(s.response_logprobs), atol=1e-4)
     assert ep.metrics["chunks"] == len(ep.samples)
+
+
+@pytest.mark.slow
+def test_real_vllm_engine_two_turns_chunk_rows():
+    """The production engine (vLLM) under the wrapper: a two-turn episode through `rlreason`'s vLLM policy,
+    each chunk's prompt is query + head + carry (+ the feedback once), and its logprobs are the trainer's
+    forward over that prompt (bf16 engine vs fp32 trainer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.models import resolve_model
+    from rlreason.rollout import SamplingConfig, make_engine
+    d = resolve_model("tiny-random", dtype="fp32")
+    tk = AutoTokenizer.from_pretrained(d)
+    eng = make_engine("vllm", model_dir=d, model=None, tokenizer=tk, sampling=SamplingConfig(1.0), dtype="bf16",
+                      max_model_len=256, kv_cache_gb=1, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
+    try:
+        env = build_environment("two_turn_test", tk, {}, {"chunk_size": 12, "carryover": 6, "keep_head": 2,
+                                                          "max_chunks": 3})
+        ex = {"question": "What is 2 + 2?"}
+        episodes = eng.run([env.rollout(ex, eng.policy(seed=s)) for s in range(3)])
+    finally:
+        eng.close()
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
+    q = tk.encode(ex["question"], add_special_tokens=False)
+    for ep in episodes:
+        assert 2 <= len(ep.samples) <= 6 and ep.metrics["chunks"] == len(ep.samples)
+        head = ep.samples[0].response_ids[:2]
+        assert ep.samples[0].prompt_ids == q and len(ep.samples[0].response_ids) <= 12  # C
+        assert sum(s.prompt_ids[-len(FEEDBACK):] == FEEDBACK for s in ep.samples) == 1  # shown once
+        for s in ep.samples[1:]:
+            assert s.prompt_ids[:len(q) + 2] == q + head and len(s.response_ids) <= 12 - 6  # C - m
+            assert len(s.prompt_ids) <= len(q) + 6 + len(FEEDBACK)  # the m-token state (+ the feedback)
+            with torch.no_grad():
+                logits = model(torch.tensor([s.prompt_ids + s.response_ids])).logits[0, len(s.prompt_ids) - 1:-1]
+            ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(s.response_ids)[:, None])[:, 0]
+            assert (ref - torch.tensor(s.response_logprobs)).abs().mean() < 0.1
+
+
+def test_overlapping_calls_of_one_episode_are_refused():
+    class Parallel(Environment):
+        async def rollout(self, example, policy):
+            await asyncio.gather(policy.generate([1], max_tokens=4), policy.generate([2], max_tokens=4))
+
+    class SlowPolicy:
+        async def generate(self, prompt_ids, *, max_tokens, stop=None):
+            await asyncio.sleep(0)
+            return Completion([5], [-0.1], "stop")
+
+    env = Markovian(Parallel(FakeTokenizer()), **DELETHINK)
+    with pytest.raises(RuntimeError, match="one at a time"):
+        asyncio.run(env.rollout({}, SlowPolicy()))
