@@ -95,7 +95,6 @@ class DelethinkPolicy:
         self.since_break: list[int] = []  # generated tokens since the last injection / stop (boundary stops)
         self.last_state: list[int] = []  # carry + injected + response of the newest chunk (what it ended on)
         self.calls = 0
-        self.boundary_stops = 0
         self.finish = "length"
         self.busy = False
 
@@ -134,7 +133,6 @@ class DelethinkPolicy:
             cut = boundary_stop(self.decode, self.since_break, y, stop)
             if cut is not None:
                 y, lp, finish = y[:cut], lp[:cut], "stop"
-                self.boundary_stops += 1
             self.samples.append(Sample(x, y, lp, [1] * len(y)))
             ids += y
             lps += lp
