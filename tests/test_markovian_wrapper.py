@@ -448,3 +448,41 @@ def test_overlapping_calls_of_one_episode_are_refused():
     env = Markovian(Parallel(FakeTokenizer()), **DELETHINK)
     with pytest.raises(RuntimeError, match="one at a time"):
         asyncio.run(env.rollout({}, SlowPolicy()))
+
+
+def test_abstention_eval_runs_the_wrapped_environment(tok):
+    from rlreason.rollout.base import SamplingConfig
+    from rlreason.search.abstention import abstention_eval
+
+    class AnsweringEngine:
+        sampling = SamplingConfig()
+
+        def __init__(self):
+            self.max_tokens = []
+
+        def run(self, coros):
+            async def main():
+                return await asyncio.gather(*coros)
+            return asyncio.run(main())
+
+        def policy(self, seed=None, sampling=None):
+            return self
+
+        async def generate(self, prompt_ids, *, max_tokens, stop=None):
+            self.max_tokens.append(max_tokens)
+            ids = tok.encode("<answer> Tokyo </answer>", add_special_tokens=False)
+            return Completion(ids, [0.0] * len(ids), "stop")
+
+    eng = AnsweringEngine()
+    ex = {"id": "q1", "question": "What is the capital of Japan?", "answer": "Tokyo", "data_source": "t"}
+    out = abstention_eval(eng, {"server_url": "http://127.0.0.1:9/retrieve"}, tok, [ex], k=1,
+                          markovian={"chunk_size": 32, "carryover": 16, "keep_head": 4, "max_chunks": 2})
+    assert set(eng.max_tokens) == {32}  # each episode's first chunk, not pay_per_search's 512-token turn
+    assert out["abstention/tool/accuracy"] == 1.0
+
+
+def test_chunked_eval_refuses_env_markovian():
+    from rlreason.markovian_eval import shared_env_args
+    cfg = load_config(None, ["env.markovian.chunk_size=64"])
+    with pytest.raises(ConfigError, match=r"env\.markovian: --chunked"):
+        shared_env_args(cfg)
