@@ -63,14 +63,13 @@ def abstention_eval(engine: Engine, env_args: dict[str, Any], tokenizer: Any, ex
         raise ConfigError(f"abstention eval needs k >= 1 and at least one question (k={k}, {len(examples)} questions)")
     sampling = SamplingConfig(temperature=temperature, top_p=engine.sampling.top_p, top_k=engine.sampling.top_k)
     args = {a: v for a, v in env_args.items() if a != "search_enabled"}
-    with_tool = _run(engine, build_environment("pay_per_search", tokenizer, {**args, "search_enabled": True}, markovian),
-                     examples, k, seed, sampling)
-    no_tool = _run(engine, build_environment("pay_per_search", tokenizer, {**args, "search_enabled": False}, markovian),
-                   examples, k, seed + 1, sampling)
+    def env(a: dict[str, Any]) -> Any:  # `markovian`: the config's env.markovian, as training runs it
+        return build_environment("pay_per_search", tokenizer, a, markovian)
+    with_tool = _run(engine, env({**args, "search_enabled": True}), examples, k, seed, sampling)
+    no_tool = _run(engine, env({**args, "search_enabled": False}), examples, k, seed + 1, sampling)
     if answerability == "closed_book":
         cb_args = {**args, "search_enabled": False, "template": CLOSED_BOOK_TEMPLATE}
-        probe = _run(engine, build_environment("pay_per_search", tokenizer, cb_args, markovian), examples, k, seed + 2,
-                     sampling)
+        probe = _run(engine, env(cb_args), examples, k, seed + 2, sampling)
     else:
         probe = with_tool
 
