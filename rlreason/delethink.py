@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from rlreason.registry import ConfigError
-from rlreason.types import Completion, Environment, Episode, Policy, Sample
+from rlreason.types import Completion, Environment, Episode, Policy, RowBound, Sample
 
 # The paper's 24K setting: C = 8192, m = C/2, I = 5 (I = 23 gives 96K); the first 100 tokens are kept.
 CHUNK_SIZE, CARRYOVER, KEEP_HEAD, MAX_CHUNKS = 8192, 4096, 100, 5
@@ -187,14 +187,12 @@ class Markovian(Environment):
         """Most tokens one generate call of the environment can produce."""
         return delethink_budget(self.C, self.m, self.I)
 
-    def row_bound(self):  # -> rlreason.types.RowBound | None
+    def row_bound(self) -> RowBound | None:
         """Most tokens one training row (chunk) holds beyond the dataset prompt: the m-token state (head +
         carry) plus what the inner environment may inject before a chunk (at most its own row: what it
         appends to a context fits in one of its rows) in the prompt, and C in the response. None when the
         inner environment declares no bound."""
-        from rlreason.types import RowBound  # imported here: the row-bound contract lands in types.py separately
-        inner = getattr(type(self.inner), "row_bound", None)
-        rb = inner(self.inner) if callable(inner) else None
+        rb = self.inner.row_bound()
         if rb is None:
             return None
         return RowBound(prompt_extra=self.m + rb.prompt_extra + rb.response, response=self.C)

@@ -19,7 +19,7 @@ from rlreason.config import load_config
 from rlreason.delethink import DelethinkPolicy, Markovian, boundary_stop
 from rlreason.registry import ENVIRONMENTS, ConfigError, build_environment
 from rlreason.trainer.batch import episodes_to_rows
-from rlreason.types import Completion, Environment, Episode, Sample
+from rlreason.types import Completion, Environment, Episode, RowBound, Sample
 
 DELETHINK = {"chunk_size": 8, "carryover": 5, "keep_head": 2}  # carry 3, later chunks write 3
 FEEDBACK = [7, 7]  # what the two-turn environment injects between its turns
@@ -355,17 +355,12 @@ def test_state_and_step_end_reach_the_inner_environment():
 
 
 def test_row_bound():
-    types = pytest.importorskip("rlreason.types")
-    if not hasattr(types, "RowBound"):
-        pytest.skip("rlreason.types has no RowBound yet")
     mk = MarkovianThinking(FakeTokenizer(), max_chunks=3, **SMALL)
-    assert mk.row_bound() == types.RowBound(prompt_extra=5, response=8)
-    env = wrapped("two_turn_test", max_chunks=2)
+    assert mk.row_bound() == RowBound(prompt_extra=5, response=8)  # q + m-token state, one chunk
+    assert wrapped("two_turn_test", max_chunks=2).row_bound() is None  # the inner environment declares none
+    env = wrapped("single_turn", {"max_tokens": 4}, max_chunks=2)
     inner = env.inner.row_bound()
-    if inner is None:
-        assert env.row_bound() is None
-    else:
-        assert env.row_bound() == types.RowBound(prompt_extra=5 + inner.prompt_extra + inner.response, response=8)
+    assert env.row_bound() == RowBound(prompt_extra=5 + inner.prompt_extra + inner.response, response=8)
 
 
 # ---- the real engine ---------------------------------------------------------------------------------------
