@@ -39,6 +39,7 @@ class DataConfig:
 class EnvConfig:
     name: str = "single_turn"  # a registered environment (`rlreason.environments` entry point)
     args: dict = field(default_factory=dict)  # keyword arguments of the environment's constructor
+    markovian: dict | None = None  # Delethink chunks around env.name: {chunk_size, carryover, keep_head, max_chunks}
 
 
 @dataclass

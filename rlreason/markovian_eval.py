@@ -65,6 +65,9 @@ def budget_settings(env_args: dict[str, Any], budgets: list[int], vary: Vary) ->
 def shared_env_args(cfg: RunConfig) -> dict[str, Any]:
     """The config's env.args that both `markovian` and `longcot` take (raises on any other key, e.g. a
     single_turn `stop`, rather than silently evaluating a different prompt)."""
+    if cfg.env.markovian is not None:
+        raise ConfigError("env.markovian: --chunked compares the `markovian` and `longcot` environments; give "
+                          "chunk_size, carryover, keep_head, max_chunks as env.args with env.name markovian.")
     extra = sorted(set(cfg.env.args) - set(SHARED_ARGS) - {"max_tokens"})
     if extra:
         raise ConfigError(f"env.args: {', '.join(extra)} cannot be passed to both markovian and longcot. "

@@ -149,7 +149,14 @@ register_environment = ENVIRONMENTS.register
 register_reward = REWARDS.register
 
 
-def build_environment(name: str, tokenizer: Any, args: dict[str, Any]) -> Any:
+def build_environment(name: str, tokenizer: Any, args: dict[str, Any],
+                      markovian: dict[str, Any] | None = None) -> Any:
+    """env.name built with env.args, inside Delethink chunking when env.markovian is given. Every place that
+    runs a config's environment (trainer, eval, verl agent loop) builds it here, so composition holds there."""
     cls = ENVIRONMENTS.get(name, "env.name")
     check_kwargs(cls.__init__, args, "env.args")
-    return cls(tokenizer, **args)
+    env = cls(tokenizer, **args)
+    if markovian is None:
+        return env
+    from rlreason.delethink import wrap_markovian  # imports rlreason.types; registry stays import-light
+    return wrap_markovian(env, markovian)

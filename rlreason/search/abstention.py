@@ -55,20 +55,21 @@ def _run(engine: Engine, env: Any, examples: list[dict], k: int, seed: int,
 
 
 def abstention_eval(engine: Engine, env_args: dict[str, Any], tokenizer: Any, examples: list[dict], *, k: int,
-                    temperature: float = 1.0, seed: int = 0, answerability: str = "closed_book") -> dict[str, Any]:
+                    temperature: float = 1.0, seed: int = 0, answerability: str = "closed_book",
+                    markovian: dict[str, Any] | None = None) -> dict[str, Any]:
     if answerability not in ANSWERABILITY:
         raise ConfigError(f"answerability: '{answerability}' is not allowed. Allowed: {', '.join(ANSWERABILITY)}.")
     if k < 1 or not examples:
         raise ConfigError(f"abstention eval needs k >= 1 and at least one question (k={k}, {len(examples)} questions)")
     sampling = SamplingConfig(temperature=temperature, top_p=engine.sampling.top_p, top_k=engine.sampling.top_k)
     args = {a: v for a, v in env_args.items() if a != "search_enabled"}
-    with_tool = _run(engine, build_environment("pay_per_search", tokenizer, {**args, "search_enabled": True}),
-                     examples, k, seed, sampling)
-    no_tool = _run(engine, build_environment("pay_per_search", tokenizer, {**args, "search_enabled": False}),
-                   examples, k, seed + 1, sampling)
+    def env(a: dict[str, Any]) -> Any:  # `markovian`: the config's env.markovian, as training runs it
+        return build_environment("pay_per_search", tokenizer, a, markovian)
+    with_tool = _run(engine, env({**args, "search_enabled": True}), examples, k, seed, sampling)
+    no_tool = _run(engine, env({**args, "search_enabled": False}), examples, k, seed + 1, sampling)
     if answerability == "closed_book":
         cb_args = {**args, "search_enabled": False, "template": CLOSED_BOOK_TEMPLATE}
-        probe = _run(engine, build_environment("pay_per_search", tokenizer, cb_args), examples, k, seed + 2, sampling)
+        probe = _run(engine, env(cb_args), examples, k, seed + 2, sampling)
     else:
         probe = with_tool
 
@@ -115,7 +116,7 @@ def run_abstention_eval(cfg: Any, *, checkpoint: str | None = None, split: str =
     run, rows = load_for_eval(cfg, checkpoint, split)
     try:
         out = abstention_eval(run.engine, cfg.env.args, run.tokenizer, rows, k=cfg.eval.k,
-                              temperature=cfg.eval.temperature, seed=cfg.seed + 7)
+                              temperature=cfg.eval.temperature, seed=cfg.seed + 7, markovian=cfg.env.markovian)
     finally:
         run.engine.close()
     return {"model": cfg.model.name, "checkpoint": checkpoint, "split": split, **out}

@@ -147,7 +147,7 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model_dir = resolve_model(cfg.model.name, dtype="fp32")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    env = build_environment(cfg.env.name, tokenizer, cfg.env.args)  # its constructor checks env.args
+    env = build_environment(cfg.env.name, tokenizer, cfg.env.args, cfg.env.markovian)  # checks env.args
     rubric = Rubric(cfg.rewards)
 
     data = build_dataset(cfg.data.train, key="data.train")

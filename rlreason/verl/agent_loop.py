@@ -134,26 +134,32 @@ _STARTED: dict[str, int] = defaultdict(int)  # uid -> sessions of it started in 
 _GEN_EOS: dict[str, Any] = {}  # model path -> generation_config eos ids
 
 
-def _environment(name: str, args: dict[str, Any], tokenizer: Any) -> Environment:
+def _environment(name: str, args: dict[str, Any], tokenizer: Any,
+                 markovian: dict[str, Any] | None = None) -> Environment:
     """One environment object per worker process and config (verl builds an agent loop per trajectory;
-    environments may hold clients or curricula that must not be rebuilt every time)."""
-    key = (name, json.dumps(args, sort_keys=True, default=str), id(tokenizer))
+    environments may hold clients or curricula that must not be rebuilt every time). `markovian` is the
+    config's env.markovian: the same Delethink composition as the local trainer's."""
+    key = (name, json.dumps(args, sort_keys=True, default=str), json.dumps(markovian, sort_keys=True),
+           id(tokenizer))
     if key not in _ENVS:
-        _ENVS[key] = build_environment(name, tokenizer, args)
+        _ENVS[key] = build_environment(name, tokenizer, args, markovian)
     return _ENVS[key]
 
 
 class RLReasonAgentLoop(AgentLoopBase):
-    """verl AgentLoopBase wrapping the rlreason environment `env_name` (built with `env_args`) and scoring
-    with `rewards` (the config's reward list). Returns a list of AgentLoopOutput (V1 trainer)."""
+    """verl AgentLoopBase wrapping the rlreason environment `env_name` (built with `env_args`, inside Delethink
+    chunking when `env_markovian` is given) and scoring with `rewards` (the config's reward list). Returns a
+    list of AgentLoopOutput (V1 trainer)."""
 
     def __init__(self, trainer_config: Any, server_manager: Any, tokenizer: Any, processor: Any,
                  dataset_cls: Any = None, data_config: Any = None, *, env_name: str,
-                 env_args: dict[str, Any] | None = None, rewards: list[dict[str, Any]] | None = None,
+                 env_args: dict[str, Any] | None = None, env_markovian: dict[str, Any] | None = None,
+                 rewards: list[dict[str, Any]] | None = None,
                  group_timeout_s: float = 1800.0, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(trainer_config, server_manager, tokenizer, processor, dataset_cls, data_config, **kwargs)
         self.env_name = env_name
-        self.env = _environment(env_name, dict(env_args or {}), tokenizer)
+        self.env = _environment(env_name, dict(env_args or {}), tokenizer,
+                                None if env_markovian is None else dict(env_markovian))
         self.reward_specs = list(rewards or [])
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.response_length = int(self.rollout_config.response_length)

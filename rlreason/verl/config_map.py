@@ -58,7 +58,7 @@ def env_row_bound(cfg: RunConfig) -> tuple[int, int]:
     bound's response. verl pads every row to these widths; the agent loop refuses any row that exceeds
     them instead of truncating it."""
     from rlreason.registry import build_environment
-    env = build_environment(cfg.env.name, None, dict(cfg.env.args))
+    env = build_environment(cfg.env.name, None, dict(cfg.env.args), cfg.env.markovian)  # as the agent loop
     bound = env.row_bound()
     if bound is None:
         raise ConfigError(f"env.name: '{cfg.env.name}' declares no row bound (Environment.row_bound), so verl's "
@@ -229,9 +229,12 @@ def runtime_env_vars(cfg: RunConfig) -> dict[str, str]:
 def agent_loop_entries(cfg: RunConfig) -> list[dict[str, Any]]:
     """The agent-loop yaml verl loads (`rollout.agent.agent_loop_config_path`): one entry per environment,
     instantiated by verl with `hydra.utils.instantiate` for every trajectory."""
-    return [{"name": agent_name(cfg.env.name), "_target_": "rlreason.verl.agent_loop.RLReasonAgentLoop",
+    entry = {"name": agent_name(cfg.env.name), "_target_": "rlreason.verl.agent_loop.RLReasonAgentLoop",
              "_convert_": "all", "env_name": cfg.env.name, "env_args": dict(cfg.env.args),
-             "rewards": list(cfg.rewards)}]
+             "rewards": list(cfg.rewards)}
+    if cfg.env.markovian is not None:  # Delethink around the environment, as the local trainer builds it
+        entry["env_markovian"] = dict(cfg.env.markovian)
+    return [entry]
 
 
 def write_agent_loop_yaml(cfg: RunConfig, path: str | Path) -> Path:

@@ -79,6 +79,7 @@ def setup_run(tmp_path: Path, tiny_model_dir: str, env: dict, rewards: list, row
     cfg = load_config(None, [f"env.name={env['name']}", f"trainer.samples_per_prompt={G}", "rollout.max_model_len=512",
                              f"model.name={tiny_model_dir}", "logging.wandb=false"])
     cfg.env.args = dict(env["args"])
+    cfg.env.markovian = env.get("markovian")
     cfg.rewards = rewards
     yaml_path = write_agent_loop_yaml(cfg, tmp_path / "agent_loops.yaml")
     parquet = export_verl_parquet(rows, tmp_path / "train.parquet", env_name=cfg.env.name, env_args=cfg.env.args)
@@ -164,6 +165,25 @@ def test_markovian_one_row_per_chunk(tmp_path, tiny_model_dir, engine):
             assert len(o.prompt_ids) == len(q) + 2 + 6  # ... + head (2) + carry (m - head = 6)
             assert len(o.response_ids) <= 16 - 8  # later chunks write C - m tokens
         assert [o.extra_fields["rlreason_row"] for o in outs] == list(range(len(outs)))
+
+
+def test_env_markovian_composes_on_verl(tmp_path, tiny_model_dir, engine):
+    """`env.markovian` around single_turn reaches the agent loop (agent-loop yaml -> build_environment) and
+    gives the `markovian` environment's rows: one per chunk, each from the query + head + carry."""
+    delethink = {"chunk_size": 16, "carryover": 8, "keep_head": 2, "max_chunks": 3}
+    _, verl_cfg, entry = setup_run(tmp_path, tiny_model_dir, {"name": "single_turn", "args": {},
+                                                              "markovian": delethink}, [{"name": "math"}], ROWS)
+    assert dict(entry.env_markovian) == delethink and entry.env_name == "single_turn"
+    assert verl_cfg.data.max_response_length == 16  # a row holds one chunk
+    results = run_groups(engine, verl_cfg, entry, dataset_rows(verl_cfg, engine.tokenizer), HFServerManager(engine))
+    for outs in results.values():
+        check_outputs(outs, verl_cfg)
+        chunks = outs[0].extra_fields["reward_extra_info"]["env/single_turn/chunks"]
+        assert len(outs) == chunks and 1 <= chunks <= 3
+        q = outs[0].prompt_ids
+        for o in outs[1:]:
+            assert o.prompt_ids[:len(q)] == q and len(o.prompt_ids) == len(q) + 2 + 6
+            assert len(o.response_ids) <= 16 - 8 and set(o.response_mask) == {1}
 
 
 @pytest.mark.skipif("pay_per_search" not in ENVIRONMENTS, reason="environments/pay_per_search.py not present")
