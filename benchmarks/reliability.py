@@ -1,5 +1,5 @@
-"""Reliability sweep: feed rlreason bad configs, bad data files and malformed retrieval-server requests, and
-record what happened to each, as the table in docs/reliability.md.
+"""Reliability sweep: feed rlreason bad configs, bad data files, malformed retrieval-server requests and
+damaged checkpoints, and record what happened to each, as the table in docs/reliability.md.
 
     python benchmarks/reliability.py                       # print the table
     python benchmarks/reliability.py --out docs/reliability.md
@@ -9,8 +9,11 @@ re-exec) and is judged by what a user sees: an expected error must be ONE line o
 traceback, and name its source (the config key, the file and line); an expected acceptance must exit 0.
 `train` cases are all errors that must surface before the model loads. Server cases talk raw HTTP to a
 real `rlreason serve-search` on loopback (a tiny corpus) and expect a 4xx, never a 500 or a hang.
-Checkpoint corruption is not swept here (tests/test_checkpoint*.py cover resume). Takes a few minutes on
-2 CPU cores; no model weights are loaded.
+Checkpoint cases damage a real checkpoint of the tiny-random model (written by rlreason's own
+`save_checkpoint`) and run what `--resume` runs, in process (`latest_checkpoint`, then `load_checkpoint`
+and the optimizer restore): the resume must fall back to the previous complete checkpoint naming the bad
+file, or fail with one line naming the path, and a pickle payload must never run. Takes a few minutes on
+2 CPU cores; the only weights loaded are the tiny-random model's (a few MB, for the checkpoint cases).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import hashlib
+import logging
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -337,24 +344,195 @@ def server_cases(root: Path) -> list[Result]:
     return out
 
 
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+class _Payload:
+    """A pickle that creates `marker` when unpickled: what a crafted trainer.pt would do on a full unpickle."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _rehash(step_dir: Path) -> None:
+    """Make state.json's checksums agree with the damaged files (a deliberate edit, not bit rot)."""
+    state = json.loads((step_dir / "state.json").read_text())
+    state["files"] = {n: hashlib.sha256((step_dir / n).read_bytes()).hexdigest() for n in state["files"]}
+    (step_dir / "state.json").write_text(json.dumps(state))
+
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _zero(f: Path) -> None:
+    f.write_bytes(bytes(f.stat().st_size))
+
+
+def _flip(f: Path) -> None:
+    b = bytearray(f.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    f.write_bytes(bytes(b))
+
+
+def checkpoint_cases(root: Path) -> list[Result]:
+    """Two checkpoints (steps 1 and 2) of the tiny-random model with an AdamW state; each case copies them,
+    damages something, and resumes the way `rlreason train --resume` does. Expected outcomes: `fallback`
+    (step 1 is used and the warning names the bad file of step 2), `latest` (step 2 is used; a warning names
+    latest.json) or `error` (a CheckpointError, one line, naming the file)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlreason.models import prepare
+    from rlreason.registry import ConfigError
+    from rlreason.trainer.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    model_dir = prepare("tiny-random", "fp32")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    pristine = root / "ckpt-pristine"
+    for step in (1, 2):
+        model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
+        opt.step()
+        opt.zero_grad()
+        save_checkpoint(pristine, step, model=model, torch_state={"optimizer": opt.state_dict()},
+                        state={"sampler": {"pos": step}, "env": {}, "rewards": {}}, keep=5, tokenizer=tok)
+
+    s1, s2 = "step_000001", "step_000002"
+
+    def payload(d: Path, rehash: bool) -> None:
+        torch.save({"optimizer": _Payload(d / "payload_ran"), "rng": {}}, d / s2 / "trainer.pt")
+        if rehash:
+            _rehash(d / s2)
+
+    def other_weights(d: Path) -> None:
+        from safetensors.torch import save_file
+        save_file({"w": torch.zeros(2, 2)}, str(d / s2 / "model.safetensors"))
+        _rehash(d / s2)
+
+    def both(fn, name):  # damage `name` in every checkpoint
+        return lambda d: [fn(d / s / name) for s in (s1, s2)]
+
+    cases: list[tuple[str, Any, str, str]] = [  # name, damage(dir), expect, file the message must name
+        ("model.safetensors truncated", lambda d: _truncate(d / s2 / "model.safetensors"), "fallback",
+         f"{s2}/model.safetensors"),
+        ("model.safetensors zero-filled", lambda d: _zero(d / s2 / "model.safetensors"), "fallback",
+         f"{s2}/model.safetensors"),
+        ("model.safetensors one byte altered", lambda d: _flip(d / s2 / "model.safetensors"), "fallback",
+         f"{s2}/model.safetensors"),
+        ("model.safetensors missing", lambda d: (d / s2 / "model.safetensors").unlink(), "fallback",
+         f"{s2}/model.safetensors"),
+        ("trainer.pt truncated", lambda d: _truncate(d / s2 / "trainer.pt"), "fallback", f"{s2}/trainer.pt"),
+        ("trainer.pt zero-filled", lambda d: _zero(d / s2 / "trainer.pt"), "fallback", f"{s2}/trainer.pt"),
+        ("trainer.pt one byte altered", lambda d: _flip(d / s2 / "trainer.pt"), "fallback", f"{s2}/trainer.pt"),
+        ("trainer.pt missing", lambda d: (d / s2 / "trainer.pt").unlink(), "fallback", f"{s2}/trainer.pt"),
+        ("rng.json missing", lambda d: (d / s2 / "rng.json").unlink(), "fallback", f"{s2}/rng.json"),
+        ("pickle payload in trainer.pt", lambda d: payload(d, False), "fallback", f"{s2}/trainer.pt"),
+        ("pickle payload in trainer.pt, checksums rewritten to match", lambda d: payload(d, True), "error",
+         f"{s2}/trainer.pt"),
+        ("another model's weights, checksums rewritten to match", other_weights, "error",
+         f"{s2}/model.safetensors"),
+        ("rng.json garbage, checksums rewritten to match",
+         lambda d: ((d / s2 / "rng.json").write_text("{nope"), _rehash(d / s2)), "error", f"{s2}/rng.json"),
+        ("state.json garbage", lambda d: (d / s2 / "state.json").write_bytes(b"\x00{garbage"), "fallback",
+         f"{s2}/state.json"),
+        ("state.json missing", lambda d: (d / s2 / "state.json").unlink(), "fallback", f"{s2}/state.json"),
+        ("state.json without checksums", lambda d: (d / s2 / "state.json").write_text('{"step": 2}'), "fallback",
+         f"{s2}/state.json"),
+        ("latest.json missing", lambda d: (d / "latest.json").unlink(), "latest", "latest.json"),
+        ("latest.json garbage", lambda d: (d / "latest.json").write_text('{"step": 2, "pa'), "latest", "latest.json"),
+        ("latest.json names a step that is gone",
+         lambda d: (d / "latest.json").write_text('{"step": 9, "path": "step_000009"}'), "latest", ""),
+        ("every checkpoint's model.safetensors truncated", both(_truncate, "model.safetensors"), "error",
+         "model.safetensors"),
+        ("every checkpoint's state.json missing", lambda d: [(d / s / "state.json").unlink() for s in (s1, s2)],
+         "error", "state.json"),
+    ]
+
+    class _Capture(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.lines: list[str] = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    ck_log = logging.getLogger("rlreason.trainer.checkpoint")
+    out = []
+    for i, (name, damage, expect, needle) in enumerate(cases):
+        d = root / f"ckpt-{i}"
+        shutil.copytree(pristine, d)
+        damage(d)
+        t0 = time.monotonic()
+        cap = _Capture()
+        ck_log.addHandler(cap)
+        got, msg, err = None, "", None
+        try:
+            ckpt = latest_checkpoint(d)  # what prepare_run_dir and restore() call
+            fresh = AutoModelForCausalLM.from_config(model.config)
+            _state, torch_state = load_checkpoint(ckpt, model=fresh, verify=False)  # what restore() calls
+            torch.optim.AdamW(fresh.parameters(), lr=1e-3).load_state_dict(torch_state["optimizer"])
+            got = ckpt.name
+        except ConfigError as e:
+            err = str(e)
+        except Exception as e:  # noqa: BLE001 - anything else is a traceback for the user
+            err = f"{type(e).__name__}: {e}"
+            got = "traceback"
+        finally:
+            ck_log.removeHandler(cap)
+        secs = time.monotonic() - t0
+        ran = (d / "payload_ran").exists()
+        warned = "; ".join(cap.lines)
+        show = lambda text: text.replace(str(d) + "/", "").replace(str(d), "<checkpoints>")  # noqa: E731
+        if ran:
+            ok, outcome, msg = False, "the pickle payload RAN", show(err or warned)
+        elif got == "traceback":
+            ok, outcome, msg = False, "unexpected exception (a traceback)", show(err)
+        elif err is not None:
+            one_line = "\n" not in err
+            ok = expect == "error" and one_line and needle in err
+            outcome = "refused: one-line error (exit 2 from the CLI)" if one_line else "refused: multi-line error"
+            msg = show(err)
+        else:
+            want = {"fallback": s1, "latest": s2}.get(expect)
+            ok = got == want and needle in warned
+            outcome = f"resumed from {got}" + (", warning" if warned else ", no warning")
+            msg = show(warned)
+        if "payload" in name and not ran:
+            outcome += "; payload did not run"
+        out.append(Result(Case("checkpoint", name, [], expect, needle), ok, outcome, msg, secs))
+        shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(pristine, ignore_errors=True)
+    return out
+
+
 # --- report -----------------------------------------------------------------------------------------------
 
 AREAS = {"config": "Config files and overrides (`rlreason config show`)",
          "train": "Config names checked by `rlreason train` (before the model loads)",
          "data": "Data files (`rlreason data source=jsonl path=...`, and qa_jsonl)",
-         "server": "Retrieval server requests (`rlreason serve-search`, raw HTTP)"}
+         "server": "Retrieval server requests (`rlreason serve-search`, raw HTTP)",
+         "checkpoint": "Damaged checkpoints on `--resume` (tiny-random model, in process)"}
 
 
 def report(results: list[Result], seconds: float) -> str:
     lines = ["# Reliability", "",
              "What rlreason does with bad input. Produced by `python benchmarks/reliability.py --out "
-             "docs/reliability.md` (a few minutes on 2 CPU cores, no model loaded); rerun it after changing "
-             "config, data or server code.", "",
+             "docs/reliability.md` (a few minutes on 2 CPU cores; the only model loaded is tiny-random, for the "
+             "checkpoint cases); rerun it after changing config, data, server or checkpoint code.", "",
              "A command-line case passes when an expected error is one line on stderr, exit code 2, no "
              "traceback, naming its source (config key, file and line), and an expected acceptance exits 0. "
              "A server case passes when the status is the expected one (4xx for every malformed request, "
              "never a 500 or a hang). `--debug` or `RLREASON_DEBUG=1` adds the traceback to a CLI error. "
-             "Checkpoint corruption is covered by the checkpoint tests, not by this sweep.", "",
+             "A checkpoint case damages step 2 of a two-checkpoint run written by `save_checkpoint` and runs "
+             "what `--resume` runs (`latest_checkpoint`, `load_checkpoint`, the optimizer restore): expected is "
+             "`fallback` (step 1 is used and the warning names the damaged file), `latest` (step 2 is used, "
+             "with a warning) or `error` (a checkpoint error naming the file, which the CLI prints as one line "
+             "with exit 2); a pickle payload must never run.", "",
              "| area | cases | as expected | not as expected |", "|---|---|---|---|"]
     for area, title in AREAS.items():
         rs = [r for r in results if r.case.area == area]
@@ -380,7 +558,7 @@ def report(results: list[Result], seconds: float) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="write the markdown report here (e.g. docs/reliability.md)")
-    ap.add_argument("--areas", default="config,train,data,server")
+    ap.add_argument("--areas", default="config,train,data,server,checkpoint")
     ap.add_argument("--jobs", type=int, default=2, help="CLI cases run in parallel")
     ap.add_argument("--timeout-s", type=float, default=180.0, help="per CLI case")
     a = ap.parse_args()
@@ -399,6 +577,11 @@ def main() -> int:
             for r in server_cases(root):
                 results.append(r)
                 print(f"{'ok  ' if r.passed else 'FAIL'} server  {r.case.name}: {r.outcome}", flush=True)
+        if "checkpoint" in areas:
+            for r in checkpoint_cases(root):
+                results.append(r)
+                print(f"{'ok  ' if r.passed else 'FAIL'} ckpt    {r.case.name}: {r.outcome}  {r.detail[:120]}",
+                      flush=True)
     text = report(results, time.monotonic() - t0)
     if a.out:
         Path(a.out).write_text(text + "\n")

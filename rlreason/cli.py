@@ -208,6 +208,8 @@ def cmd_verl_config(a: argparse.Namespace) -> int:
     from rlreason.config import load_config
     from rlreason.verl.config_map import verl_overrides, write_agent_loop_yaml
     cfg = load_config(a.config, a.overrides)
+    # The workers import what this process imported: `imports:` and `--import` (rlreason.verl.hooks).
+    cfg = dataclasses.replace(cfg, imports=[*cfg.imports, *(m for m in a.imports if m not in cfg.imports)])
     run_dir = cfg.run_dir.resolve()  # absolute: Ray workers on other nodes do not share our cwd
     agent_yaml = (_P(a.out).resolve().parent if a.out else run_dir / "verl") / "agent_loops.yaml"
     overrides = verl_overrides(

@@ -91,6 +91,15 @@ def test_reinforce_pp_baseline_token_weighted_matches_tiled_tokens():
     assert not close(got, reinforce_pp_baseline(REWARDS, GROUPS))  # the weighting matters here
 
 
+def test_reinforce_pp_baseline_single_episode_batch_is_zero():
+    # One episode: the batch mean is its own centred reward, so whitening leaves x - mean = 0; the unbiased
+    # variance (n / (n - 1)) is undefined for a total weight of 1, which must not raise.
+    assert reinforce_pp_baseline(T([3.0]), T([0])).tolist() == [0.0]
+    assert reinforce_pp_baseline(T([3.0]), T([7]), token_counts=T([1])).tolist() == [0.0]
+    # Two episodes, one of them with no response tokens: total weight 1, same case.
+    assert reinforce_pp_baseline(T([3.0, 1.0]), T([0, 1]), token_counts=T([1, 0])).tolist() == [0.0, 0.0]
+
+
 def test_singleton_groups_follow_verl():
     # Group of one: mean 0, std 1 -> grpo = r / (1 + eps); dr_grpo = r; rloo keeps r; rpp centres by 0.
     rewards, groups = T([5.0, 1.0, 3.0]), T([0, 1, 1])

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 from rlreason.algos import ADVANTAGES, LOSS_AGG_MODES  # noqa: E402
 from rlreason.config import AlgoConfig, TrainerConfig  # noqa: E402
@@ -59,6 +59,14 @@ def batches(draw):
     return rows, tok, rewards, group_of
 
 
+def single_episode_batch():
+    """One prompt, one sample: the batch REINFORCE++ whitening once crashed on (always tried, not left to chance)."""
+    tok = 1003
+    row = Row([5], [1000, 1001, 1002], [0.0] * 3, [1, 1, 0], 0.0, 0, 0)
+    row.rollout_logprobs = [-math.log(tok)] * 3
+    return [row], tok, [1.5], [0]
+
+
 def reference_advantages(rewards: list[float], group_of: list[int], estimator: str) -> list[float]:
     """Float64 loops: mean and unbiased std per group; a group of one has mean 0, std 1 (verl); an all-equal
     group is centred to exactly 0."""
@@ -82,7 +90,9 @@ def reference_advantages(rewards: list[float], group_of: list[int], estimator: s
             out.append(x if n == 1 else (x - mean) * n / (n - 1))
         else:
             out.append(x - mean)
-    if estimator == "reinforce_pp_baseline":
+    if estimator == "reinforce_pp_baseline" and len(out) == 1:
+        out = [0.0]  # one episode: x - batch mean = 0, the variance is undefined
+    elif estimator == "reinforce_pp_baseline":
         n = len(out)
         mean = sum(out) / (n + 1e-8)
         var = sum((a - mean) ** 2 for a in out) / (n + 1e-8) * (n / (n - 1))
@@ -120,11 +130,11 @@ def reference_weights(rows: list[Row], part: list[int], mode: str) -> dict[int, 
 @given(batch=batches(), estimator=st.sampled_from(ESTIMATORS), mode=st.sampled_from(LOSS_AGG_MODES),
        loss=st.sampled_from(("ppo_clip", "reinforce")), epochs=st.integers(1, 2), micro=st.integers(1, 7),
        mini=st.integers(1, 4), seed=st.integers(0, 2**16))
+@example(batch=single_episode_batch(), estimator="reinforce_pp_baseline", mode="token-mean", loss="ppo_clip",
+         epochs=1, micro=1, mini=1, seed=0)
 def test_policy_update_equals_float64_single_batch_reference(batch, estimator, mode, loss, epochs, micro, mini,
                                                              seed):
     rows, vocab, rewards, group_of = batch
-    if estimator == "reinforce_pp_baseline" and len(rewards) < 2:
-        return  # batch whitening needs two episodes
     n_groups = len(set(group_of))
     mini = min(mini, n_groups)  # the config refuses more mini-batches than prompt groups
 

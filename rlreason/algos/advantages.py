@@ -99,11 +99,17 @@ def reinforce_pp_baseline(rewards: Tensor, group_ids: Tensor, *, eps: float = 1e
     keeps the scale global rather than per prompt (more robust than GRPO's per-group std).
     verl whitens over valid tokens, so an episode counts once per token: pass `token_counts` [N] (response
     tokens per episode, over all its rows) for exact parity; without it each episode counts once.
+    A batch whose total weight W = sum_i w_i is at most 1 (one episode counted once, e.g. one prompt with one
+    sample) gets A = 0: the batch mean is then that episode's own centred reward, so x_i - mean = 0, and the
+    unbiased variance's W / (W - 1) is undefined (verl's masked_whiten raises there; whitening with W >= 2
+    is unchanged and matches verl). A zero advantage means no policy-gradient signal from such a batch.
     rewards [N], group_ids [N] long -> [N]. REINFORCE++ Eq. (baseline variant), arXiv 2501.03262."""
     rewards = _as_float(rewards)
     mean, _, _ = _group_stats(rewards, group_ids)
     centred = rewards.double() - mean
     weights = torch.ones_like(centred) if token_counts is None else token_counts.to(centred.dtype)
+    if weights.sum() <= 1:  # A_i = x_i - mean_batch = 0; no variance to divide by
+        return torch.zeros_like(rewards)
     return masked_whiten(centred, weights).to(rewards.dtype)
 
 

@@ -219,11 +219,16 @@ def verl_overrides(cfg: RunConfig, *, nodes: int = 1, gpus_per_node: int = 8, ru
 
 
 def runtime_env_vars(cfg: RunConfig) -> dict[str, str]:
-    """The env vars rlreason.verl.hooks reads in every Ray worker (strings, as Ray requires)."""
+    """The env vars rlreason.verl.hooks reads in every Ray worker (strings, as Ray requires). The user's
+    modules (`imports:`, and `--import` merged in by `rlreason verl-config`) travel as RLREASON_IMPORTS, a
+    comma-separated list the setup hook imports before any registry lookup; absent when there are none."""
     a = cfg.algo
-    return {"RLREASON_VERL_SESSION_ADV": "1" if a.advantage != "gae" else "0",
-            "RLREASON_VERL_TRACE_NORM": "1" if a.loss_agg_mode == "trace-length-norm" else "0",
-            "RLREASON_VERL_ADV_EPS": repr(float(a.adv_eps))}
+    env = {"RLREASON_VERL_SESSION_ADV": "1" if a.advantage != "gae" else "0",
+           "RLREASON_VERL_TRACE_NORM": "1" if a.loss_agg_mode == "trace-length-norm" else "0",
+           "RLREASON_VERL_ADV_EPS": repr(float(a.adv_eps))}
+    if cfg.imports:
+        env["RLREASON_IMPORTS"] = ",".join(cfg.imports)
+    return env
 
 
 def agent_loop_entries(cfg: RunConfig) -> list[dict[str, Any]]:

@@ -1,5 +1,7 @@
 """What the adapter adds inside verl's trainer, installed in every Ray worker process by
 `runtime_env.worker_process_setup_hook=rlreason.verl.hooks.setup_worker` (rlreason verl-config sets it).
+It first imports the user's modules listed in RLREASON_IMPORTS (the config's `imports:` and `--import`), so
+their registered environments and rewards are found by the agent loop and the reward in every worker.
 
 verl 0.9.1's V1 trainer, given several AgentLoopOutputs per session (Delethink chunks), computes the
 GRPO advantage from each session's final output and broadcasts it to the session's other outputs. For
@@ -259,10 +261,25 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
+IMPORTS_VAR = "RLREASON_IMPORTS"
+
+
+def import_user_modules() -> list[str]:
+    """Import the modules named in RLREASON_IMPORTS (comma-separated; `rlreason verl-config` sets it from
+    `imports:` and `--import`), so the environments and rewards they register exist in this worker before
+    the agent loop or reward looks them up, as the local trainer imports them before its lookups. Returns
+    the module names; a module that does not import raises a ConfigError naming it."""
+    from rlreason.registry import import_modules
+    modules = [m.strip() for m in os.environ.get(IMPORTS_VAR, "").split(",") if m.strip()]
+    import_modules(modules, IMPORTS_VAR)
+    return modules
+
+
 def setup_worker() -> None:
-    """Ray `worker_process_setup_hook`: check verl's version, then patch verl's V1 trainer now or when it is
-    imported (the patch itself checks every target and raises if one moved)."""
+    """Ray `worker_process_setup_hook`: check verl's version, import the user's modules, then patch verl's
+    V1 trainer now or when it is imported (the patch itself checks every target and raises if one moved)."""
     check_verl_version()
+    import_user_modules()
     if TRAINER_MODULE in sys.modules:
         patch_trainer_module(sys.modules[TRAINER_MODULE])
     elif not any(isinstance(f, _PatchOnImport) for f in sys.meta_path):

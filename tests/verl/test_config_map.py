@@ -101,3 +101,28 @@ def test_mapping_table():
     assert ov(policy_loss="reinforce")["actor_rollout_ref.actor.clip_ratio_high"] == "1000000000.0"
     with pytest.raises(ConfigError, match="algo.advantage"):
         ov(advantage="ppo_magic")
+
+
+USER_ENV = ("from rlreason.registry import register_environment\n"
+            "@register_environment('{name}')\nclass UserEnv:\n    pass\n")
+
+
+def test_imports_reach_the_ray_workers_as_a_string(tmp_path, monkeypatch, capsys):
+    """`imports:` and `--import` become one runtime env var, RLREASON_IMPORTS (comma-separated), which Hydra
+    keeps a string and rlreason.verl.hooks.setup_worker imports in every worker before any lookup."""
+    (tmp_path / "vc_user_env.py").write_text(USER_ENV.format(name="vc_user_env"))
+    (tmp_path / "vc_user_reward.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    key = "+ray_kwargs.ray_init.runtime_env.env_vars.RLREASON_IMPORTS"
+    cfg = load_config(None, ["imports=[vc_user_env, vc_user_reward]", "logging.wandb=false"])
+    o = verl_overrides(cfg, **FIXED)
+    assert f"{key}='vc_user_env,vc_user_reward'" in o
+    value = compose_verl(o).ray_kwargs.ray_init.runtime_env.env_vars.RLREASON_IMPORTS
+    assert isinstance(value, str) and value == "vc_user_env,vc_user_reward"
+    plain = verl_overrides(load_config(None, ["logging.wandb=false"]), **FIXED)
+    assert not any(x.startswith(key) for x in plain)  # no imports: nothing emitted
+
+    from rlreason.cli import main
+    assert main(["--import", "vc_user_reward", "verl-config", "imports=[vc_user_env]", "logging.wandb=false",
+                 f"output_dir={tmp_path / 'run'}"]) == 0
+    assert f"{key}='vc_user_env,vc_user_reward'" in capsys.readouterr().out.splitlines()

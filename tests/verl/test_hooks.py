@@ -96,6 +96,31 @@ def test_worker_hook_patches_the_v1_trainer_on_import():
     assert "patched" in out.stdout
 
 
+def test_worker_hook_imports_the_users_modules(tmp_path):
+    """RLREASON_IMPORTS (from `imports:` / `--import`, emitted by rlreason verl-config) is imported by the
+    setup hook in a fresh worker process, so a user's environment is registered before any lookup."""
+    (tmp_path / "hk_user_env.py").write_text("from rlreason.registry import register_environment\n"
+                                             "@register_environment('hk_user_env')\nclass UserEnv:\n    pass\n")
+    code = ("from rlreason.registry import ENVIRONMENTS; assert 'hk_user_env' not in ENVIRONMENTS, 'already there';"
+            "from rlreason.verl.hooks import setup_worker; setup_worker();"
+            "assert 'hk_user_env' in ENVIRONMENTS, 'not registered'; print('registered')")
+    env = dict(os.environ, RLREASON_IMPORTS="hk_user_env,json",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "registered" in out.stdout
+
+
+def test_worker_hook_names_a_module_that_does_not_import(monkeypatch):
+    from rlreason.registry import ConfigError
+    from rlreason.verl.hooks import import_user_modules
+    monkeypatch.setenv("RLREASON_IMPORTS", "json,no_such_user_module_xyz")
+    with pytest.raises(ConfigError, match=r"RLREASON_IMPORTS\[1\].*no_such_user_module_xyz"):
+        import_user_modules()
+    monkeypatch.setenv("RLREASON_IMPORTS", "")
+    assert import_user_modules() == []
+
+
 # ---- metrics skip verl's padding rows --------------------------------------------------------------------
 
 class FakeTQ:
