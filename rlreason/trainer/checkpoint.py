@@ -14,7 +14,6 @@ files all match their checksums is used; a damaged one is reported by file and s
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlreason.models import sha256_file
 from rlreason.registry import ConfigError
 
 log = logging.getLogger(__name__)
@@ -85,14 +85,6 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _fsync_dir(path.parent)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, torch_state: dict[str, Any],
                     state: dict[str, Any], keep: int, tokenizer: Any = None) -> Path:
     """`torch_state`: optimizer/scheduler state dicts (tensors and plain containers); `state`: JSON-able
@@ -115,7 +107,7 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, torch_stat
         if tokenizer is not None:
             from rlreason.export import write_hf_metadata
             write_hf_metadata(tmp, model, tokenizer)
-        files = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
         (tmp / "state.json").write_text(json.dumps({"step": step, **state, "files": files}, indent=1, default=float))
         for f in tmp.iterdir():  # make the bytes durable before the rename publishes them
             with open(f, "rb") as fh:
@@ -191,7 +183,7 @@ def _check(path: Path) -> str | None:
         f = path / name
         if not f.is_file():
             return f"{f} is missing"
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             return f"{f} does not match its sha256 in state.json (truncated, zero-filled or altered)"
     return None
 
