@@ -50,6 +50,10 @@ from rlreason.data.qa_world import build_qa_world  # noqa: E402
 
 SOURCES["qa_world"] = build_qa_world
 
+from rlreason.data.cei_mixture import build_cei_mixture  # noqa: E402
+
+SOURCES["cei_mixture"] = build_cei_mixture
+
 
 def _params(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in inspect.signature(fn).parameters.items()
