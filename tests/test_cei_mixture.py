@@ -159,14 +159,16 @@ def test_sft_rows_are_solvable_worked_solutions_in_the_environments_prompt(tmp_p
 
 def test_refuse_when_wrong_replaces_only_incorrect_answers():
     responses = ["s1 = 3 + 4 = 7\n\\boxed{7}", "s1 = 3 + 4 = 8\ns2 = 8 + 1 = 9\n\\boxed{9}",
-                 "p1 = 123 * 4 = 492", "\\boxed{12}", "s1 = 2 + 2 = 4 \\boxed{5}"]
-    correct = [True, False, False, False, False]
+                 "p1 = 123 * 4 = 492", "\\boxed{12}", "s1 = 2 + 2 = 4 \\boxed{5}",
+                 "s1 = 2 + 2 = 4 \\boxed{4}\ns2 = 4 + 1 = 6\n\\boxed{6}"]
+    correct = [True, False, False, False, False, False]
     kept = refuse_when_wrong(responses, correct)
     assert kept == [responses[0], f"s1 = 3 + 4 = 8\ns2 = 8 + 1 = 9\n{IDK_ANSWER}", f"p1 = 123 * 4 = 492\n{IDK_ANSWER}",
-                    IDK_ANSWER, f"s1 = 2 + 2 = 4\n{IDK_ANSWER}"]
+                    IDK_ANSWER, f"s1 = 2 + 2 = 4\n{IDK_ANSWER}",
+                    f"s1 = 2 + 2 = 4 \\boxed{{4}}\ns2 = 4 + 1 = 6\n{IDK_ANSWER}"]  # only the last box is the answer
     ex = {"answer": "7"}
-    assert [judge(t, ex).refused for t in kept] == [False, True, True, True, True]
-    assert [judge(t, ex).steps for t in kept[1:]] == [2, 1, 0, 1]  # d = the reasoning lines kept
-    assert refuse_when_wrong(responses, correct, keep_reasoning=False) == [responses[0]] + [IDK_ANSWER] * 4
+    assert [judge(t, ex).refused for t in kept] == [False] + [True] * 5
+    assert [judge(t, ex).steps for t in kept[1:]] == [2, 1, 0, 1, 2]  # d = the reasoning lines kept
+    assert refuse_when_wrong(responses, correct, keep_reasoning=False) == [responses[0]] + [IDK_ANSWER] * 5
     with pytest.raises(ValueError, match="2 responses but 1"):
         refuse_when_wrong(responses[:2], correct[:1])
