@@ -172,3 +172,30 @@ def test_refuse_when_wrong_replaces_only_incorrect_answers():
     assert refuse_when_wrong(responses, correct, keep_reasoning=False) == [responses[0]] + [IDK_ANSWER] * 5
     with pytest.raises(ValueError, match="2 responses but 1"):
         refuse_when_wrong(responses[:2], correct[:1])
+
+
+def test_sft_command_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    from rlreason.data.cei_mixture import main
+    with pytest.raises(SystemExit) as e:
+        main(["sft", "--out", str(tmp_path / "w.jsonl"), "--size", "300", "--config", CONFIG,
+              "--unsolvable-fraction", "1.5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("config error: --unsolvable-fraction: must be in [0, 1], got 1.5")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  train: {source: cei_mixture, max_term: 3}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["sft", "--out", str(tmp_path / "w.jsonl"), "--config", str(bad)])
+    assert e.value.code == 2 and "data.train.max_term: unknown key for source 'cei_mixture'" in capsys.readouterr().err
+    main(["sft", "--out", str(tmp_path / "w.jsonl"), "--size", "20", "--config", CONFIG])
+    assert len((tmp_path / "w.jsonl").read_text().splitlines()) == 14  # 20 rows, 0.3 unsolvable
+
+
+def test_sft_command_names_the_config_key_a_bad_value_came_from(tmp_path, capsys):
+    from rlreason.data.cei_mixture import main
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  train: {source: cei_mixture, min_terms: 1}\n")
+    with pytest.raises(SystemExit) as e:
+        main(["sft", "--out", str(tmp_path / "w.jsonl"), "--config", str(bad)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"config error: {bad}: data.train.min_terms: must be an integer >= 2, got 1.\n"

@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,9 @@ def build_cei_mixture(split: str = "train", size: int = 200, unsolvable_fraction
                       max_b_digits: int = 2, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """`size` rows of `split`: round(size x unsolvable_fraction) multiplications, the rest addition chains
     of min_terms..max_terms one-digit terms (min_terms - 1 .. max_terms - 1 reasoning lines), all distinct,
-    in a seeded order. Raises a ConfigError naming `size` when the split has too few distinct problems."""
+    in a seeded order. Raises a ConfigError naming `size` when the split has too few distinct problems.
+    Chain lengths are drawn uniformly, but a repeated problem is redrawn, so when `size` nears the number of
+    distinct short chains (81 two-term sums, 729 three-term ones) longer chains take the surplus."""
     if split not in SPLITS:
         raise ConfigError(f"split: '{split}' is not allowed. Allowed: {', '.join(SPLITS)}.")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -178,15 +181,32 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     build: dict[str, Any] = {}
     env_args: dict[str, Any] = {}
-    if a.config:
-        from rlreason.config import load_config
-        cfg = load_config(a.config)
-        env_args = dict(cfg.env.args)
-        build = {k: v for k, v in dict(cfg.data.train).items() if k not in ("source", "limit")}
-    build.update(split=a.split, size=a.size)
-    build.update({k: v for k, v in (("unsolvable_fraction", a.unsolvable_fraction), ("seed", a.seed)) if v is not None})
-    print(write_sft(a.out, env_args=env_args, **build))
-
+    where = ""
+    try:
+        if a.config:
+            from rlreason.config import load_config
+            from rlreason.data.builders import _check_keys
+            where = f"{a.config}: "
+            cfg = load_config(a.config)
+            spec = dict(cfg.data.train)
+            if spec.get("source") != SOURCE:
+                raise ConfigError(f"data.train.source: must be {SOURCE} for its SFT rows, got {spec.get('source')!r}.")
+            _check_keys(spec, "data.train")
+            env_args = dict(cfg.env.args)
+            build = {k: v for k, v in spec.items() if k not in ("source", "limit")}
+            where += "data.train."
+        build.update(split=a.split, size=a.size)
+        build.update({k: v for k, v in (("unsolvable_fraction", a.unsolvable_fraction), ("seed", a.seed))
+                      if v is not None})
+        print(write_sft(a.out, env_args=env_args, **build))
+    except ConfigError as e:  # one line naming the setting (a flag or the config key), exit 2, as `rlreason data`
+        key = str(e).split(":")[0]
+        flags = {"split": a.split, "size": a.size, "unsolvable_fraction": a.unsolvable_fraction, "seed": a.seed}
+        msg = f"{where}{e}"
+        if flags.get(key) is not None:
+            msg = "--" + key.replace("_", "-") + str(e)[len(key):]
+        print(f"config error: {msg}".replace("\n", " "), file=sys.stderr)
+        raise SystemExit(2) from None
 
 if __name__ == "__main__":
     main()
