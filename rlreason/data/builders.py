@@ -54,6 +54,10 @@ from rlreason.data.cei_mixture import build_cei_mixture  # noqa: E402
 
 SOURCES["cei_mixture"] = build_cei_mixture
 
+from rlreason.data.running_sum import build_running_sum  # noqa: E402
+
+SOURCES["running_sum"] = build_running_sum
+
 
 def _params(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in inspect.signature(fn).parameters.items()
