@@ -143,6 +143,24 @@ def test_sft_lines_show_the_runs_prompt_and_a_correct_trace(tmp_path):
         assert math_reward(line["completion"], row["answer"]).value == 1.0
 
 
+def test_sft_lines_become_trainer_rows(tok):
+    from rlreason.trainer.batch import collate
+
+    cfg = load_config(CONFIGS[0])
+    args = dict(cfg.env.args)
+    ds = rs.build_running_sum("train", 3, 15, 17)
+    rows = rs.sft_train_rows(rs.sft_rows(ds, args), tok, args)
+    env = build_environment(cfg.env.name, tok, args)
+    for row, ex in zip(rows, ds):
+        assert row.prompt_ids == env.inner.encode_prompt(env.inner.prompt(dict(ex)))
+        assert row.response_ids[-1] == tok.eos_token_id
+        assert tok.decode(row.response_ids[:-1]) == rs.trace(loads_info(ex["info"])["terms"])
+        assert row.response_mask == [1] * len(row.response_ids)
+        assert len(row.response_ids) == rs.trace_tokens(loads_info(ex["info"])["terms"]) + 1
+    b = collate(rows, tok.pad_token_id)
+    assert int(b.response_mask.sum()) == sum(len(r.response_ids) for r in rows)
+
+
 def test_the_two_configs_validate_and_share_one_thinking_budget():
     delethink, longcot = (load_config(p) for p in CONFIGS)
     for cfg in (delethink, longcot):

@@ -238,6 +238,24 @@ def sft_rows(ds: Dataset, env_args: dict[str, Any] | None = None) -> list[dict[s
     return [{"prompt": env.prompt(dict(r)), "completion": trace(json.loads(r["info"])["terms"])} for r in ds]
 
 
+def sft_train_rows(lines: list[dict[str, Any]], tokenizer: Any, env_args: dict[str, Any] | None = None) -> list:
+    """{prompt, completion} lines as the rows `rlreason.trainer.sft.sft_epoch` trains on: prompt ids as the
+    environment encodes them for the policy (so the warm start sees the RL run's exact context), response =
+    the completion's tokens then EOS (the model must learn to stop), every response token trained. A trace
+    is one LongCoT row; Markovian RL then learns to continue from its chunk prompts."""
+    from environments.single_turn import SingleTurn
+    from rlreason.trainer.batch import Row
+
+    args = {k: v for k, v in (env_args or {}).items() if k in ("template", "style", "system_prompt")}
+    env = SingleTurn(tokenizer, **args)
+    rows = []
+    for i, line in enumerate(lines):
+        response = tokenizer(line["completion"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        rows.append(Row(env.encode_prompt(line["prompt"]), response, [0.0] * len(response), [1] * len(response),
+                        0.0, i, i))
+    return rows
+
+
 def write_sft(out: str | Path, *, split: str = "train", size: int = 500, min_terms: int = 15,
               max_terms: int = 17, seed: int = 0, env_args: dict[str, Any] | None = None) -> dict:
     rows = sft_rows(build_running_sum(split, size, min_terms, max_terms, seed), env_args)
