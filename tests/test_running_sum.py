@@ -120,6 +120,14 @@ def test_picked_lengths_against_the_tokenizer(tok, c):
     assert delethink_budget(c, c // 2, p.max_chunks - 1) < _n(tok, rs.trace([9] * p.train_terms[1]))
 
 
+def test_pick_terms_rejects_impossible_settings():
+    with pytest.raises(ConfigError, match="need 0 < keep_head < carryover < chunk_size"):
+        rs.pick_terms(64, 64)
+    with pytest.raises(ConfigError, match="no N gives a trace of 192-193 tokens"):
+        rs.pick_terms(64, 32, train_x=(3, 193 / 64))  # narrower than one line
+    assert not rs.pick_terms(64, 32, keep_head=2).fits  # 30 carried tokens cannot always hold a 16-token line
+
+
 def test_the_docstring_table_is_the_helpers():
     printed = rs.table().splitlines()
     assert all(f"    {row}" in rs.__doc__.splitlines() for row in printed)
