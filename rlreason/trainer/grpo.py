@@ -336,7 +336,7 @@ def train_step(run: Run) -> dict[str, float]:
         "time/rollout": t_rollout, "time/reward": t_reward, "time/update": t_update, "time/sync": t_sync,
         "time/step": time.perf_counter() - t0,
         "lr": run.ctx.optimizer.param_groups[0]["lr"],
-        **_perf_metrics(run, rows, rows, all_episodes, t_rollout, t_reward + t_update),
+        **_perf_metrics(run, rows, all_episodes, t_rollout, t_reward + t_update),
     }
     run.env.on_step_end(metrics)
     run.logger.log(run.step, metrics)
@@ -349,20 +349,20 @@ def train_step(run: Run) -> dict[str, float]:
     return metrics
 
 
-def _perf_metrics(run: Run, all_rows: list, rows: list, episodes: list[Episode], t_rollout: float,
+def _perf_metrics(run: Run, rows: list, episodes: list[Episode], t_rollout: float,
                   t_trainer: float) -> dict[str, float]:
     """perf/ metrics of the step. Forward-only passes: reference logprobs, the policy's for KL-in-reward and
-    the critic's values over every row; old logprobs over the kept rows when the batch takes > 1 update."""
+    the critic's values over the step's rows; old logprobs when the batch takes > 1 update."""
     if run.perf is None:
         return {}
     algo, tr = run.cfg.algo, run.cfg.trainer
     has_ref = algo.kl_coef > 0 and run.ctx.ref_model is not None
-    every, kept = sequences(all_rows), sequences(rows)
-    forward = [every] * (int(has_ref) + int(has_ref and algo.kl_in_reward) + int(algo.advantage == "gae")) \
-        + [kept] * (tr.ppo_epochs * tr.mini_batches > 1)
+    seqs = sequences(rows)  # dynamic sampling drops groups before rows exist: every pass sees the same rows
+    forward = [seqs] * (int(has_ref) + int(has_ref and algo.kl_in_reward) + int(algo.advantage == "gae")
+                        + int(tr.ppo_epochs * tr.mini_batches > 1))
     shared = run.ctx.share_prompts and algo.advantage != "gae" \
         and not getattr(run.ctx.model, "is_gradient_checkpointing", False)
-    return run.perf.step(trained=kept, epochs=tr.ppo_epochs, forward=forward, share_prompts=shared,
+    return run.perf.step(trained=seqs, epochs=tr.ppo_epochs, forward=forward, share_prompts=shared,
                          generated_tokens=sum(ep.num_trained_tokens for ep in episodes), rollout_s=t_rollout,
                          update_s=t_trainer)
 
