@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import random
 import sys
 from pathlib import Path
@@ -41,6 +40,7 @@ from datasets import Dataset
 
 from rlreason.data.schema import loads_info, make_dataset, make_row
 from rlreason.registry import ConfigError
+from rlreason.search.corpus import write_jsonl
 
 SOURCE = "cei_mixture"
 SPLITS = ("train", "test")
@@ -162,8 +162,7 @@ def sft_rows(ds: Any, env_args: dict[str, Any] | None = None) -> list[dict[str, 
 def write_sft(out: str | Path, *, env_args: dict[str, Any] | None = None, **build: Any) -> dict[str, Any]:
     """Build the mixture (`build`: build_cei_mixture's arguments) and write its solvable rows' SFT jsonl."""
     rows = sft_rows(build_cei_mixture(**build), env_args)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(Path(out), rows)
     return {"rows": len(rows), "path": str(out)}
 
 

@@ -50,6 +50,7 @@ from datasets import Dataset
 
 from rlreason.data.schema import make_dataset, make_row
 from rlreason.registry import ConfigError
+from rlreason.search.corpus import write_jsonl
 
 SOURCE = "running_sum"
 SPLITS = ("train", "test")
@@ -259,10 +260,8 @@ def sft_train_rows(lines: list[dict[str, Any]], tokenizer: Any, env_args: dict[s
 def write_sft(out: str | Path, *, split: str = "train", size: int = 500, min_terms: int = 15,
               max_terms: int = 17, seed: int = 0, env_args: dict[str, Any] | None = None) -> dict:
     rows = sft_rows(build_running_sum(split, size, min_terms, max_terms, seed), env_args)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return {"rows": len(rows), "path": str(path)}
+    write_jsonl(Path(out), rows)
+    return {"rows": len(rows), "path": str(out)}
 
 
 def main(argv: list[str] | None = None) -> None:
