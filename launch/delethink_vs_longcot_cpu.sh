@@ -12,7 +12,7 @@
 #      held-out problems longer than any trained (14-16 terms instead of 10-12), both as LongCoT and Markovian
 #   4. benchmarks/delethink_vs_longcot.py: one table (markdown) and one PNG
 #
-#   bash launch/delethink_vs_longcot_cpu.sh                       # everything, ~75 min or more on 2 busy cores
+#   bash launch/delethink_vs_longcot_cpu.sh                       # everything: 80 min on 2 busy CPU cores
 #   SEEDS="0" bash launch/delethink_vs_longcot_cpu.sh                  # one seed
 #
 # Every stage skips what a previous invocation finished (a run with summary.txt, an eval with its json), so
