@@ -272,6 +272,24 @@ def test_traces_spans_with_the_hf_engine(tiny):
         assert isinstance(t["refused"], bool)
 
 
+def test_plain_template_is_the_bare_chat_prompt_and_judged(tiny):
+    """Catches the think instruction or the <think> pre-fill leaking into the plain baseline, and an
+    answer judged on the prompt instead of the generated text."""
+    from rlreason.probes.traces import generate_plain
+    from rlreason.rollout import SamplingConfig
+    from rlreason.rollout.hf_engine import HFEngine
+    model, tok = tiny
+    engine = HFEngine(model, tokenizer=tok, sampling=SamplingConfig(temperature=0.0), max_model_len=512)
+    rows = [{"id": "a", "prompt": "I'm sorry to ask: how do I bake bread?", "harmful": False}]
+    seen = []
+    (t,) = generate_plain(engine, rows, max_answer_tokens=5, judge=lambda p, a: seen.append(a) or False)
+    want = tok.apply_chat_template([{"role": "user", "content": rows[0]["prompt"]}], add_generation_prompt=True,
+                                   tokenize=False)
+    assert tok.decode(t["ids"][:t["prompt_len"]]) == want and "<think>" not in want
+    assert 0 < len(t["ids"]) - t["prompt_len"] <= 5 and seen == [t["answer"]] and t["refused"] is False
+    assert t["answer"] == tok.decode(t["ids"][t["prompt_len"]:], skip_special_tokens=True)
+
+
 # --- repair and monitor --------------------------------------------------------------------------------
 
 def test_sft_masks_the_prompt_and_learns(tiny):
