@@ -7,7 +7,7 @@
 #   N_HARMFUL=60 N_HARMLESS=60 bash launch/refusal_cliff_qwen_cpu.sh   # smaller
 #   STEPS="score heads" bash launch/refusal_cliff_qwen_cpu.sh   # resume from a step (earlier outputs kept)
 #
-# Steps: prepare (downloads 491 MB once), data, traces (think-then-answer, the probe's input), plain (the
+# Steps: prepare (downloads 491 MB once; fp32, for heads, is converted from it on first use), data, traces (think-then-answer, the probe's input), plain (the
 # bare chat-template baseline, refusal counts only), capture (--label refusal: the paper's classes), train,
 # score (per-position scores, cliff sizes, right-aligned plot), heads (attribution + ablation of the top
 # 3% of heads, attack success before/after).
@@ -35,7 +35,6 @@ mkdir -p "$OUT"
 GEN=(--model "$MODEL" --max-think "$MAX_THINK" --max-answer "$MAX_ANSWER")
 
 want prepare && heavy $RLREASON models prepare "$MODEL" --dtype bf16
-want prepare && heavy $RLREASON models prepare "$MODEL" --dtype fp32
 want data && $RLREASON probe data --n-harmful "$N_HARMFUL" --n-harmless "$N_HARMLESS" --out "$OUT/data.jsonl"
 want traces && heavy $RLREASON probe traces --data "$OUT/data.jsonl" "${GEN[@]}" --out "$OUT/traces.jsonl" \
   | tee "$OUT/traces.txt"
