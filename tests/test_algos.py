@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from rlreason.algos import (ADVANTAGES, LOSS_AGG_MODES, POLICY_LOSSES, FnRegistry, aggregate,
+from rlreason.algos import (ADVANTAGES, LOSS_AGG_MODES, POLICY_LOSSES, aggregate,
                             broadcast_to_tokens, dr_grpo, entropy_from_logits, gae, grpo, kl_estimate,
                             logprobs_from_logits, nonzero_variance_groups, ppo_clip, reinforce,
                             reinforce_pp_baseline, rloo, token_weights, truncated_is_weights, value_loss)
-from rlreason.registry import ConfigError
+from rlreason.registry import ConfigError, Registry
 
 T = torch.tensor
 
@@ -31,7 +31,7 @@ GROUPS = T([0, 0, 0, 1, 1, 1])
 # ---- registry ---------------------------------------------------------------------------------------
 
 def test_registry_duplicate_unknown_and_names():
-    reg = FnRegistry("thing")
+    reg = Registry("thing")
 
     @reg.register("alpha")
     def alpha():
@@ -366,7 +366,7 @@ def _agg_reference(loss: torch.Tensor, mask: torch.Tensor, mode: str, trace_ids:
     return total
 
 
-@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES.names())
 def test_aggregation_and_micro_batch_split_match_loop_reference(mode):
     """aggregate() and the trainer's way (weights once per mini-batch, summed over micro-batches) both equal
     an explicit loop of the mode's formula, in value and gradient, whatever the split."""
@@ -412,7 +412,7 @@ def test_token_weights_errors():
 
 
 def test_token_weights_all_masked_is_zero_not_nan():
-    for mode in LOSS_AGG_MODES:
+    for mode in LOSS_AGG_MODES.names():
         w = token_weights(torch.zeros(2, 3), mode, trace_ids=T([0, 1]))
         assert torch.equal(w, torch.zeros(2, 3)), mode
 
