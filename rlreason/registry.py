@@ -81,23 +81,24 @@ class Registry(Generic[T]):
         return deco
 
     @contextmanager
-    def temporary(self, entries: Mapping[str, T] | str, obj: Any = None) -> Iterator[None]:
+    def temporary(self, entries: Mapping[str, T] | str | None = None, obj: Any = None) -> Iterator[None]:
         """`with REG.temporary("name", obj):` or `with REG.temporary({"a": f, "b": g}):` registers for the
-        block only and removes the entries afterwards, so a test's throwaway plug-ins never leak into the
-        names other tests see. A name that is already registered raises, as `register` does."""
-        items = {entries: obj} if isinstance(entries, str) else dict(entries)
+        block only; afterwards the registry holds exactly what it held before, so a test's throwaway
+        plug-ins (and entry points loaded or modules' decorators run inside the block) never leak into the
+        names other tests see. `REG.temporary()` only isolates. A name already registered raises, as
+        `register` does. The built-in modules are imported first, so they are never rolled back."""
+        items = {} if entries is None else {entries: obj} if isinstance(entries, str) else dict(entries)
         self._load()
-        added: list[str] = []
+        before = dict(self._items)
         try:
             for name, value in items.items():
                 if name in self._items:
                     raise ValueError(f"{self.kind} '{name}' is already registered ({self._items[name]!r})")
                 self.register(name)(value)
-                added.append(name)
             yield
         finally:
-            for name in added:
-                self._items.pop(name, None)
+            self._items.clear()
+            self._items.update(before)
 
     def _load(self) -> None:
         """Import the built-in modules (their decorators register). Entry points are only listed here;

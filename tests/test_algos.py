@@ -46,6 +46,33 @@ def test_registry_duplicate_unknown_and_names():
         reg.get("alpah", key="algo.x")
 
 
+def test_registry_temporary_restores_what_was_there():
+    reg = Registry("thing")
+    reg.register("alpha")(len)
+    with reg.temporary({"beta": abs, "gamma": min}):
+        assert reg.names() == ["alpha", "beta", "gamma"]
+        reg.register("delta")(max)  # e.g. a plug-in module imported inside the block
+    assert reg.names() == ["alpha"]
+    with pytest.raises(ValueError, match="already registered"), reg.temporary("alpha", len):
+        pass
+    assert reg.get("alpha") is len  # a refused temporary entry removes nothing
+    with pytest.raises(ConfigError, match=r"algo\.x: unknown thing 'omega'\. Allowed: alpha, beta\."), \
+            reg.temporary("beta", abs):
+        reg.check("omega", "algo.x")
+    reg.check("extra", "algo.x", also=("extra",))  # names the caller handles itself
+    with pytest.raises(ConfigError, match=r"algo\.x: expected a thing name, got \['alpha'\]"):
+        reg.get(["alpha"], "algo.x")
+
+
+def test_registered_fixture_is_per_test(registered):
+    registered(POLICY_LOSSES, "_fixture_loss", lambda *a, **k: None)
+    assert "_fixture_loss" in POLICY_LOSSES
+
+
+def test_registered_fixture_left_nothing_behind():
+    assert "_fixture_loss" not in POLICY_LOSSES
+
+
 def test_builtin_registries_hold_the_methods():
     # other test modules register private (underscore) entries; the built-ins are exactly these
     assert [n for n in ADVANTAGES.names() if not n.startswith("_")] == ["dr_grpo", "grpo", "reinforce_pp_baseline", "rloo"]
