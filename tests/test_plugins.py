@@ -40,7 +40,7 @@ def write_plugin(tmp_path: Path, module: str, env: str, reward: str) -> None:
     (tmp_path / f"{module}.py").write_text(PLUGIN.format(env=env, reward=reward))
 
 
-def test_config_imports_register_before_lookup(tmp_path, monkeypatch):
+def test_config_imports_register_before_lookup(tmp_path, monkeypatch, isolated_registries):
     write_plugin(tmp_path, "my_plugin_a", "my_env_a", "my_reward_a")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text("imports: [my_plugin_a]\nenv: {name: my_env_a}\nrewards: [my_reward_a]\n")

@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-from rlreason.models import resolve_model
 from rlreason.probes import data as D
 from rlreason.probes.capture import capture, resolve_layers, states_at
 from rlreason.probes.cliff import cliff_size, right_aligned_curve, score_positions, trace_cliff
@@ -24,9 +23,9 @@ from rlreason.probes.traces import THINK_CLOSE, generate_traces, phrase_judge, p
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = resolve_model("tiny-random", dtype="fp32")
+    path = tiny_model_dir
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
