@@ -141,7 +141,6 @@ def _trace_length_norm(mask: Tensor, trace_ids: Tensor | None) -> Tensor:
     return mask / (lengths[inv].clamp_min(1).unsqueeze(-1) * n_valid)
 
 
-
 def token_weights(response_mask: Tensor, mode: str, *, trace_ids: Tensor | None = None) -> Tensor:
     """Per-token weights w [R,T] with aggregated loss = (loss * w).sum(); computed once per mini-batch so
     micro-batches can each add (loss_mb * w_mb).sum() and the total is exact. Rows with no valid token get
