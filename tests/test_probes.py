@@ -240,6 +240,19 @@ def test_phrase_judge_agrees_with_pyrit_human_labels():
     assert len(rows) == 105 and agree / len(rows) >= 0.8
 
 
+def test_unknown_source_or_method_names_its_flag_before_any_file_is_read(monkeypatch):
+    from rlreason.registry import ConfigError
+    loaded = []
+    monkeypatch.setattr(D, "load_source", lambda name, key="": loaded.append(name) or [])
+    with pytest.raises(ConfigError, match=r"probe data --harmless: unknown probe data source 'gsm8'\. .*"
+                                          r"Did you mean 'gsm8k'"):
+        D.build_prompt_set(n_harmful=1, n_harmless=1, harmless_sources=["gsm8k", "gsm8"])
+    assert loaded == []  # both lists checked before any (slow, hashed) source file is read
+    with pytest.raises(ConfigError, match=r"probe select --by: unknown selection method 'clif'\. "
+                                          r"Allowed: cliff, final, random\. Did you mean 'cliff'"):
+        select([], 0.5, "clif")
+
+
 def test_pinned_sources_and_splits(tmp_path):
     counts = {s: len(D.load_source(s)) for s in D.SOURCES}
     assert counts == {"advbench": 520, "harmbench": 200, "strongreject": 313, "jbb": 100, "gsm8k": 1319,

@@ -142,8 +142,6 @@ def _norm(text: str) -> str:
 def _mixed(sources: tuple[str, ...] | list[str], n: int, rng: random.Random, key: str) -> list[dict]:
     """n prompts drawn round-robin from the shuffled sources, so each source is represented; duplicates
     across sources (AdvBench and JBB share behaviours) are kept once."""
-    for s in sources:  # every name before any file is read
-        SOURCES.check(s, key)
     pools = []
     for s in sources:
         rows = load_source(s, key)
@@ -174,10 +172,15 @@ def build_prompt_set(*, n_harmful: int, n_harmless: int, harmful_sources=HARMFUL
     splits = splits or {"probe": 0.5, "candidates": 0.25, "heldout": 0.25}
     if abs(sum(splits.values()) - 1) > 1e-6 or set(splits) - {"probe", "candidates", "heldout"}:
         raise ConfigError(f"probe data splits: shares of probe/candidates/heldout summing to 1, got {splits}")
+    classes = [(True, harmful_sources, n_harmful, "probe data --harmful"),
+               (False, harmless_sources, n_harmless, "probe data --harmless")]
+    for _, sources, _, key in classes:  # every name before any (slow, hashed) file is read
+        for s in sources:
+            SOURCES.check(s, key)
     rng = random.Random(seed)
     rows = []
-    for harmful, sources, n in ((True, harmful_sources, n_harmful), (False, harmless_sources, n_harmless)):
-        group = _mixed(list(sources), n, rng, f"probe data --{'harmful' if harmful else 'harmless'}")
+    for harmful, sources, n, key in classes:
+        group = _mixed(list(sources), n, rng, key)
         shares = dict(splits) if harmful else {"probe": splits["probe"],
                                                "heldout": 1 - splits["probe"]}
         start = 0
