@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from rlreason.algos.losses import POLICY_LOSSES
 from rlreason.config import load_config
+from rlreason.registry import REWARDS
 from rlreason.trainer.grpo import train
 from rlreason.trainer.update import NonFiniteLossError
 
@@ -20,9 +21,6 @@ TINY = [
     "trainer.micro_batch_size=4", "trainer.lr=1e-3", "trainer.checkpoint_every=1", "logging.wandb=false",
     "logging.progress=false", "rewards=[{name: boxed_format, weight: 1.0}, {name: _tiny_len, weight: 1.0}]",
 ]
-
-
-from rlreason.registry import REWARDS  # noqa: E402
 
 
 def _tiny_len(completion: str) -> float:
