@@ -37,8 +37,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from environments.single_turn import SingleTurn
-from rewards.idk import DEFAULT_PHRASES, STEP_COUNTERS, VERIFIERS, judge, phrase_pattern
+from rlreason.environments.single_turn import SingleTurn
+from rlreason.rewards.idk import DEFAULT_PHRASES, STEP_COUNTERS, VERIFIERS, judge, phrase_pattern
 from rlreason.registry import ConfigError, register_environment
 from rlreason.types import Episode, Policy
 

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import re
 
-from environments.single_turn import SingleTurn
-from rewards.qa import FINAL_ANSWER, MAX_SEARCHES
+from rlreason.environments.single_turn import SingleTurn
+from rlreason.rewards.qa import FINAL_ANSWER, MAX_SEARCHES
 from rlreason.registry import ConfigError, register_environment
 from rlreason.search.client import DEFAULT_URL, Document, SearchClient
 from rlreason.types import Episode, Policy, RowBound, Sample

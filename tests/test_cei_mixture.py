@@ -11,9 +11,9 @@ import re
 
 import pytest
 
-from environments.curriculum_ei import CurriculumEI
-from rewards.idk import IDK_ANSWER, judge
-from rewards.math import math_reward
+from rlreason.environments.curriculum_ei import CurriculumEI
+from rlreason.rewards.idk import IDK_ANSWER, judge
+from rlreason.rewards.math import math_reward
 from rlreason.config import load_config
 from rlreason.data import build_dataset, loads_info
 from rlreason.data.cei_mixture import (addition_chain, build_cei_mixture, long_multiplication, sft_rows,

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from environments.curriculum_ei import CurriculumEI
-from rewards.idk import Judgement
+from rlreason.environments.curriculum_ei import CurriculumEI
+from rlreason.rewards.idk import Judgement
 from rlreason.config import load_config
 from rlreason.models import resolve_model
 from rlreason.registry import ENVIRONMENTS, ConfigError

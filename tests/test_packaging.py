@@ -10,7 +10,9 @@ line (setuptools and rlreason's dependencies), whose own .pth files (its editabl
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -151,3 +153,44 @@ def test_editable_install_and_checkout_on_pythonpath(tmp_path):
     bare, bare_site = _venv(tmp_path / "bare")
     _install_plugin(bare_site)
     _check(_probe(bare, cwd=tmp_path, PYTHONPATH=str(other)), other, installed=False)
+
+
+def _top_level_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """Modules imported by statements that run at import time (module body, incl. its if/try blocks)."""
+    out, todo = [], list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out += [(node.lineno, f"{node.module}.{a.name}" if node.module == "rlreason" else node.module)
+                    for a in node.names]
+        elif isinstance(node, (ast.If, ast.Try)):
+            todo += node.body + node.orelse + getattr(node, "finalbody", []) + \
+                [n for h in getattr(node, "handlers", []) for n in h.body]
+    return out
+
+
+def test_core_imports_shipped_environments_and_rewards_only_on_use():
+    """rlreason's own modules reach the shipped environments and rewards through the registry or an import
+    inside the function that uses them, never at import time: importing rlreason stays light and free of
+    cycles (environments import rlreason), and nothing imports them under their folder names."""
+    bad = []
+    for path in sorted((REPO / "rlreason").rglob("*.py")):
+        for line, mod in _top_level_imports(ast.parse(path.read_text(), str(path))):
+            if mod.split(".")[0] in ("environments", "rewards") or \
+                    mod.startswith(("rlreason.environments", "rlreason.rewards")):
+                bad.append(f"{path.relative_to(REPO)}:{line}: {mod}")
+    assert not bad, "\n".join(dict.fromkeys(bad))
+
+
+def test_no_import_by_folder_name():
+    """Code, commands and docs import the shipped packages as rlreason.environments/rlreason.rewards (the
+    names an install has), never by folder name (also not inside a `python -c` string)."""
+    folder_import = re.compile(r"\b(from|import)\s+(environments|rewards)\b")
+    files = [REPO / "README.md", *(REPO / "docs").rglob("*.md"),
+             *(p for top in ("rlreason", "environments", "rewards", "tests", "benchmarks", "launch", "scripts")
+               for p in (REPO / top).rglob("*") if p.suffix in (".py", ".sh", ".md"))]
+    bad = [f"{path.relative_to(REPO)}:{n}: {line.strip()}" for path in sorted(files)
+           for n, line in enumerate(path.read_text().splitlines(), 1) if folder_import.search(line)]
+    assert not bad, "\n".join(bad)

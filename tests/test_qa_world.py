@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from environments.pay_per_search import PayPerSearch
-from rewards.qa import normalize_answer
+from rlreason.environments.pay_per_search import PayPerSearch
+from rlreason.rewards.qa import normalize_answer
 from rlreason.data import build_dataset, loads_info
 from rlreason.data.qa_world import (ATTRIBUTES, build_qa_world, build_world, corpus_rows, write_corpus,
                                     write_sft)

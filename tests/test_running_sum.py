@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from environments.markovian import delethink_budget
-from rewards.math import math_reward
+from rlreason.environments.markovian import delethink_budget
+from rlreason.rewards.math import math_reward
 from rlreason.config import load_config, to_dict
 from rlreason.data import build_dataset, loads_info
 from rlreason.data import running_sum as rs
