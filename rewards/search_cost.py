@@ -35,8 +35,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rlreason.rewards.qa import MAX_SEARCHES, em_score, final_answer, gold_answers
 from rlreason.registry import ConfigError, register_reward
+from rlreason.rewards.qa import MAX_SEARCHES, em_score, final_answer, gold_answers
 from rlreason.types import Episode
 
 PENALTIES = ("exp", "otc", "otc_strict", "linear", "none")

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from rlreason.environments.curriculum_ei import Curriculum, CurriculumEI
-from rlreason.rewards.idk import Judgement
 from rlreason.registry import ConfigError, build_environment
+from rlreason.rewards.idk import Judgement
 from rlreason.types import Completion
 
 P = "env/curriculum_ei/"

@@ -12,9 +12,9 @@ import re
 import pytest
 import torch
 
+from rlreason.algos.losses import token_weights
 from rlreason.environments.longcot import LongCoT
 from rlreason.environments.markovian import MarkovianThinking, delethink_budget
-from rlreason.algos.losses import token_weights
 from rlreason.registry import ENVIRONMENTS, ConfigError, build_environment
 from rlreason.types import Completion, Episode
 

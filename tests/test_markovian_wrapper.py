@@ -13,10 +13,10 @@ import pytest
 import torch
 from test_markovian import FOUR_CHUNKS, SMALL, FakeTokenizer, ScriptedPolicy
 
-from rlreason.environments.markovian import MarkovianThinking
 from rlreason.algos.losses import token_weights
 from rlreason.config import load_config
 from rlreason.delethink import DelethinkPolicy, Markovian, boundary_stop
+from rlreason.environments.markovian import MarkovianThinking
 from rlreason.registry import ENVIRONMENTS, ConfigError, build_environment
 from rlreason.trainer.batch import episodes_to_rows
 from rlreason.types import Completion, Environment, Episode, RowBound, Sample

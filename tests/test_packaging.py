@@ -34,7 +34,7 @@ out["environments_file"] = rlreason.environments.__file__
 out["rewards_file"] = rlreason.rewards.__file__
 out["builtin"] = [ENVIRONMENTS.get("single_turn").__module__, REWARDS.get("qa_em").__module__]
 plugin = ENVIRONMENTS.get("my_plugin_env")
-out["plugin"] = [plugin.__module__, [c.__module__ for c in plugin.__mro__][1], REWARDS.get("my_plugin_reward")("4", "4")]
+out["plugin"] = [plugin.__module__, plugin.__mro__[1].__module__, REWARDS.get("my_plugin_reward")("4", "4")]
 # math-verify off the main thread runs in a `python -c` worker process, which imports the reward by name.
 res = []
 t = threading.Thread(target=lambda: res.append(REWARDS.get("math")("so \\boxed{4}", "4").value))
@@ -96,8 +96,9 @@ def _install_plugin(site: Path) -> None:
     dist = site / "my_rlreason_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-rlreason-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[rlreason.environments]\nmy_plugin_env = my_rlreason_plugin:MyPluginEnv\n"
-                                           "[rlreason.rewards]\nmy_plugin_reward = my_rlreason_plugin:my_plugin_reward\n")
+    (dist / "entry_points.txt").write_text(
+        "[rlreason.environments]\nmy_plugin_env = my_rlreason_plugin:MyPluginEnv\n"
+        "[rlreason.rewards]\nmy_plugin_reward = my_rlreason_plugin:my_plugin_reward\n")
 
 
 def _probe(py: Path, cwd: Path, **env: str) -> dict:

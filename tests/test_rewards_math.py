@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from rlreason.rewards.math import (boxed_format, check_answer, extract_answer, extract_final_answer, math_reward,
-                          reasoning_gym_reward)
 from rlreason.data import build_reasoning_gym, loads_info
 from rlreason.registry import REWARDS
+from rlreason.rewards.math import (boxed_format, check_answer, extract_answer, extract_final_answer, math_reward,
+                          reasoning_gym_reward)
 from rlreason.rubric import Rubric, Scored
 from rlreason.types import Episode
 
