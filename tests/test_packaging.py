@@ -57,10 +57,14 @@ def my_plugin_reward(completion: str, answer: str) -> float:
 
 
 def _copy_checkout(dst: Path) -> Path:
-    """The checkout's tracked and not-ignored files (what a clone or an sdist holds), without build output."""
+    """The checkout's tracked and not-ignored files (what a clone or an sdist holds), without build output;
+    outside git, the files the build reads."""
     r = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                       capture_output=True, check=True)
-    for rel in filter(None, r.stdout.decode().split("\0")):
+                       capture_output=True)
+    rels = r.stdout.decode().split("\0") if r.returncode == 0 else \
+        ["pyproject.toml", "README.md", *(str(p.relative_to(REPO)) for top in ("rlreason", "environments", "rewards")
+                                          for p in (REPO / top).rglob("*.py"))]
+    for rel in filter(None, rels):
         src = REPO / rel
         if src.is_file() and "/tests/" not in f"/{rel}" and not rel.endswith((".png", ".jsonl", ".parquet")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
