@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-from rlreason.models import resolve_model
 from rlreason.probes import data as D
 from rlreason.probes.capture import capture, resolve_layers, states_at
 from rlreason.probes.cliff import cliff_size, right_aligned_curve, score_positions, trace_cliff
@@ -24,9 +23,9 @@ from rlreason.probes.traces import THINK_CLOSE, generate_traces, phrase_judge, p
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = resolve_model("tiny-random", dtype="fp32")
+    path = tiny_model_dir
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
@@ -239,6 +238,19 @@ def test_phrase_judge_agrees_with_pyrit_human_labels():
     rows = D._csv_rows(D.PYRIT_REFUSAL_EVAL)
     agree = sum(phrase_judge(r["objective"], r["assistant_response"]) == (r["human_score"] == "1") for r in rows)
     assert len(rows) == 105 and agree / len(rows) >= 0.8
+
+
+def test_unknown_source_or_method_names_its_flag_before_any_file_is_read(monkeypatch):
+    from rlreason.registry import ConfigError
+    loaded = []
+    monkeypatch.setattr(D, "load_source", lambda name, key="": loaded.append(name) or [])
+    with pytest.raises(ConfigError, match=r"probe data --harmless: unknown probe data source 'gsm8'\. .*"
+                                          r"Did you mean 'gsm8k'"):
+        D.build_prompt_set(n_harmful=1, n_harmless=1, harmless_sources=["gsm8k", "gsm8"])
+    assert loaded == []  # both lists checked before any (slow, hashed) source file is read
+    with pytest.raises(ConfigError, match=r"probe select --by: unknown selection method 'clif'\. "
+                                          r"Allowed: cliff, final, random\. Did you mean 'cliff'"):
+        select([], 0.5, "clif")
 
 
 def test_pinned_sources_and_splits(tmp_path):
