@@ -39,7 +39,7 @@ SKIP: dict[str, str] = {
     r"\.venv-verl/bin/python -m pytest tests/verl": "the verl suite; tests/test_verl_bridge.py runs it",
     r"\.venv/bin/python -m pytest tests/test_verl_bridge\.py": "part of this test suite",
     r'(?:\w+=(?:"[^"]*"|\S+) )*bash launch/refusal_cliff_qwen_cpu\.sh':
-        "opt-in study: downloads the 491 MB Qwen model and runs ~40 min",
+        "opt-in study: downloads the 491 MB Qwen model; tens of minutes on CPU",
 }
 
 _TRAIN = ("model.name=tiny-random trainer.steps=1 trainer.prompts_per_step=2 trainer.samples_per_prompt=2 "
