@@ -405,21 +405,33 @@ def main() -> None:
                   repr(o) for o in rlreason_overrides(Path("<questions.jsonl>"), Path("<out>")))]
     if a.note:
         header.append(a.note)
-    print("\n".join(header), flush=True)
+    printed: list[str] = []
+
+    def say(text: str) -> None:  # printed now, and kept for --out
+        print(text, flush=True)
+        printed.append(text)
+
+    say("\n".join(header))
     runs: dict[str, list[dict[str, Any]]] = {x: [] for x in systems}
+    failed: dict[str, str] = {}
     for rnd in range(a.rounds):
         for x in systems:
-            r = run_part(pythons[x], x, model_dir, data, work / f"{x}-{rnd}.log")
+            if x in failed:
+                continue
+            try:
+                r = run_part(pythons[x], x, model_dir, data, work / f"{x}-{rnd}.log")
+            except SystemExit as e:  # report it and measure the others; no numbers for this system
+                failed[x] = str(e)
+                say(f"round {rnd + 1} {x:9s} FAILED: {e}")
+                continue
             runs[x].append(r)
-            print(f"round {rnd + 1} {x:9s} steps " + ", ".join(f"{t:.2f}" for t in r["steps"])
-                  + f" s; tokens/step " + ", ".join(f"{t:.0f}" for t in r["tokens"])
-                  + f"; peak RSS {r['peak_rss_gb']:.2f} GB; wall {r['wall_s']:.0f} s", flush=True)
-    text = report(runs, [])
-    print(text)
+            say(f"round {rnd + 1} {x:9s} steps " + ", ".join(f"{t:.2f}" for t in r["steps"])
+                + " s; tokens/step " + ", ".join(f"{t:.0f}" for t in r["tokens"])
+                + f"; peak RSS {r['peak_rss_gb']:.2f} GB; wall {r['wall_s']:.0f} s")
+    runs = {x: rs for x, rs in runs.items() if x not in failed}
+    say(report(runs, [f"{x}: no result ({why})" for x, why in failed.items()]))
     if a.out:
-        a.out.write_text("\n".join(header) + "\n\n" + "\n".join(
-            f"round {i + 1} {x:9s} steps " + ", ".join(f"{t:.2f}" for t in r["steps"]) + " s"
-            for i in range(a.rounds) for x in systems for r in [runs[x][i]]) + "\n" + text + "\n")
+        a.out.write_text("\n".join(printed) + "\n")
     import shutil
     shutil.rmtree(work, ignore_errors=True)
 
