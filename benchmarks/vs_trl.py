@@ -407,9 +407,11 @@ def main() -> None:
         header.append(a.note)
     printed: list[str] = []
 
-    def say(text: str) -> None:  # printed now, and kept for --out
+    def say(text: str) -> None:  # printed now, and written to --out as it comes (a cut-short run keeps its rounds)
         print(text, flush=True)
         printed.append(text)
+        if a.out:
+            a.out.write_text("\n".join(printed) + "\n")
 
     say("\n".join(header))
     runs: dict[str, list[dict[str, Any]]] = {x: [] for x in systems}
@@ -430,8 +432,6 @@ def main() -> None:
                 + f"; peak RSS {r['peak_rss_gb']:.2f} GB; wall {r['wall_s']:.0f} s")
     runs = {x: rs for x, rs in runs.items() if x not in failed}
     say(report(runs, [f"{x}: no result ({why})" for x, why in failed.items()]))
-    if a.out:
-        a.out.write_text("\n".join(printed) + "\n")
     import shutil
     shutil.rmtree(work, ignore_errors=True)
 
