@@ -262,8 +262,9 @@ def part_trl(model_dir: str, data_path: str, *, vllm: bool) -> dict[str, Any]:
             now = time.perf_counter()
             steps.append(now - clock["t"])
             clock["t"] = now
-            gen = sum(d for n, d in phase_log if n in ("vLLM.generate", "transformers.generate"))
-            sync = sum(d for n, d in phase_log if n == "sync_weights")
+            # TRL prefixes the names with the trainer's class: "GRPOTrainer.vLLM.generate"
+            gen = sum(d for n, d in phase_log if n.endswith(("vLLM.generate", "transformers.generate")))
+            sync = sum(d for n, d in phase_log if n.endswith("sync_weights"))
             phase_log.clear()
             phases["rollout"].append(gen)
             phases["sync"].append(sync)
