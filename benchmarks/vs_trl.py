@@ -125,13 +125,44 @@ def parse_result(stdout: str) -> dict[str, Any]:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+
+ROUND = re.compile(r"^round (\d+) (\S+)\s+steps ([\d., ]+) s; tokens/step ([\d., ]+); peak RSS ([\d.]+) GB")
+PHASES = re.compile(r"^round (\d+) (\S+)\s+phases (.*)$")
+
+
+def round_line(rnd: int, system: str, r: dict[str, Any]) -> str:
+    return (f"round {rnd} {system:9s} steps " + ", ".join(f"{t:.2f}" for t in r["steps"])
+            + " s; tokens/step " + ", ".join(f"{t:.0f}" for t in r["tokens"])
+            + f"; peak RSS {r['peak_rss_gb']:.2f} GB; wall {r.get('wall_s', 0):.0f} s")
+
+
+def phase_line(rnd: int, system: str, r: dict[str, Any]) -> str:
+    """The per-step phase seconds, so a printed (or cut-short) run can be summarised again (--summarize)."""
+    return f"round {rnd} {system:9s} phases " + "; ".join(
+        f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in r["phases"].items())
+
+
+def parse_rounds(text: str) -> dict[str, list[dict[str, Any]]]:
+    """The runs in a printed output: its `round N system steps ...` lines and, where present, their
+    `round N system phases ...` lines (an output cut short keeps every round that finished)."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    nums = lambda s: [float(x) for x in s.split(",") if x.strip()]  # noqa: E731
+    for line in text.splitlines():
+        if m := ROUND.match(line):
+            runs.setdefault(m[2], []).append({"steps": nums(m[3]), "tokens": nums(m[4]),
+                                              "peak_rss_gb": float(m[5]), "phases": {}})
+        elif (m := PHASES.match(line)) and runs.get(m[2]):
+            runs[m[2]][-1]["phases"] = {k: nums(v) for k, v in (p.split(" ", 1) for p in m[3].split("; "))}
+    return runs
+
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per system over its rounds: median s/step (median of the rounds' medians of steps 2-6), the rounds'
     medians, median phase seconds, generated tokens per step and the worst peak RSS."""
     out = {}
     for name, rs in runs.items():
         per_round = [median(timed(r["steps"])) for r in rs]
-        phases = {k: median([median(timed(r["phases"][k])) for r in rs]) for k in rs[0]["phases"]}
+        keys = [k for k in rs[0]["phases"] if all(k in r["phases"] for r in rs)]
+        phases = {k: median([median(timed(r["phases"][k])) for r in rs]) for k in keys}
         out[name] = {"s_per_step": median(per_round), "rounds": per_round, "phases": phases,
                      "tokens_per_step": median([median(timed(r["tokens"])) for r in rs]),
                      "peak_rss_gb": max(r["peak_rss_gb"] for r in rs)}
@@ -382,7 +413,12 @@ def main() -> None:
     ap.add_argument("--trl-venv", type=Path, default=REPO / ".venv-trl")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     ap.add_argument("--note", default="", help="a line added to the header (e.g. that the machine was shared)")
+    ap.add_argument("--summarize", type=Path, default=None,
+                    help="summarise a printed output (e.g. one cut short) instead of running anything")
     a = ap.parse_args()
+    if a.summarize:
+        print(report(parse_rounds(a.summarize.read_text()), [f"summary of {a.summarize}"]))
+        return
     systems = [x.strip() for x in a.systems.split(",") if x.strip()]
     bad = [x for x in systems if x not in SYSTEMS]
     if bad or not systems:
@@ -428,9 +464,8 @@ def main() -> None:
                 say(f"round {rnd + 1} {x:9s} FAILED: {e}")
                 continue
             runs[x].append(r)
-            say(f"round {rnd + 1} {x:9s} steps " + ", ".join(f"{t:.2f}" for t in r["steps"])
-                + " s; tokens/step " + ", ".join(f"{t:.0f}" for t in r["tokens"])
-                + f"; peak RSS {r['peak_rss_gb']:.2f} GB; wall {r['wall_s']:.0f} s")
+            say(round_line(rnd + 1, x, r))
+            say(phase_line(rnd + 1, x, r))
     runs = {x: rs for x, rs in runs.items() if x not in failed}
     say(report(runs, [f"{x}: no result ({why})" for x, why in failed.items()]))
     import shutil

@@ -87,3 +87,24 @@ def test_too_few_steps_and_missing_result_are_errors(vs_trl):
         vs_trl.parse_result("vLLM noise\n")
     out = "noise\nRESULT " + json.dumps({"steps": [1]}) + "\nRESULT " + json.dumps({"steps": [2]}) + "\n"
     assert vs_trl.parse_result(out) == {"steps": [2]}
+
+
+def _rounded(x):
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return round(x, 2)
+
+
+def test_printed_rounds_summarise_again(vs_trl):
+    """A printed run (or one cut short at a round boundary) gives the same summary as the run itself."""
+    runs = {"rlreason": [_run([50, 10, 11, 12, 13, 30]), _run([40, 20, 21, 22, 23, 24])],
+            "trl-vllm": [_run([90, 30, 30, 33, 36, 90], 2.0)]}
+    text = "\n".join(["header", *[line for x, rs in runs.items() for i, r in enumerate(rs)
+                                  for line in (vs_trl.round_line(i + 1, x, r), vs_trl.phase_line(i + 1, x, r))]])
+    back = vs_trl.parse_rounds(text)
+    assert _rounded(vs_trl.summarize(back)) == _rounded(vs_trl.summarize(runs))
+    # an older output without phase lines still gives s/step, tokens and RSS
+    bare = vs_trl.parse_rounds("\n".join(line for line in text.splitlines() if " phases " not in line))
+    assert vs_trl.summarize(bare)["trl-vllm"]["s_per_step"] == 2 * 33 and bare["trl-vllm"][0]["phases"] == {}
