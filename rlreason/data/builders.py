@@ -58,6 +58,10 @@ from rlreason.data.running_sum import build_running_sum  # noqa: E402
 
 SOURCES["running_sum"] = build_running_sum
 
+from rlreason.data.sft_jsonl import build_sft_jsonl  # noqa: E402
+
+SOURCES["sft_jsonl"] = build_sft_jsonl
+
 
 def _params(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in inspect.signature(fn).parameters.items()
