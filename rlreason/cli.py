@@ -86,14 +86,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume:  # the run's stored config, with this command line's overrides on top
         from rlreason.trainer.run_dir import config_for_resume
         cfg = config_for_resume(cfg, a.overrides, source=a.config)
-    if cfg.algorithm == "expert_iteration":
-        from rlreason.trainer.expert_iteration import train as train_ei
-        summary = train_ei(cfg, resume=a.resume, overwrite=a.overwrite)
-    elif cfg.algorithm == "grpo":
-        from rlreason.trainer.grpo import train as train_grpo
-        summary = train_grpo(cfg, resume=a.resume, overwrite=a.overwrite)
-    else:
-        summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
+    summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
     print(summary)
     print(f"run directory: {cfg.run_dir}")
     return 0

@@ -94,7 +94,7 @@ def test_auto_picks_it_on_cpu_and_checkpoints_stay_loadable(tmp_path):
     from transformers import AutoConfig
 
     from rlreason.models import resolve_model
-    from rlreason.trainer.grpo import load_policy
+    from rlreason.trainer.loop import load_policy
     model = load_policy(resolve_model("tiny-random", dtype="fp32"), torch.device("cpu"), False)
     assert model.config._attn_implementation == cpu_attention.NAME
     model.save_pretrained(tmp_path)  # vLLM and plain transformers load checkpoints: no custom name inside

@@ -20,7 +20,8 @@ from rlreason.config import load_config
 from rlreason.models import resolve_model
 from rlreason.registry import ENVIRONMENTS, ConfigError
 from rlreason.trainer import expert_iteration as EI
-from rlreason.trainer.expert_iteration import EIState, engine_weights, fine_tuning_set, resample, train
+from rlreason.trainer.expert_iteration import engine_weights, fine_tuning_set, resample
+from rlreason.trainer.loop import setup, train
 
 
 @ENVIRONMENTS.register("_scripted_ei")
@@ -93,12 +94,13 @@ def test_a_round_fine_tunes_on_exp_r_over_t_draws_without_wrong_answers(tmp_path
     run_groups = EI.run_groups
     monkeypatch.setattr(EI, "episodes_to_rows", lambda eps, adv, gid: captured.append(list(eps)) or [])
     monkeypatch.setattr(EI, "run_groups", lambda *a, **k: rolled.append(run_groups(*a, **k)) or rolled[-1])
-    run, _ = EI.setup(cfg(tmp_path, "ei.samples_per_question=4", "ei.resample_factor=1500"))
+    run = setup(cfg(tmp_path, "ei.samples_per_question=4", "ei.resample_factor=1500"))
     try:
         for T in (0.3, 2.0):
             captured.clear()
             rolled.clear()
-            EI.train_round(run, EIState(temperature=T))
+            run.algorithm.temperature = T
+            run.algorithm.step(run)
             ((groups, _),), (kept,) = rolled, captured
             episodes = [ep for g in groups for ep in g]
             rewards = [ep.reward for ep in episodes]
@@ -201,7 +203,7 @@ def test_lora_round_trains_only_the_adapters(tmp_path):
 def test_curriculum_env_under_the_grpo_trainer(tmp_path):
     """The RL variant: the GRPO trainer calls on_step_end after each step; step 1 initialises c1, c2,
     and with one round per stage each later step ends a stage."""
-    from rlreason.trainer.grpo import train as grpo_train
+    from rlreason.trainer.loop import train as grpo_train
     grpo_train(cfg(tmp_path, "algorithm=grpo", "trainer.steps=2", "trainer.prompts_per_step=3",
                    "trainer.samples_per_prompt=3"))
     m = [r for r in rows(tmp_path / "run/metrics.jsonl") if "reward/total" in r]

@@ -17,7 +17,7 @@ from rlreason.config import load_config, to_dict
 from rlreason.data import build_dataset, loads_info
 from rlreason.data import running_sum as rs
 from rlreason.registry import ConfigError, build_environment
-from rlreason.trainer.grpo import validate
+from rlreason.trainer.loop import validate
 
 # sha256 of the small build (train 20 rows + test 10 rows, sorted-key JSON lines). A change here changes
 # every run's data: update it only on purpose, and say so in the commit.

@@ -315,6 +315,14 @@ def _log_step(run: Run, result: StepResult) -> None:
 
 # --- the loop -------------------------------------------------------------------------------------------
 
+def train_step(run: Run) -> dict[str, float]:
+    """One step of the method; the step is counted, its metrics and samples logged."""
+    result = run.algorithm.step(run)
+    run.step += 1
+    _log_step(run, result)
+    return result.metrics
+
+
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> str:
     """Run (or continue) training; returns the text summary written to `<run_dir>/summary.txt`.
     Without `resume` a run directory that already holds a run is refused unless `overwrite`."""
@@ -330,10 +338,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> s
     try:
         algorithm.start(run)
         while run.step < total and not algorithm.done(run):
-            result = algorithm.step(run)
-            run.step += 1
-            _log_step(run, result)
-            m = result.metrics
+            m = train_step(run)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({algorithm.reward_key.split("/")[-1]: f"{m.get(algorithm.reward_key, float('nan')):.3f}",

@@ -24,6 +24,7 @@ from rlreason.registry import ConfigError
 from rlreason.trainer.algorithm import Algorithm, StepResult
 from rlreason.trainer.batch import Row, collate, group_order, response_logits
 from rlreason.trainer.perf import sequences
+from rlreason.trainer.sampler import PromptSampler
 from rlreason.trainer.update import UpdateContext, _step, autocast, full_precision
 
 if TYPE_CHECKING:
@@ -80,6 +81,30 @@ def sft_epoch(rows: list[Row], ctx: UpdateContext, tr: TrainerConfig, *, batch_s
     return _loss_metrics(sums, counts)
 
 
+def epoch_batch(sampler: PromptSampler, rows: list[Row], batch_size: int) -> list[Row]:
+    """The next batch of the sampler's seeded epoch order; an epoch's last batch is its remainder, so an
+    epoch is ceil(rows / batch_size) optimizer steps and no row is seen twice within one."""
+    n = len(rows)
+    left = n - sampler.index if sampler.index < n else n
+    picked = sampler.next_indices(min(batch_size, left))
+    return [rows[i] for i in group_order(rows, picked)]  # same-prompt rows together
+
+
+def fit(rows: list[Row], ctx: UpdateContext, tr: TrainerConfig, *, epochs: int, batch_size: int,
+        seed: int) -> list[dict[str, float]]:
+    """SFT outside a run directory (probe repair: a model in memory, no checkpoints): the plug-in's batches
+    and update for `epochs` passes; returns each step's loss metrics."""
+    sampler = PromptSampler(len(rows), seed)
+    out = []
+    for _ in range(epochs * math.ceil(len(rows) / batch_size)):
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        sft_batch(epoch_batch(sampler, rows, batch_size), ctx, tr, sums, counts)
+        out.append(_loss_metrics(sums, counts))
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return out
+
+
 def prompt_of(row: dict[str, Any]) -> str | list[dict[str, str]]:
     """A row's prompt: text, or chat messages (sft_jsonl keeps those as JSON text with `chat` set)."""
     import json
@@ -121,10 +146,7 @@ class SFT(Algorithm):
 
     def step(self, run: Run) -> StepResult:
         t0 = time.perf_counter()
-        sampler, n = run.sampler, len(self.rows)
-        left = n - sampler.index if sampler.index < n else n  # an epoch's last batch is its remainder
-        picked = sampler.next_indices(min(self.cfg.sft.batch_size, left))
-        batch = [self.rows[i] for i in group_order(self.rows, picked)]
+        batch = epoch_batch(run.sampler, self.rows, self.cfg.sft.batch_size)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         sft_batch(batch, run.ctx, self.cfg.trainer, sums, counts)
