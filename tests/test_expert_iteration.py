@@ -221,3 +221,34 @@ def test_config_errors_before_anything_loads(tmp_path):
         train(cfg(tmp_path, "data.eval_size=0"))
     with pytest.raises(ConfigError, match="ei.samples_per_question"):
         train(cfg(tmp_path, "ei.samples_per_question=0"))
+
+
+def test_expert_iteration_needs_a_curriculum_environment_not_lookalike_attributes():
+    """The curriculum contract is the CurriculumEnvironment base class: an environment that merely has
+    `summarize` and `done` attributes is refused by name, a subclass implementing it is accepted."""
+    from environments.single_turn import SingleTurn
+    from rlreason.trainer.algorithm import make_algorithm
+    from rlreason.types import CurriculumEnvironment
+
+    @ENVIRONMENTS.register("_lookalike_ei")
+    class Lookalike(SingleTurn):
+        done = False
+
+        def summarize(self, means):
+            return {}
+
+    @ENVIRONMENTS.register("_declared_ei")
+    class Declared(SingleTurn, CurriculumEnvironment):
+        done = False
+
+        def summarize(self, means):
+            return {}
+
+        def stage_thresholds(self):
+            return []
+
+    with pytest.raises(ConfigError, match="env.name: algorithm=expert_iteration needs .*'_lookalike_ei'"):
+        make_algorithm(load_config(None, ["algorithm=expert_iteration", "env.name=_lookalike_ei"])).validate()
+    make_algorithm(load_config(None, ["algorithm=expert_iteration", "env.name=_declared_ei"])).validate()
+    with pytest.raises(TypeError, match="stage_thresholds"):
+        type("Incomplete", (SingleTurn, CurriculumEnvironment), {"summarize": lambda s, m: {}, "done": False})(None)
