@@ -138,7 +138,6 @@ class SFT(Algorithm):
                               f"{', '.join(sorted(columns))}")
         self.rows = [sft_row(run.env, prompt_of(r), r["completion"], i) for i, r in enumerate(run.train_rows)]
         self.steps_per_epoch = math.ceil(len(self.rows) / self.cfg.sft.batch_size)
-        run.engine.sleep()  # GPU: the engine generates only to evaluate; syncing wakes it
 
     def total_steps(self) -> int:
         n = len(getattr(self, "rows", [])) or 1
@@ -146,6 +145,7 @@ class SFT(Algorithm):
 
     def step(self, run: Run) -> StepResult:
         t0 = time.perf_counter()
+        run.engine.sleep()  # GPU: the engine generates only to evaluate; the sync before that wakes it
         batch = epoch_batch(run.sampler, self.rows, self.cfg.sft.batch_size)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
