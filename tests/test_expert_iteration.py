@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from environments.curriculum_ei import CurriculumEI
-from rewards.idk import Judgement
 from rlreason.config import load_config
+from rlreason.environments.curriculum_ei import CurriculumEI
 from rlreason.models import resolve_model
 from rlreason.registry import ENVIRONMENTS, ConfigError
+from rlreason.rewards.idk import Judgement
 from rlreason.trainer import expert_iteration as EI
 from rlreason.trainer.expert_iteration import engine_weights, fine_tuning_set, resample
 from rlreason.trainer.loop import setup, train
@@ -226,7 +226,7 @@ def test_config_errors_before_anything_loads(tmp_path):
 def test_expert_iteration_needs_a_curriculum_environment_not_lookalike_attributes():
     """The curriculum contract is the CurriculumEnvironment base class: an environment that merely has
     `summarize` and `done` attributes is refused by name, a subclass implementing it is accepted."""
-    from environments.single_turn import SingleTurn
+    from rlreason.environments.single_turn import SingleTurn
     from rlreason.trainer.algorithm import make_algorithm
     from rlreason.types import CurriculumEnvironment
 
