@@ -149,7 +149,8 @@ class ExpertIteration(Algorithm):
         for name, p in model.named_parameters():
             p.requires_grad_("lora_" in name)
         params = [p for p in model.parameters() if p.requires_grad]
-        run.ctx.optimizer, run.ctx.scheduler = build_optimizer(params, self.cfg, run.ctx.device)
+        # Unfused over the adapters (small tensors), as LoRA runs have always been: the same numbers on resume.
+        run.ctx.optimizer, run.ctx.scheduler = build_optimizer(params, self.cfg, run.ctx.device, fused=False)
 
     def engine_weights(self, run: Run) -> Iterator[tuple[str, torch.Tensor]]:
         model = run.ctx.model

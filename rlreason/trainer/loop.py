@@ -111,13 +111,13 @@ def load_policy(model_dir: str, device: torch.device, gradient_checkpointing: bo
     return model
 
 
-def build_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig,
-                    device: torch.device) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig, device: torch.device, *,
+                    fused: bool = True) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW with linear warm-up over `trainer.warmup_steps` optimizer steps. Fused AdamW: one kernel per
     parameter instead of foreach temporaries the size of the model."""
     tr = cfg.trainer
     optimizer = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay,
-                                  fused=device.type in ("cpu", "cuda") or None)
+                                  fused=(fused and device.type in ("cpu", "cuda")) or None)
     warm = tr.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     return optimizer, scheduler

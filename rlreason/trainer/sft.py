@@ -122,10 +122,6 @@ class SFT(Algorithm):
     splits_train = False
 
     def validate(self) -> None:
-        s = self.cfg.sft
-        for key in ("epochs", "batch_size"):
-            if getattr(s, key) < 1:
-                raise ConfigError(f"sft.{key}: must be >= 1, got {getattr(s, key)}")
         if self.cfg.eval.every and self.cfg.data.eval is None:
             raise ConfigError("eval.every: algorithm=sft evaluates on data.eval (a question/answer builder, as "
                               "the RL run's); set data.eval or eval.every=0")
