@@ -360,7 +360,9 @@ def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(tmp_path):
                     state={"sampler": {}, "env": {}, "rewards": {}}, keep=2)
     m2, opt2, sched2 = parts(2e-3)  # what setup builds from the resumed config
     noop = types.SimpleNamespace(load_state_dict=lambda s: None)
-    run = types.SimpleNamespace(cfg=_cfg(tmp_path / "run", "trainer.lr=2e-3", "trainer.weight_decay=0.1"),
+    from rlreason.trainer.algorithm import make_algorithm
+    cfg = _cfg(tmp_path / "run", "trainer.lr=2e-3", "trainer.weight_decay=0.1")
+    run = types.SimpleNamespace(cfg=cfg, algorithm=make_algorithm(cfg),
                                 ctx=types.SimpleNamespace(model=m2, optimizer=opt2, scheduler=sched2, value_head=None),
                                 sampler=noop, env=noop, rubric=noop, logger=_logger(tmp_path / "run"), step=0)
     restore(run)
