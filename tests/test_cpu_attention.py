@@ -90,12 +90,11 @@ def test_large_score_matrices_go_to_sdpa(monkeypatch):
     assert len(calls) - small > small  # every layer of every pass went to SDPA
 
 
-def test_auto_picks_it_on_cpu_and_checkpoints_stay_loadable(tmp_path):
+def test_auto_picks_it_on_cpu_and_checkpoints_stay_loadable(tmp_path, tiny_model_dir):
     from transformers import AutoConfig
 
-    from rlreason.models import resolve_model
     from rlreason.trainer.loop import load_policy
-    model = load_policy(resolve_model("tiny-random", dtype="fp32"), torch.device("cpu"), False)
+    model = load_policy(tiny_model_dir, torch.device("cpu"), False)
     assert model.config._attn_implementation == cpu_attention.NAME
     model.save_pretrained(tmp_path)  # vLLM and plain transformers load checkpoints: no custom name inside
     assert cpu_attention.NAME not in (tmp_path / "config.json").read_text()

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rlreason.algos.advantages import ADVANTAGES
-from rlreason.algos.kl import kl_reward_penalty
+from rlreason.algos.kl import KL_ESTIMATORS, kl_reward_penalty
 from rlreason.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES
-from rlreason.registry import ConfigError
 from rlreason.trainer.algorithm import Algorithm, StepResult
 from rlreason.trainer.batch import episodes_to_rows
 from rlreason.trainer.critic import ValueHead, assign_gae
@@ -34,16 +33,10 @@ class GRPO(Algorithm):
 
     def validate(self) -> None:
         algo = self.cfg.algo
-        if algo.advantage != "gae":  # gae needs a critic and lives in trainer/critic.py
-            if algo.advantage not in ADVANTAGES:
-                raise ConfigError(f"algo.advantage: unknown advantage estimator '{algo.advantage}'. Allowed: "
-                                  f"{', '.join([*ADVANTAGES.names(), 'gae'])}.")
-        POLICY_LOSSES.get(algo.policy_loss, "algo.policy_loss")
-        if algo.loss_agg_mode not in LOSS_AGG_MODES:
-            raise ConfigError(f"algo.loss_agg_mode: '{algo.loss_agg_mode}' is not allowed. "
-                              f"Allowed: {', '.join(LOSS_AGG_MODES)}.")
-        if algo.kl_estimator not in ("k1", "k2", "k3"):
-            raise ConfigError(f"algo.kl_estimator: '{algo.kl_estimator}' is not allowed. Allowed: k1, k2, k3.")
+        ADVANTAGES.check(algo.advantage, also=("gae",))  # gae needs a critic and lives in trainer/critic.py
+        POLICY_LOSSES.check(algo.policy_loss)
+        LOSS_AGG_MODES.check(algo.loss_agg_mode)
+        KL_ESTIMATORS.check(algo.kl_estimator)
 
     def attach(self, ctx: UpdateContext, model_dir: str) -> None:
         """The frozen reference model (algo.kl_coef > 0) and the critic's value head (algo.advantage=gae).
