@@ -80,7 +80,7 @@ def part_generate() -> dict:
 
 def part_step(engine: str) -> dict:
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import setup, train_step
+    from rlreason.trainer.loop import setup, train_step
 
     import tempfile
     out = tempfile.mkdtemp(prefix="rlreason-bench-")

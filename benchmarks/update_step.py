@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.trainer.batch import Row
 from rlreason.trainer.fused_rms_norm import fuse_rms_norms
-from rlreason.trainer.grpo import attention_for
+from rlreason.trainer.loop import attention_for
 from rlreason.trainer.update import UpdateContext, policy_update
 
 from peer_workload import median

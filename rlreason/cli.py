@@ -81,16 +81,12 @@ def _config_help() -> str:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     cfg = load_config(a.config, a.overrides)
     if a.resume:  # the run's stored config, with this command line's overrides on top
         from rlreason.trainer.run_dir import config_for_resume
         cfg = config_for_resume(cfg, a.overrides, source=a.config)
-    if cfg.algorithm == "expert_iteration":
-        from rlreason.trainer.expert_iteration import train as train_ei
-        summary = train_ei(cfg, resume=a.resume, overwrite=a.overwrite)
-    else:
-        summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
+    summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
     print(summary)
     print(f"run directory: {cfg.run_dir}")
     return 0

@@ -93,7 +93,7 @@ def test_large_score_matrices_go_to_sdpa(monkeypatch):
 def test_auto_picks_it_on_cpu_and_checkpoints_stay_loadable(tmp_path, tiny_model_dir):
     from transformers import AutoConfig
 
-    from rlreason.trainer.grpo import load_policy
+    from rlreason.trainer.loop import load_policy
     model = load_policy(tiny_model_dir, torch.device("cpu"), False)
     assert model.config._attn_implementation == cpu_attention.NAME
     model.save_pretrained(tmp_path)  # vLLM and plain transformers load checkpoints: no custom name inside

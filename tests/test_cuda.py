@@ -139,7 +139,7 @@ def test_one_grpo_step_with_vllm_on_cuda(tmp_path):
     """The production path on one GPU: SmolLM2-135M, vLLM rollouts with sleep mode, the bf16 update, the
     streamed in-place sync; the engine generates again after the step."""
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import setup, train_step
+    from rlreason.trainer.loop import setup, train_step
     c = load_config("configs/quickstart.yaml", [f"output_dir={tmp_path}/q", "trainer.steps=1", "eval.every=0",
                                                 "logging.wandb=false", "logging.progress=false", "model.device=cuda",
                                                 "rollout.gpu_memory_utilization=0.3",

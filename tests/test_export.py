@@ -20,7 +20,7 @@ IDS = torch.tensor([[1, 450, 3921, 28, 17, 905, 2], [5, 77, 1200, 8, 31, 9, 640]
 def trained(tmp_path_factory):
     """The final checkpoint of a one-step GRPO run of the tiny model (HF engine, a large lr so it moves)."""
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     root = tmp_path_factory.mktemp("run")
     train(load_config(None, [
         "model.name=tiny-random", "model.dtype=fp32", "rollout.engine=hf", "rollout.max_model_len=256",

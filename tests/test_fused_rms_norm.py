@@ -63,7 +63,7 @@ def test_whole_model_under_autocast_is_as_close_to_fp32_as_unfused_and_load_poli
     """Same logits bit for bit (every linear gets the same bf16 input). The gradients differ in one respect:
     the q/k/v (and gate/up) input gradients now meet in bf16 before the norm's backward; measured against
     float32 that costs nothing visible (SmolLM2-135M: 0.0315 vs 0.0314 relative error, tiny-random here)."""
-    from rlreason.trainer.grpo import load_policy
+    from rlreason.trainer.loop import load_policy
     ids = torch.randint(5, 1000, (4, 64), generator=torch.Generator().manual_seed(0))
     _, exact = _grads(_model(), ids, autocast=False)
     plain_logits, plain = _grads(_model(), ids, autocast=True)

@@ -273,14 +273,14 @@ def test_memory_check_vllm_share_too_small_for_the_weights(gpu80):
 
 def test_setup_checks_gpu_memory_before_loading_the_model(tmp_path, monkeypatch, registered):
     from rlreason.registry import REWARDS
-    from rlreason.trainer import grpo
+    from rlreason.trainer import loop
     from test_trainer import _tiny_len, cfg  # tests/ is on sys.path
     registered(REWARDS, "_tiny_len", _tiny_len)  # test_trainer's config names it
-    monkeypatch.setattr(grpo, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(loop, "pick_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2 * GIB))
-    monkeypatch.setattr(grpo, "load_policy", lambda *a, **k: pytest.fail("model loaded before the memory check"))
+    monkeypatch.setattr(loop, "load_policy", lambda *a, **k: pytest.fail("model loaded before the memory check"))
     with pytest.raises(ConfigError, match="model.name: tiny-random has 0.00B parameters"):
-        grpo.setup(cfg(tmp_path))
+        loop.setup(cfg(tmp_path))
 
 
 def test_count_parameters_without_loading_weights(tiny_model_dir):
@@ -295,10 +295,10 @@ def test_count_parameters_without_loading_weights(tiny_model_dir):
 
 def test_train_step_sleeps_engine_before_update_and_frees_grads_before_sync(tmp_path, monkeypatch, registered):
     from rlreason.registry import REWARDS
-    from rlreason.trainer import grpo
+    from rlreason.trainer import grpo, loop
     from test_trainer import _tiny_len, cfg
     registered(REWARDS, "_tiny_len", _tiny_len)  # test_trainer's config names it
-    run = grpo.setup(cfg(tmp_path))
+    run = loop.setup(cfg(tmp_path))
     events = []
     real_update = grpo.policy_update
     monkeypatch.setattr(run.engine, "sleep", lambda: events.append("sleep"))
@@ -308,19 +308,19 @@ def test_train_step_sleeps_engine_before_update_and_frees_grads_before_sync(tmp_
         events.append("sync")
         assert all(p.grad is None for p in run.ctx.model.parameters())
     monkeypatch.setattr(run.engine, "update_weights", sync)
-    grpo.train_step(run)
+    loop.train_step(run)
     assert events == ["sleep", "update", "sync"]
 
 
 # --- 4. several GPUs visible ---------------------------------------------------------------------------
 
 def test_several_gpus_warn_and_point_to_verl(monkeypatch, caplog):
-    from rlreason.trainer.grpo import pick_device
+    from rlreason.trainer.loop import pick_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for count, warned in ((1, False), (4, True)):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="rlreason.trainer.grpo"):
+        with caplog.at_level(logging.WARNING, logger="rlreason.trainer.loop"):
             assert pick_device("auto") == torch.device("cuda") == pick_device("cuda")
         msgs = [r.getMessage() for r in caplog.records]
         assert bool(msgs) == warned

@@ -157,7 +157,7 @@ def test_entry_point_algorithms_and_data_source_train_from_a_config(tmp_path, mo
 
     from rlreason.algos import ADVANTAGES, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES
     from rlreason.data.builders import SOURCES
-    from rlreason.trainer.grpo import train, validate
+    from rlreason.trainer.loop import train, validate
 
     dist = tmp_path / "userplug-0.1.dist-info"
     dist.mkdir()
@@ -188,7 +188,7 @@ def test_entry_point_algorithms_and_data_source_train_from_a_config(tmp_path, mo
 
 
 def test_unknown_algorithm_names_list_the_entry_points(tmp_path, monkeypatch, isolated_registries):
-    from rlreason.trainer.grpo import validate
+    from rlreason.trainer.loop import validate
     dist = tmp_path / "userplug2-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: userplug2\nVersion: 0.1\n")

@@ -17,7 +17,7 @@ from rlreason.data import running_sum as rs
 from rlreason.environments.markovian import delethink_budget
 from rlreason.registry import ConfigError, build_environment
 from rlreason.rewards.math import math_reward
-from rlreason.trainer.grpo import validate
+from rlreason.trainer.loop import validate
 
 # sha256 of the small build (train 20 rows + test 10 rows, sorted-key JSON lines). A change here changes
 # every run's data: update it only on purpose, and say so in the commit.

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from rlreason.algos.losses import POLICY_LOSSES
 from rlreason.config import load_config
 from rlreason.registry import REWARDS
-from rlreason.trainer.grpo import train
+from rlreason.trainer.loop import train
 from rlreason.trainer.update import NonFiniteLossError
 
 TINY = [

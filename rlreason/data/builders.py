@@ -58,6 +58,10 @@ SOURCES.register("cei_mixture")(build_cei_mixture)
 from rlreason.data.running_sum import build_running_sum  # noqa: E402
 
 SOURCES.register("running_sum")(build_running_sum)
+
+from rlreason.data.sft_jsonl import build_sft_jsonl  # noqa: E402
+
+SOURCES.register("sft_jsonl")(build_sft_jsonl)
 register_data_source = SOURCES.register
 
 
