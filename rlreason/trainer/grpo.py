@@ -21,6 +21,7 @@ from rlreason.algos.kl import kl_estimate
 from rlreason.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES
 from rlreason.config import RunConfig, to_dict
 from rlreason.config_checks import check_combinations, check_ranges
+from rlreason.cpu import apply_cpu_optimizations
 from rlreason.registry import ConfigError, build_environment, suggest
 from rlreason.rollout import Engine, SamplingConfig, make_engine
 from rlreason.rubric import Rubric
@@ -78,39 +79,21 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def share_prompts(setting: str | bool, device: torch.device) -> bool:
-    """trainer.share_prompt_forward: auto shares on CPU, where it saves matmul work, and not on GPUs, where a
-    small model's forward is launch-bound and the second pass costs more than the prompt tokens it saves
-    (benchmarks/update_step.py: 0.46x on an H200 with SmolLM2-135M)."""
-    return device.type == "cpu" if setting == "auto" else bool(setting)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def attention_for(device: torch.device, setting: str) -> str:
-    """model.attn_implementation: `auto` picks the grouped-matmul attention on CPU, SDPA elsewhere."""
-    if setting != "auto":
-        return setting
-    if device.type == "cpu":
-        from rlreason.trainer import cpu_attention
-        return cpu_attention.register()
-    return "sdpa"
-
-
 def load_policy(model_dir: str, device: torch.device, gradient_checkpointing: bool,
                 attn_implementation: str = "auto", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The model as transformers builds it (`auto` attention: SDPA); the CPU patches come afterwards from
+    `rlreason.cpu.apply_cpu_optimizations`."""
     from transformers import AutoModelForCausalLM
     # fp32 master weights; bf16 compute comes from autocast (pure bf16 Adam loses small updates).
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
-                                                 attn_implementation=attention_for(device, attn_implementation))
+    attn = "sdpa" if attn_implementation == "auto" else attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
     model = model.to(device)
-    if device.type == "cpu":
-        from rlreason.trainer.fused_rms_norm import fuse_rms_norms
-        fuse_rms_norms(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -175,6 +158,7 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     if cfg.algo.kl_coef > 0:
         ref_model = load_policy(model_dir, device, False, cfg.model.attn_implementation,
                                 dtype=ref_dtype).eval().requires_grad_(False)
+    cpu = apply_cpu_optimizations(cfg, device, [model, ref_model])
     value_head = None
     if cfg.algo.advantage == "gae":
         value_head = ValueHead(model.config.hidden_size).to(device)
@@ -187,7 +171,7 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     amp = torch.bfloat16 if cfg.model.dtype == "bf16" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ctx = UpdateContext(model, optimizer, scheduler, ref_model, device, amp, pad_id, cfg.rollout.temperature,
-                        value_head, share_prompts=share_prompts(cfg.trainer.share_prompt_forward, device))
+                        value_head, share_prompts=cpu.share_prompts)
 
     r = cfg.rollout
     engine = make_engine(r.engine, model_dir=model_dir, model=model, tokenizer=tokenizer,
