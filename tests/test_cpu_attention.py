@@ -7,7 +7,7 @@ import torch
 
 from rlreason.trainer import cpu_attention
 from rlreason.trainer.batch import collate
-from rlreason.trainer.shared_prefix import shared_response_logits
+from rlreason.trainer.shared_prefix import distinct_prompts, shared_response_logits
 from test_shared_prefix import _model, _rows  # tests/ is on sys.path
 
 
@@ -40,7 +40,7 @@ def test_unpadded_causal_pass_takes_the_matmul_path_and_equals_sdpa(monkeypatch)
     cpu_attention.register()
     model = _model()
     b = collate(_rows(4, groups=1, G=3), pad_id=0)
-    assert bool(b.prompt_mask.all())
+    assert bool(distinct_prompts(b)[1].all())
     ref, g_ref = _logits_and_grads(model, b, "sdpa", False)
     calls = []
     real = cpu_attention.sdpa_attention_forward
