@@ -35,9 +35,9 @@ def distinct_prompts(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     P = batch.input_ids.shape[1] - T
     ids, mask = batch.input_ids[:, :P], batch.attention_mask[:, :P]
     B = ids.shape[0]
-    _, inverse = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
+    distinct, inverse = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
     rows = torch.arange(B, device=ids.device)
-    first = torch.full((int(inverse.max()) + 1,), B, device=ids.device).scatter_reduce(0, inverse, rows, "amin")
+    first = torch.full((distinct.shape[0],), B, device=ids.device).scatter_reduce(0, inverse, rows, "amin")
     order = first.argsort()  # distinct prompts by first appearance
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order), device=ids.device)
