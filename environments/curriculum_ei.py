@@ -1,7 +1,7 @@
 """Auto-CEI's environment (arXiv 2410.07627): single-turn reasoning where "I don't know" is an allowed
 answer, and the curriculum that decides how much trying a refusal must show.
 
-Episode: the prompt teaches `\\boxed{I don't know}`; the response is judged once (`rewards.idk.judge`)
+Episode: the prompt teaches `\\boxed{I don't know}`; the response is judged once (`rlreason.rewards.idk.judge`)
 into `episode.metrics` (correct, refused, answered, steps, and the sums the curriculum's means need), and
 the c1, c2 in force are stamped into `episode.info`; the `idk` reward turns those into R (one source of
 truth: the curriculum state lives here only).
@@ -37,9 +37,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from environments.single_turn import SingleTurn
-from rewards.idk import DEFAULT_PHRASES, STEP_COUNTERS, VERIFIERS, judge, phrase_pattern
+from rlreason.environments.single_turn import SingleTurn
 from rlreason.registry import ConfigError, register_environment
+from rlreason.rewards.idk import DEFAULT_PHRASES, STEP_COUNTERS, VERIFIERS, judge, phrase_pattern
 from rlreason.types import Episode, Policy
 
 IDK_TEMPLATE = ("{question}\nReason step by step, one step per line, and put the final answer in \\boxed{{}}. "

@@ -142,8 +142,8 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], key: str,
 
 
 ENVIRONMENTS: Registry[Any] = Registry("environment", "rlreason.environments",
-                                       ("environments",))
-REWARDS: Registry[Any] = Registry("reward", "rlreason.rewards", ("rewards",))
+                                       ("rlreason.environments",))
+REWARDS: Registry[Any] = Registry("reward", "rlreason.rewards", ("rlreason.rewards",))
 
 register_environment = ENVIRONMENTS.register
 register_reward = REWARDS.register

@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from environments.curriculum_ei import CurriculumEI
-from rewards.idk import Judgement
 from rlreason.config import load_config
+from rlreason.environments.curriculum_ei import CurriculumEI
 from rlreason.models import resolve_model
 from rlreason.registry import ENVIRONMENTS, ConfigError
+from rlreason.rewards.idk import Judgement
 from rlreason.trainer import expert_iteration as EI
 from rlreason.trainer.expert_iteration import EIState, engine_weights, fine_tuning_set, resample, train
 

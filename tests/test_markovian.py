@@ -12,9 +12,9 @@ import re
 import pytest
 import torch
 
-from environments.longcot import LongCoT
-from environments.markovian import MarkovianThinking, delethink_budget
 from rlreason.algos.losses import token_weights
+from rlreason.environments.longcot import LongCoT
+from rlreason.environments.markovian import MarkovianThinking, delethink_budget
 from rlreason.registry import ENVIRONMENTS, ConfigError, build_environment
 from rlreason.types import Completion, Episode
 
@@ -70,7 +70,7 @@ def run(env, script, example=EXAMPLE):
 def boxed_score(text: str, answer: str) -> float:
     """The colleague's math reward when present, else the last \\boxed{...} compared as a string."""
     try:
-        from rewards.math import math_reward
+        from rlreason.rewards.math import math_reward
     except ImportError:  # rewards/math.py not written yet: a direct regex check
         found = re.findall(r"\\boxed\{([^{}]*)\}", text)
         return float(bool(found) and found[-1].strip() == answer)

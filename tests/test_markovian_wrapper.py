@@ -13,10 +13,10 @@ import pytest
 import torch
 from test_markovian import FOUR_CHUNKS, SMALL, FakeTokenizer, ScriptedPolicy
 
-from environments.markovian import MarkovianThinking
 from rlreason.algos.losses import token_weights
 from rlreason.config import load_config
 from rlreason.delethink import DelethinkPolicy, Markovian, boundary_stop
+from rlreason.environments.markovian import MarkovianThinking
 from rlreason.registry import ENVIRONMENTS, ConfigError, build_environment
 from rlreason.trainer.batch import episodes_to_rows
 from rlreason.types import Completion, Environment, Episode, RowBound, Sample
@@ -280,7 +280,7 @@ def search_env(tok, args, markovian):
 
 
 def test_pay_per_search_from_a_config_file(tmp_path, tok):
-    from environments.pay_per_search import STOP, format_documents
+    from rlreason.environments.pay_per_search import STOP, format_documents
     from rlreason.search.client import Document
     (tmp_path / "c.yaml").write_text(
         "env:\n  name: pay_per_search\n  args: {max_searches: 2}\n"

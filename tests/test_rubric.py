@@ -77,8 +77,8 @@ def test_env_args_checked():
 
 
 def test_registered_subclass_gets_its_own_name():
-    from environments.markovian import MarkovianThinking
-    from environments.single_turn import SingleTurn
+    from rlreason.environments.markovian import MarkovianThinking
+    from rlreason.environments.single_turn import SingleTurn
     assert SingleTurn.name == "single_turn" and MarkovianThinking.name == "markovian"
 
 

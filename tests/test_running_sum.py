@@ -11,12 +11,12 @@ import re
 
 import pytest
 
-from environments.markovian import delethink_budget
-from rewards.math import math_reward
 from rlreason.config import load_config, to_dict
 from rlreason.data import build_dataset, loads_info
 from rlreason.data import running_sum as rs
+from rlreason.environments.markovian import delethink_budget
 from rlreason.registry import ConfigError, build_environment
+from rlreason.rewards.math import math_reward
 from rlreason.trainer.grpo import validate
 
 # sha256 of the small build (train 20 rows + test 10 rows, sorted-key JSON lines). A change here changes

@@ -11,10 +11,10 @@ import time
 import pytest
 from test_search_server import free_port, start_server, stop_server, write_corpus
 
-from environments.pay_per_search import (EMPTY_MSG, FAILED_MSG, INVALID_MSG, LIMIT_MSG, STOP, PayPerSearch,
+from rlreason.environments.pay_per_search import (EMPTY_MSG, FAILED_MSG, INVALID_MSG, LIMIT_MSG, STOP, PayPerSearch,
                                          format_documents, parse_action)
-from rewards.qa import qa_answered, qa_em, qa_f1
 from rlreason.registry import ConfigError, build_environment
+from rlreason.rewards.qa import qa_answered, qa_em, qa_f1
 from rlreason.rollout.base import SamplingConfig
 from rlreason.search.abstention import abstention_eval
 from rlreason.search.client import Document

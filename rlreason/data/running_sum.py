@@ -232,7 +232,7 @@ def sft_rows(ds: Dataset, env_args: dict[str, Any] | None = None) -> list[dict[s
     """Warm-start SFT lines {prompt, completion}: the prompt the RL run's environment shows (its template
     and style, `env_args`), the completion the worked trace ending in \\boxed{answer} (EOS is the trainer's
     to append, as for the other warm-start sets)."""
-    from environments.single_turn import SingleTurn
+    from rlreason.environments.single_turn import SingleTurn
 
     args = {k: v for k, v in (env_args or {}).items() if k in ("template", "style", "system_prompt")}
     env = SingleTurn(None, **args)
@@ -244,7 +244,7 @@ def sft_train_rows(lines: list[dict[str, Any]], tokenizer: Any, env_args: dict[s
     environment encodes them for the policy (so the warm start sees the RL run's exact context), response =
     the completion's tokens then EOS (the model must learn to stop), every response token trained. A trace
     is one LongCoT row; Markovian RL then learns to continue from its chunk prompts."""
-    from environments.single_turn import SingleTurn
+    from rlreason.environments.single_turn import SingleTurn
     from rlreason.trainer.batch import Row
 
     args = {k: v for k, v in (env_args or {}).items() if k in ("template", "style", "system_prompt")}
