@@ -91,14 +91,13 @@ def test_large_score_matrices_go_to_sdpa(monkeypatch):
     assert len(calls) - small > small  # every layer of every pass went to SDPA
 
 
-def test_auto_picks_it_on_cpu_and_checkpoints_stay_loadable(tmp_path):
+def test_auto_picks_it_on_cpu_and_checkpoints_stay_loadable(tmp_path, tiny_model_dir):
     from transformers import AutoConfig
 
     from rlreason.config import load_config
     from rlreason.cpu import apply_cpu_optimizations
-    from rlreason.models import resolve_model
     from rlreason.trainer.grpo import load_policy
-    model = load_policy(resolve_model("tiny-random", dtype="fp32"), torch.device("cpu"), False)
+    model = load_policy(tiny_model_dir, torch.device("cpu"), False)
     assert model.config._attn_implementation == "sdpa"  # as transformers loads it; the switch comes next
     apply_cpu_optimizations(load_config(None, []), torch.device("cpu"), [model])
     assert model.config._attn_implementation == cpu_attention.NAME

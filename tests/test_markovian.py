@@ -272,14 +272,9 @@ def test_trace_length_norm_on_two_markovian_episodes():
 # ---- real tokenizer -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    try:
-        from rlreason.models import resolve_model
-        path = resolve_model("tiny-random")
-    except (ImportError, AttributeError, FileNotFoundError) as e:
-        pytest.skip(f"rlreason.models.resolve_model('tiny-random') is not usable yet: {e}")
+def smollm2_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def test_real_tokenizer_chat_prompt_and_boundary_answer(smollm2_tokenizer):

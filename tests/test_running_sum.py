@@ -85,11 +85,9 @@ def test_dispatcher_and_errors():
 # ---- token counts ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(tiny_model_dir):
     from transformers import AutoTokenizer
-
-    from rlreason.models import resolve_model
-    return AutoTokenizer.from_pretrained(resolve_model("tiny-random"))  # SmolLM2's tokenizer
+    return AutoTokenizer.from_pretrained(tiny_model_dir)  # SmolLM2's tokenizer
 
 
 def _n(tok, text: str) -> int:

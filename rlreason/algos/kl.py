@@ -8,9 +8,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rlreason.algos.registry import FnRegistry
+from rlreason.registry import Registry
 
-KL_ESTIMATORS: FnRegistry[Callable[[Tensor, Tensor], Tensor]] = FnRegistry("KL estimator")
+# (logprobs [B,T], ref_logprobs [B,T]) -> per-token KL estimate [B,T].
+KL_ESTIMATORS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("KL estimator", "rlreason.kl_estimators",
+                                                                       key="algo.kl_estimator")
 
 
 @KL_ESTIMATORS.register("k1")
@@ -36,4 +38,4 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str) -> Tensor:
     - 1 (unbiased and always >= 0; clamped to [-10, 10] as in verl). logprobs, ref_logprobs [B,T] -> [B,T].
     Schulman, "Approximating KL divergence" (2020, joschu.net/blog/kl-approx.html); k3 used by GRPO Eq. 4,
     arXiv 2402.03300."""
-    return KL_ESTIMATORS.get(kind, key="algo.kl_estimator")(logprobs, ref_logprobs)
+    return KL_ESTIMATORS.get(kind)(logprobs, ref_logprobs)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rlreason.algos.advantages import ADVANTAGES
-from rlreason.algos.kl import kl_estimate
+from rlreason.algos.kl import KL_ESTIMATORS, kl_estimate
 from rlreason.algos.losses import LOSS_AGG_MODES, POLICY_LOSSES
 from rlreason.config import RunConfig, to_dict
 from rlreason.config_checks import check_combinations, check_ranges
@@ -44,16 +44,10 @@ log = logging.getLogger(__name__)
 def validate(cfg: RunConfig) -> None:
     """Check every registry-backed name, every numeric range and the combinations that would be silently
     ignored, before anything slow starts."""
-    if cfg.algo.advantage != "gae":  # gae needs a critic and lives in trainer/critic.py
-        if cfg.algo.advantage not in ADVANTAGES:
-            raise ConfigError(f"algo.advantage: unknown advantage estimator '{cfg.algo.advantage}'. Allowed: "
-                              f"{', '.join([*ADVANTAGES.names(), 'gae'])}.")
-    POLICY_LOSSES.get(cfg.algo.policy_loss, "algo.policy_loss")
-    if cfg.algo.loss_agg_mode not in LOSS_AGG_MODES:
-        raise ConfigError(f"algo.loss_agg_mode: '{cfg.algo.loss_agg_mode}' is not allowed. "
-                          f"Allowed: {', '.join(LOSS_AGG_MODES)}.")
-    if cfg.algo.kl_estimator not in ("k1", "k2", "k3"):
-        raise ConfigError(f"algo.kl_estimator: '{cfg.algo.kl_estimator}' is not allowed. Allowed: k1, k2, k3.")
+    ADVANTAGES.check(cfg.algo.advantage, also=("gae",))  # gae needs a critic and lives in trainer/critic.py
+    POLICY_LOSSES.check(cfg.algo.policy_loss)
+    LOSS_AGG_MODES.check(cfg.algo.loss_agg_mode)
+    KL_ESTIMATORS.check(cfg.algo.kl_estimator)
     _check_attention(cfg.model.attn_implementation)
     check_ranges(cfg)
     check_combinations(cfg)
