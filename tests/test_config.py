@@ -74,7 +74,7 @@ def test_share_prompt_forward_auto_is_on_for_cpu_only():
 
     from rlreason.config import load_config
     from rlreason.registry import ConfigError
-    from rlreason.trainer.loop import share_prompts
+    from rlreason.cpu import share_prompts
     assert load_config(None, []).trainer.share_prompt_forward == "auto"
     assert share_prompts("auto", torch.device("cpu")) and not share_prompts("auto", torch.device("cuda"))
     assert share_prompts(True, torch.device("cuda")) and not share_prompts(False, torch.device("cpu"))

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.models import resolve_model
 from rlreason.trainer.batch import collate, response_logits
+from rlreason.trainer.shared_prefix import shared_response_logits
 from rlreason.trainer.update import UpdateContext, policy_update
 from test_shared_prefix import _model as shared_model, _rows as shared_rows, assert_shared_equals_plain  # tests/ is on sys.path
 
@@ -35,8 +36,8 @@ def test_shared_prefix_equals_plain_forward_on_cuda_fp32_and_bf16():
     m = (b.attention_mask[:, -b.response_ids.shape[1]:, None] > 0)
     plain = assert_shared_equals_plain(model, b, 0, tol=1e-4)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        bf_plain = response_logits(model, b, share_prompts=False) * m
-        bf_shared = response_logits(model, b, share_prompts=True) * m
+        bf_plain = response_logits(model, b) * m
+        bf_shared = shared_response_logits(model, b) * m
     err_plain, err_shared = (bf_plain - plain.detach()).abs().mean(), (bf_shared - plain.detach()).abs().mean()
     assert err_shared <= 1.5 * err_plain + 1e-3, (err_shared, err_plain)
 

@@ -330,22 +330,48 @@ def test_several_gpus_warn_and_point_to_verl(monkeypatch, caplog):
 
 # --- 3. LD_PRELOAD re-exec on CPU only -----------------------------------------------------------------
 
-@pytest.mark.parametrize("gpu", [False, True])
-def test_preload_reexec_happens_on_cpu_only(monkeypatch, gpu):
-    from rlreason import cli
-    for var in ("RLREASON_NO_PRELOAD", "_RLREASON_PRELOADED", "CUDA_VISIBLE_DEVICES"):
+def _reexecs(monkeypatch, *, gpu_build: bool, cuda: bool) -> list:
+    """Run the CLI's re-exec decision with a pretend torch build and CUDA answer; returns the execve calls."""
+    from rlreason import cpu
+    for var in ("RLREASON_NO_PRELOAD", "_RLREASON_PRELOADED"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli, "preload_libs", lambda: ["/x/libtcmalloc_minimal.so.4"])
-    monkeypatch.setattr(cli.glob, "glob", lambda pattern: ["/dev/nvidia0"] if gpu and "nvidia" in pattern else [])
+    monkeypatch.setattr(cpu, "preload_libs", lambda: ["/x/libtcmalloc_minimal.so.4"])
+    monkeypatch.setattr(cpu, "torch_may_have_cuda", lambda: gpu_build)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     execs = []
-    monkeypatch.setattr(cli.os, "execve", lambda *a: execs.append(a))
-    cli.reexec_preloaded(["-m", "rlreason.cli", "train"])
-    assert len(execs) == (0 if gpu else 1)
-    if not gpu:
+    monkeypatch.setattr(cpu.os, "execve", lambda *a: execs.append(a))
+    cpu.reexec_preloaded(["-m", "rlreason.cli", "train"])
+    return execs
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_preload_reexec_happens_on_cpu_only(monkeypatch, cuda):
+    """Decided as `model.device: auto` resolves (torch.cuda.is_available): a GPU torch build on a machine
+    whose GPUs are hidden or absent runs on CPU and is preloaded; one that sees CUDA never re-executes, also
+    where no /dev/nvidia* node exists (WSL2 exposes its GPU through /dev/dxg)."""
+    execs = _reexecs(monkeypatch, gpu_build=True, cuda=cuda)
+    assert len(execs) == (0 if cuda else 1)
+    if not cuda:
+        assert execs[0][0] == sys.executable
         assert execs[0][2]["LD_PRELOAD"].startswith("/x/libtcmalloc_minimal.so.4")
-    # a GPU node whose devices are all hidden runs on CPU: preloaded again
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    execs.clear()
-    cli.reexec_preloaded(["-m", "rlreason.cli", "train"])
+
+
+def test_cpu_only_torch_build_is_preloaded_without_importing_torch(monkeypatch):
+    def no_cuda_check():
+        raise AssertionError("torch was asked although its build has no GPU support")
+    monkeypatch.setattr(torch.cuda, "is_available", no_cuda_check)
+    execs = _reexecs(monkeypatch, gpu_build=False, cuda=True)
     assert len(execs) == 1
-    assert sys.executable == execs[0][0]
+
+
+@pytest.mark.parametrize("text, gpu_build", [
+    ("cuda: Optional[str] = None\nhip: Optional[str] = None\n", False),
+    ("cuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n", True),
+    ("cuda: Optional[str] = None\nhip: Optional[str] = '6.4.43482'\n", True),  # ROCm: torch.cuda works too
+    ("__version__ = '3.0'\n", True),  # unknown layout: ask torch
+])
+def test_torch_build_is_read_from_its_version_file(tmp_path, text, gpu_build):
+    from rlreason.cpu import torch_may_have_cuda
+    (tmp_path / "version.py").write_text(f"__all__ = ['cuda', 'hip']\n{text}")
+    assert torch_may_have_cuda(tmp_path / "version.py") is gpu_build
+    assert torch_may_have_cuda(tmp_path / "missing.py") is True

@@ -55,7 +55,7 @@ def test_config_imports_register_before_lookup(tmp_path, monkeypatch, isolated_r
 def test_imports_survive_the_cli_preload_reexec(tmp_path, how):
     """Without RLREASON_NO_PRELOAD the CLI re-executes itself with LD_PRELOAD; the plugin must be
     imported in the process that then runs the command."""
-    from rlreason.cli import preload_libs
+    from rlreason.cpu import preload_libs
     write_plugin(tmp_path, "my_plugin_b", "my_env_b", "my_reward_b")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(("imports: [my_plugin_b]\n" if how == "config" else "") + "env: {name: my_env_b}\n")

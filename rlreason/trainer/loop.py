@@ -20,6 +20,7 @@ import torch
 
 from rlreason.config import RunConfig, to_dict
 from rlreason.config_checks import check_combinations, check_ranges
+from rlreason.cpu import apply_cpu_optimizations
 from rlreason.registry import ConfigError, build_environment, suggest
 from rlreason.rollout import Engine, SamplingConfig, make_engine
 from rlreason.rubric import Rubric
@@ -67,13 +68,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def share_prompts(setting: str | bool, device: torch.device) -> bool:
-    """trainer.share_prompt_forward: auto shares on CPU, where it saves matmul work, and not on GPUs, where a
-    small model's forward is launch-bound and the second pass costs more than the prompt tokens it saves
-    (benchmarks/update_step.py: 0.46x on an H200 with SmolLM2-135M)."""
-    return device.type == "cpu" if setting == "auto" else bool(setting)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -86,26 +80,15 @@ def step_seed(cfg: RunConfig, step: int) -> int:
     return (cfg.seed * 1_000_003 + step * 10_007) % (2**31 - 1)
 
 
-def attention_for(device: torch.device, setting: str) -> str:
-    """model.attn_implementation: `auto` picks the grouped-matmul attention on CPU, SDPA elsewhere."""
-    if setting != "auto":
-        return setting
-    if device.type == "cpu":
-        from rlreason.trainer import cpu_attention
-        return cpu_attention.register()
-    return "sdpa"
-
-
 def load_policy(model_dir: str, device: torch.device, gradient_checkpointing: bool,
                 attn_implementation: str = "auto", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The model as transformers builds it (`auto` attention: SDPA); the CPU patches come afterwards from
+    `rlreason.cpu.apply_cpu_optimizations`."""
     from transformers import AutoModelForCausalLM
     # fp32 master weights; bf16 compute comes from autocast (pure bf16 Adam loses small updates).
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype,
-                                                 attn_implementation=attention_for(device, attn_implementation))
+    attn = "sdpa" if attn_implementation == "auto" else attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
     model = model.to(device)
-    if device.type == "cpu":
-        from rlreason.trainer.fused_rms_norm import fuse_rms_norms
-        fuse_rms_norms(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
@@ -181,9 +164,9 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     model = load_policy(model_dir, device, cfg.model.gradient_checkpointing, cfg.model.attn_implementation)
     amp = torch.bfloat16 if cfg.model.dtype == "bf16" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ctx = UpdateContext(model, None, None, None, device, amp, pad_id, cfg.rollout.temperature, None,
-                        share_prompts=share_prompts(cfg.trainer.share_prompt_forward, device))
-    algorithm.attach(ctx, model_dir)
+    ctx = UpdateContext(model, None, None, None, device, amp, pad_id, cfg.rollout.temperature, None)
+    algorithm.attach(ctx, model_dir)  # may load a reference model and a value head
+    ctx.share_prompts = apply_cpu_optimizations(cfg, device, [model, ctx.ref_model]).share_prompts
     params = [*model.parameters(), *(ctx.value_head.parameters() if ctx.value_head is not None else [])]
     ctx.optimizer, ctx.scheduler = build_optimizer(params, cfg, device)
 

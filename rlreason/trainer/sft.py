@@ -22,7 +22,7 @@ from rlreason.algos.losses import logprobs_from_logits
 from rlreason.config import TrainerConfig
 from rlreason.registry import ConfigError
 from rlreason.trainer.algorithm import Algorithm, StepResult
-from rlreason.trainer.batch import Row, collate, group_order, response_logits
+from rlreason.trainer.batch import Row, collate, group_order
 from rlreason.trainer.perf import sequences
 from rlreason.trainer.sampler import PromptSampler
 from rlreason.trainer.update import UpdateContext, _step, autocast, full_precision
@@ -51,7 +51,7 @@ def sft_batch(batch: list[Row], ctx: UpdateContext, tr: TrainerConfig, sums: dic
     with autocast(ctx):  # one region per optimizer step: weights are cast to bf16 once
         for m in range(0, len(batch), tr.micro_batch_size):
             b = collate(batch[m:m + tr.micro_batch_size], ctx.pad_id).to(ctx.device)
-            logits = response_logits(model, b, share_prompts=ctx.share_prompts)
+            logits = ctx.response_logits(model, b)
             with full_precision(ctx):
                 logprobs = logprobs_from_logits(logits, b.response_ids)  # [B, T], the model's own distribution
                 loss = -(logprobs * b.response_mask).sum() / n_tokens
