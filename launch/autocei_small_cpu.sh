@@ -9,9 +9,9 @@
 # then one table and one PNG from the runs (benchmarks/autocei_comparison.py report).
 #
 #   launch/autocei_small_cpu.sh [RUNS_DIR]          default runs/autocei_small_cpu
-# Environment: PY (python), SEEDS ("0 1"), WARM_SIZE (mixture rows for the warm start; ~70% are solvable and
+# Environment: PY (python), SEEDS ("0 1"), BASE (the model the warm start fine-tunes, smollm2-135m-instruct), WARM_SIZE (mixture rows for the warm start; ~70% are solvable and
 # written, default 274), RWW_LR (2e-5, expert iteration's), OUT (report prefix, default RUNS_DIR/autocei_small_cpu),
-# EXTRA (overrides added to every step, e.g. the CI smoke's tiny-random model and sizes), KEEP_CHECKPOINTS=1
+# EXTRA (overrides added to every step, e.g. the CI smoke's sizes; tests/test_autocei_launch.py), KEEP_CHECKPOINTS=1
 # keeps the arms' checkpoints (deleted after each run otherwise; the warm start is kept).
 # Steps already done (their output exists) are skipped, so an interrupted launch can be re-run.
 set -euo pipefail
@@ -19,6 +19,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-runs/autocei_small_cpu}
 PY=${PY:-python}
 SEEDS=${SEEDS:-"0 1"}
+BASE=${BASE:-smollm2-135m-instruct}
 WARM_SIZE=${WARM_SIZE:-274}
 RWW_LR=${RWW_LR:-2.0e-5}
 OUT=${OUT:-$RUNS/autocei_small_cpu}
@@ -36,7 +37,7 @@ drop_checkpoints() { [ "${KEEP_CHECKPOINTS:-0}" = 1 ] || rm -rf "$1/checkpoints"
 if [ ! -f "$RUNS/warm/summary.txt" ]; then
   "$PY" -m rlreason.data.cei_mixture sft --out "$RUNS/warm_start.jsonl" --size "$WARM_SIZE" --config "$CFG"
   "$PY" -m rlreason.cli train "$SFT" name=warm output_dir="$RUNS/warm" data.train.path="$RUNS/warm_start.jsonl" \
-    "${EXTRA[@]}" --overwrite
+    model.name="$BASE" "${EXTRA[@]}" --overwrite
 fi
 WARM=$(latest "$RUNS/warm")
 echo "warm start: $WARM"
