@@ -151,21 +151,23 @@ def _fmt(v: float) -> str:
 
 
 def table(data: dict[str, Any]) -> str:
-    rows = ["| arm | seed | " + " | ".join(HEAD) + " | c1 path |", "|" + "---|" * (len(HEAD) + 3)]
+    rows = ["| arm | seed | rounds | " + " | ".join(HEAD) + " | c1 path |", "|" + "---|" * (len(HEAD) + 4)]
     for i, w in enumerate(data["warm"][:1]):
-        rows.append("| warm start (held-out, seed 0 sampling) | - | " + " | ".join(map(_fmt, _cells(w))) + " | |")
+        rows.append("| warm start | - | 0 | " + " | ".join(map(_fmt, _cells(w))) + " | |")
     for arm, label in ARMS.items():
         per_seed = data["arms"][arm]
         cells = []
         for seed, r in sorted(per_seed.items()):
             c = _cells(r["final"])
             cells.append(c)
-            path = " -> ".join(f"{x:.2f}" for x in r["c1"]) if r["c1"] else ""
-            rows.append(f"| {label} | {seed} | " + " | ".join(map(_fmt, c)) + f" | {path} |")
+            # (a) scores every refusal -1 whatever c1 is: its c1 is not a setting of the run
+            path = " -> ".join(f"{x:.2f}" for x in r["c1"]) if r["c1"] and arm in ("cei", "frozen") else ""
+            rounds = "1 (SFT)" if arm == "rww" else str(len(r["rounds"]))
+            rows.append(f"| {label} | {seed} | {rounds} | " + " | ".join(map(_fmt, c)) + f" | {path} |")
         if len(cells) > 1:
             mean = [statistics.fmean(col) if not any(math.isnan(x) for x in col) else math.nan
                     for col in zip(*cells)]
-            rows.append(f"| {label} | mean | " + " | ".join(map(_fmt, mean)) + " | |")
+            rows.append(f"| {label} | mean | | " + " | ".join(map(_fmt, mean)) + " | |")
     return "\n".join(rows) + "\n"
 
 

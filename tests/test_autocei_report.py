@@ -43,11 +43,13 @@ def test_report_table_and_plot(tmp_path):
     assert data["arms"]["rww"][0]["rounds"] == [{"round": 0, "precision": 0.4, "refusal_rate": 0.15}]
     text = ac.report(tmp_path, tmp_path / "out" / "cmp")
     lines = text.splitlines()
-    cei0 = next(x for x in lines if x.startswith("| (c) Auto-CEI, curriculum | 0 |"))
+    cei0 = next(x for x in lines if x.startswith("| (c) Auto-CEI, curriculum | 0 | 2 |"))
     assert "| 0.500 | 0.700 | 0.300 | 0.700 | 0.600 |"  # f = 0.8 * 0.7 + 0.2 * 0.7 in cei0 and cei0.endswith("| 1.50 -> 2.00 -> 1.50 |")
-    mean = next(x for x in lines if x.startswith("| (c) Auto-CEI, curriculum | mean |"))
+    mean = next(x for x in lines if x.startswith("| (c) Auto-CEI, curriculum | mean | |"))
     assert "| 0.450 | 0.600 | 0.250 |" in mean  # (0.5 + 0.4) / 2, (0.7 + 0.5) / 2, (0.3 + 0.2) / 2
-    assert any(x.startswith("| (b) refuse-when-wrong SFT | 0 | 0.100 | 0.800 | 0.900 |") for x in lines)
+    assert any(x.startswith("| (b) refuse-when-wrong SFT | 0 | 1 (SFT) | 0.100 | 0.800 | 0.900 |") for x in lines)
+    ei0 = next(x for x in lines if x.startswith("| (a) expert iteration, no IDK | 0 | 2 |"))
+    assert ei0.endswith("| 2.500 |  |")  # c1 plays no part in (a): no path
     assert lines[2].startswith("| warm start") and "| 0.200 | 0.250 | 0.200 |" in lines[2]
     assert not any(x.startswith("| (d)") for x in lines)  # no runs, no rows
     for ext in (".md", ".json", ".png"):
