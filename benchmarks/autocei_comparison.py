@@ -194,6 +194,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     for w in data["warm"][:1]:
         ax.scatter([w["eval/refusal_rate"]], [w["eval/precision"]], marker="P", s=160, color="k", zorder=4,
                    label="warm start: held-out")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("refusal rate")
     ax.set_ylabel("precision (correct / answered)")
     ax.set_title("Auto-CEI comparison (SmolLM2-135M, cei_mixture, 30% unsolvable)\n"
