@@ -68,6 +68,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from rlreason.cli import reexec_preloaded
+    from rlreason.cpu import reexec_preloaded
     reexec_preloaded(sys.argv)  # tcmalloc + Intel OpenMP, as the CLI runs
     main()

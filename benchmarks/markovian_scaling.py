@@ -135,7 +135,7 @@ def part(method: str, lengths: list[int], batch: int, C: int, m: int, kv_cache_g
 def run_part(*args: str) -> dict:
     env = dict(os.environ)
     if not env.get("RLREASON_NO_PRELOAD"):
-        from rlreason.cli import preload_libs
+        from rlreason.cpu import preload_libs
         env["LD_PRELOAD"] = ":".join(preload_libs())
     p = subprocess.run([sys.executable, __file__, "--part", *args], env=env, stdout=subprocess.PIPE, text=True)
     lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]

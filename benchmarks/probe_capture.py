@@ -79,7 +79,7 @@ def run_case(a: argparse.Namespace) -> dict:
 
 
 def _preload_env() -> dict[str, str]:
-    from rlreason.cli import preload_libs
+    from rlreason.cpu import preload_libs
     libs = preload_libs()
     return {**os.environ, "LD_PRELOAD": ":".join(libs)} if libs else dict(os.environ)
 

@@ -31,10 +31,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewards.qa import gold_answers, normalize_answer  # noqa: E402
 from rlreason.data.qa_world import build_qa_world, corpus_rows  # noqa: E402
 from rlreason.data.schema import loads_info  # noqa: E402
 from rlreason.data.search_qa import build_fanoutqa  # noqa: E402
+from rlreason.rewards.qa import gold_answers, normalize_answer  # noqa: E402
 from rlreason.search.corpus import Passage, load_corpus, wiki_corpus_path  # noqa: E402
 from rlreason.search.index import BM25Index, DenseIndex, MiniLMEncoder  # noqa: E402
 

@@ -80,7 +80,7 @@ def part_generate() -> dict:
 
 def part_step(engine: str) -> dict:
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import setup, train_step
+    from rlreason.trainer.loop import setup, train_step
 
     import tempfile
     out = tempfile.mkdtemp(prefix="rlreason-bench-")
@@ -105,7 +105,7 @@ def part_step(engine: str) -> dict:
 def run_part(*args: str) -> dict:
     env = dict(os.environ)
     if not env.get("RLREASON_NO_PRELOAD"):
-        from rlreason.cli import preload_libs
+        from rlreason.cpu import preload_libs
         env["LD_PRELOAD"] = ":".join(preload_libs())
     p = subprocess.run([sys.executable, __file__, "--part", *args], env=env, capture_output=True, text=True)
     lines = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]

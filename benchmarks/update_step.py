@@ -2,7 +2,7 @@
 tokens, 128-token responses, micro-batch 4, bf16 autocast, fused AdamW), on whatever device is there:
 shared-prefix forward (one prompt pass per group) vs one forward per row, interleaved, in one run; on CPU
 also the trainer's grouped-matmul attention (model.attn_implementation=auto) vs SDPA on the shared path, and
-that plus the fused RMSNorm that load_policy applies on CPU (rlreason/trainer/fused_rms_norm.py).
+that plus the fused RMSNorm that the CPU switch applies (rlreason/cpu.py, rlreason/trainer/fused_rms_norm.py).
 SmolLM2-135M's architecture with random weights (the time does not depend on their values), so it also runs
 where the packaged model is not installed. tcmalloc + Intel OpenMP are preloaded as the CLI does:
 
@@ -18,10 +18,10 @@ import time
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rlreason.config import AlgoConfig, TrainerConfig
+from rlreason.config import AlgoConfig, TrainerConfig, load_config
+from rlreason.cpu import apply_cpu_optimizations
 from rlreason.trainer.batch import Row
 from rlreason.trainer.fused_rms_norm import fuse_rms_norms
-from rlreason.trainer.grpo import attention_for
 from rlreason.trainer.update import UpdateContext, policy_update
 
 from peer_workload import median
@@ -38,7 +38,8 @@ def main() -> None:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").to(dev)
-    grouped = attention_for(dev, "auto")  # what the trainer uses here: rlreason_cpu on CPU, sdpa on GPU
+    # What the trainer's default config uses here: rlreason_cpu on CPU, sdpa on GPU.
+    grouped = apply_cpu_optimizations(load_config(None, []), dev, []).attention or "sdpa"
     random.seed(0)
     rows = []
     for i in range(32):
@@ -84,6 +85,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from rlreason.cli import reexec_preloaded
+    from rlreason.cpu import reexec_preloaded
     reexec_preloaded(sys.argv)  # tcmalloc + Intel OpenMP on CPU, as the CLI runs
     main()

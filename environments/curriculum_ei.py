@@ -1,7 +1,7 @@
 """Auto-CEI's environment (arXiv 2410.07627): single-turn reasoning where "I don't know" is an allowed
 answer, and the curriculum that decides how much trying a refusal must show.
 
-Episode: the prompt teaches `\\boxed{I don't know}`; the response is judged once (`rewards.idk.judge`)
+Episode: the prompt teaches `\\boxed{I don't know}`; the response is judged once (`rlreason.rewards.idk.judge`)
 into `episode.metrics` (correct, refused, answered, steps, and the sums the curriculum's means need), and
 the c1, c2 in force are stamped into `episode.info`; the `idk` reward turns those into R (one source of
 truth: the curriculum state lives here only).
@@ -47,10 +47,10 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from environments.single_turn import SingleTurn
-from rewards.idk import DEFAULT_PHRASES, STEP_COUNTERS, VERIFIERS, judge, phrase_pattern
+from rlreason.environments.single_turn import SingleTurn
 from rlreason.registry import ConfigError, register_environment
-from rlreason.types import Episode, Policy
+from rlreason.rewards.idk import DEFAULT_PHRASES, STEP_COUNTERS, VERIFIERS, judge, phrase_pattern
+from rlreason.types import CurriculumEnvironment, Episode, Policy
 
 IDK_TEMPLATE = ("{question}\nReason step by step, one step per line, and put the final answer in \\boxed{{}}. "
                 "If you cannot solve it, answer \\boxed{{I don't know}}.")
@@ -186,7 +186,7 @@ def _key(c1: float) -> str:
 
 
 @register_environment("curriculum_ei")
-class CurriculumEI(SingleTurn):
+class CurriculumEI(SingleTurn, CurriculumEnvironment):
     """SingleTurn whose answers may be "I don't know", judged for the `idk` reward; owns the curriculum.
 
     `steps`: step counter (lines | sentences); `refusal_phrases`: what counts as a refusal; `verifier`:
@@ -267,6 +267,9 @@ class CurriculumEI(SingleTurn):
     @property
     def done(self) -> bool:
         return self.curriculum.done
+
+    def stage_thresholds(self) -> list[float]:
+        return [h["c1"] for h in self.curriculum.history]
 
     def state_dict(self) -> dict[str, Any]:
         return {"curriculum": self.curriculum.state_dict()}

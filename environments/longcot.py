@@ -4,9 +4,9 @@ only in what the policy sees, not in how much it may write."""
 
 from __future__ import annotations
 
-from environments.markovian import (CARRYOVER, CHUNK_SIZE, KEEP_HEAD, MAX_CHUNKS, check_delethink_args,
+from rlreason.environments.markovian import (CARRYOVER, CHUNK_SIZE, KEEP_HEAD, MAX_CHUNKS, check_delethink_args,
                                     delethink_budget)
-from environments.single_turn import DEFAULT_SYSTEM, DEFAULT_TEMPLATE, SingleTurn
+from rlreason.environments.single_turn import DEFAULT_SYSTEM, DEFAULT_TEMPLATE, SingleTurn
 from rlreason.registry import ConfigError, register_environment
 from rlreason.types import Episode, Policy
 

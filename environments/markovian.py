@@ -28,9 +28,9 @@ chunking with any environment from a config's `env.markovian`.
 
 from __future__ import annotations
 
-from environments.single_turn import DEFAULT_SYSTEM, DEFAULT_TEMPLATE, SingleTurn
 from rlreason.delethink import (CARRYOVER, CHUNK_SIZE, KEEP_HEAD, MAX_CHUNKS, Markovian, check_delethink_args,
                                 delethink_budget)
+from rlreason.environments.single_turn import DEFAULT_SYSTEM, DEFAULT_TEMPLATE, SingleTurn
 from rlreason.registry import register_environment
 from rlreason.types import Episode, Policy, RowBound
 

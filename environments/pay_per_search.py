@@ -23,7 +23,7 @@ it). The engine's stop check sees one generation only, so a closing tag cut in t
 turn; what that turn writes after the tag is kept in the response and has no effect.
 
 The verdict is the only one: `episode.info["final_answer"]` holds the accepted answer (None when none was
-accepted) and the QA rewards (`rewards.qa.final_answer`) score exactly that, so `answered` and
+accepted) and the QA rewards (`rlreason.rewards.qa.final_answer`) score exactly that, so `answered` and
 `qa_answered` always agree and no passage is ever scored as an answer. `episode.info["max_searches"]` is
 the limit the `search_cost` reward uses (OTC's c, the linear cost), so the two cannot disagree.
 
@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import re
 
-from environments.single_turn import SingleTurn
-from rewards.qa import FINAL_ANSWER, MAX_SEARCHES
+from rlreason.environments.single_turn import SingleTurn
 from rlreason.registry import ConfigError, register_environment
+from rlreason.rewards.qa import FINAL_ANSWER, MAX_SEARCHES
 from rlreason.search.client import DEFAULT_URL, Document, SearchClient
 from rlreason.types import Episode, Policy, RowBound, Sample
 

@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from rewards.math import extract_answer, math_reward, reasoning_gym_reward
 from rlreason.registry import ConfigError, Registry, register_reward
+from rlreason.rewards.math import extract_answer, math_reward, reasoning_gym_reward
 from rlreason.rubric import Scored
 from rlreason.types import Episode
 

@@ -160,7 +160,7 @@ class _Worker:
     def _start(self) -> subprocess.Popen[str]:
         path = [p or os.getcwd() for p in sys.path]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-        proc = subprocess.Popen([sys.executable, "-c", "from rewards.math import serve; serve()"],
+        proc = subprocess.Popen([sys.executable, "-c", "from rlreason.rewards.math import serve; serve()"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         if self._read(proc, self.START_TIMEOUT_S) != {"ready": True}:
             proc.kill()

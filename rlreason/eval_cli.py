@@ -50,7 +50,7 @@ def load_for_eval(cfg: RunConfig, checkpoint: str | None, split: str) -> tuple[A
     """The run of `cfg` as training builds it (engine, environment, rubric), with a checkpoint's weights
     loaded into trainer and engine, and the problems of `split` — shared by every `rlreason eval` mode."""
     from rlreason.trainer.checkpoint import load_weights
-    from rlreason.trainer.grpo import setup
+    from rlreason.trainer.loop import setup
     from rlreason.trainer.rollout_phase import as_example
 
     cfg.logging.wandb = False

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from environments.markovian import CARRYOVER, CHUNK_SIZE, MAX_CHUNKS, delethink_budget
 from rlreason.config import RunConfig
 from rlreason.registry import ConfigError, build_environment
 from rlreason.types import Episode, Policy
@@ -51,6 +50,7 @@ def budget_settings(env_args: dict[str, Any], budgets: list[int], vary: Vary) ->
         raise ConfigError(f"--vary: '{vary}' is not allowed. Allowed: {', '.join(VARY)}.")
     if not budgets:
         raise ConfigError("--budgets: give at least one value")
+    from rlreason.environments.markovian import CARRYOVER, CHUNK_SIZE, MAX_CHUNKS, delethink_budget
     C, m, I = (env_args.get("chunk_size", CHUNK_SIZE), env_args.get("carryover", CARRYOVER),
                env_args.get("max_chunks", MAX_CHUNKS))
     out = []
@@ -86,6 +86,7 @@ def _token_stats(episodes: list[Episode]) -> dict[str, float]:
 def run_chunked_eval(cfg: RunConfig, budgets: list[int] | None = None, *, vary: Vary = "max_chunks",
                      checkpoint: str | None = None, split: str = "eval") -> dict[str, Any]:
     """Accuracy and token use of longcot vs markovian at each budget; `budgets` None = I in 1..I."""
+    from rlreason.environments.markovian import CHUNK_SIZE, MAX_CHUNKS
     from rlreason.trainer.evaluate import evaluate
 
     args = shared_env_args(cfg)

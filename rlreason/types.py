@@ -134,3 +134,27 @@ class Environment(ABC):
             return ([bos] + ids) if bos is not None and getattr(self.tokenizer, "add_bos_token", False) else ids
         return list(self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
                                                        return_dict=False))
+
+
+class CurriculumEnvironment(Environment):
+    """An environment whose answers may be refusals ("I don't know") and which owns a curriculum over how
+    much trying a refusal must show: what expert iteration (`algorithm: expert_iteration`, Auto-CEI) needs.
+
+    The trainer calls `on_step_end` with each round's metrics (the first call, with the initial model's
+    held-out measurement, initialises the curriculum; later calls advance it and add its quantities to
+    the metrics), stops when `done`, and reports `stage_thresholds`. Subclass it and implement the three
+    members below (environments/curriculum_ei.py is the reference)."""
+
+    @abstractmethod
+    def summarize(self, means: dict[str, float]) -> dict[str, float]:
+        """Outcome statistics from per-episode metric means (keys without the `env/<name>/` prefix): at
+        least accuracy, precision, refusal_rate, f and steps_before_refusal, as the trainer logs them."""
+
+    @property
+    @abstractmethod
+    def done(self) -> bool:
+        """The curriculum's stop rule fired: no further round can improve it."""
+
+    @abstractmethod
+    def stage_thresholds(self) -> list[float]:
+        """The refusal threshold (c1) in force at the start and at each stage end, for the run's report."""

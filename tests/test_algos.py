@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from rlreason.algos import (ADVANTAGES, LOSS_AGG_MODES, POLICY_LOSSES, FnRegistry, aggregate,
+from rlreason.algos import (ADVANTAGES, KL_ESTIMATORS, LOSS_AGG_MODES, POLICY_LOSSES, aggregate,
                             broadcast_to_tokens, dr_grpo, entropy_from_logits, gae, grpo, kl_estimate,
                             logprobs_from_logits, nonzero_variance_groups, ppo_clip, reinforce,
                             reinforce_pp_baseline, rloo, token_weights, truncated_is_weights, value_loss)
-from rlreason.registry import ConfigError
+from rlreason.registry import ConfigError, Registry
 
 T = torch.tensor
 
@@ -31,7 +31,7 @@ GROUPS = T([0, 0, 0, 1, 1, 1])
 # ---- registry ---------------------------------------------------------------------------------------
 
 def test_registry_duplicate_unknown_and_names():
-    reg = FnRegistry("thing")
+    reg = Registry("thing")
 
     @reg.register("alpha")
     def alpha():
@@ -46,10 +46,39 @@ def test_registry_duplicate_unknown_and_names():
         reg.get("alpah", key="algo.x")
 
 
+def test_registry_temporary_restores_what_was_there():
+    reg = Registry("thing")
+    reg.register("alpha")(len)
+    with reg.temporary({"beta": abs, "gamma": min}):
+        assert reg.names() == ["alpha", "beta", "gamma"]
+        reg.register("delta")(max)  # e.g. a plug-in module imported inside the block
+    assert reg.names() == ["alpha"]
+    with pytest.raises(ValueError, match="already registered"), reg.temporary("alpha", len):
+        pass
+    assert reg.get("alpha") is len  # a refused temporary entry removes nothing
+    with pytest.raises(ConfigError, match=r"algo\.x: unknown thing 'omega'\. Allowed: alpha, beta\."), \
+            reg.temporary("beta", abs):
+        reg.check("omega", "algo.x")
+    reg.check("extra", "algo.x", also=("extra",))  # names the caller handles itself
+    with pytest.raises(ConfigError, match=r"algo\.x: expected a thing name, got \['alpha'\]"):
+        reg.get(["alpha"], "algo.x")
+
+
+def test_registered_fixture_is_per_test(registered):
+    registered(POLICY_LOSSES, "_fixture_loss", lambda *a, **k: None)
+    assert "_fixture_loss" in POLICY_LOSSES
+
+
+def test_registered_fixture_left_nothing_behind():
+    assert "_fixture_loss" not in POLICY_LOSSES
+
+
 def test_builtin_registries_hold_the_methods():
-    # other test modules register private (underscore) entries; the built-ins are exactly these
-    assert [n for n in ADVANTAGES.names() if not n.startswith("_")] == ["dr_grpo", "grpo", "reinforce_pp_baseline", "rloo"]
-    assert [n for n in POLICY_LOSSES.names() if not n.startswith("_")] == ["ppo_clip", "reinforce"]
+    # No test registers anything outside its own test (tests/conftest.py `registered`), so these are exact.
+    assert ADVANTAGES.names() == ["dr_grpo", "grpo", "reinforce_pp_baseline", "rloo"]
+    assert POLICY_LOSSES.names() == ["ppo_clip", "reinforce"]
+    assert LOSS_AGG_MODES.names() == ["seq-mean-token-mean", "seq-mean-token-sum", "token-mean", "trace-length-norm"]
+    assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
     with pytest.raises(ConfigError, match="Did you mean 'grpo'"):
         ADVANTAGES.get("grp", key="algo.adv_estimator")
 
@@ -366,7 +395,7 @@ def _agg_reference(loss: torch.Tensor, mask: torch.Tensor, mode: str, trace_ids:
     return total
 
 
-@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES.names())
 def test_aggregation_and_micro_batch_split_match_loop_reference(mode):
     """aggregate() and the trainer's way (weights once per mini-batch, summed over micro-batches) both equal
     an explicit loop of the mode's formula, in value and gradient, whatever the split."""
@@ -412,7 +441,7 @@ def test_token_weights_errors():
 
 
 def test_token_weights_all_masked_is_zero_not_nan():
-    for mode in LOSS_AGG_MODES:
+    for mode in LOSS_AGG_MODES.names():
         w = token_weights(torch.zeros(2, 3), mode, trace_ids=T([0, 1]))
         assert torch.equal(w, torch.zeros(2, 3)), mode
 

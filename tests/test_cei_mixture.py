@@ -11,15 +11,15 @@ import re
 
 import pytest
 
-from environments.curriculum_ei import CurriculumEI
-from rewards.idk import IDK_ANSWER, judge
-from rewards.math import math_reward
 from rlreason.config import load_config
 from rlreason.data import build_dataset, loads_info
 from rlreason.data.cei_mixture import (addition_chain, build_cei_mixture, long_multiplication, sft_rows,
                                        worked_solution, write_sft)
 from rlreason.data.refuse_when_wrong import refuse_when_wrong
+from rlreason.environments.curriculum_ei import CurriculumEI
 from rlreason.registry import ConfigError
+from rlreason.rewards.idk import IDK_ANSWER, judge
+from rlreason.rewards.math import math_reward
 
 SMALL = {"min_terms": 2, "max_terms": 5, "a_digits": 3, "min_b_digits": 2, "max_b_digits": 3,
          "test_fraction": 0.2, "seed": 0}

@@ -14,8 +14,8 @@ def _fake_checkpoint(root, step):
 
 
 def test_eval_wrong_checkpoint_lists_existing_ones_before_loading(tmp_path, capsys, monkeypatch):
-    import rlreason.trainer.grpo as grpo
-    monkeypatch.setattr(grpo, "setup", lambda cfg: (_ for _ in ()).throw(AssertionError("model loaded")))
+    import rlreason.trainer.loop as loop
+    monkeypatch.setattr(loop, "setup", lambda cfg: (_ for _ in ()).throw(AssertionError("model loaded")))
     ckpts = tmp_path / "checkpoints"
     for s in (20, 30):
         _fake_checkpoint(ckpts, s)

@@ -53,7 +53,7 @@ def test_bad_override_syntax_and_missing_file():
 
 
 def test_registry_names_validated_before_run():
-    from rlreason.trainer.grpo import validate
+    from rlreason.trainer.loop import validate
     with pytest.raises(ConfigError, match="algo.advantage.*Allowed.*grpo"):
         validate(load_config(None, ["algo.advantage=grpoo"]))
     with pytest.raises(ConfigError, match="algo.loss_agg_mode"):
@@ -74,7 +74,7 @@ def test_share_prompt_forward_auto_is_on_for_cpu_only():
 
     from rlreason.config import load_config
     from rlreason.registry import ConfigError
-    from rlreason.trainer.grpo import share_prompts
+    from rlreason.cpu import share_prompts
     assert load_config(None, []).trainer.share_prompt_forward == "auto"
     assert share_prompts("auto", torch.device("cpu")) and not share_prompts("auto", torch.device("cuda"))
     assert share_prompts(True, torch.device("cuda")) and not share_prompts(False, torch.device("cpu"))
@@ -94,7 +94,7 @@ def test_share_prompt_forward_auto_is_on_for_cpu_only():
     "data.eval_size=-1", "logging.log_samples=-1", "ei.batch_size=0",
 ])
 def test_out_of_range_values_are_refused_naming_key_and_range(override):
-    from rlreason.trainer.grpo import validate
+    from rlreason.trainer.loop import validate
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be .*(>|\[|\().*got"):
         validate(load_config(None, [override]))
@@ -109,14 +109,14 @@ def test_every_numeric_config_key_has_a_range():
 
 
 def test_range_edges_and_null_are_accepted():
-    from rlreason.trainer.grpo import validate
+    from rlreason.trainer.loop import validate
     validate(load_config(None, ["trainer.max_grad_norm=null", "algo.tis_cap=null", "algo.dual_clip_c=null",
                                 "rollout.top_p=1.0", "eval.temperature=0", "algo.eps_low=0", "trainer.warmup_steps=0",
                                 "algo.gamma=1.0", "algo.lam=0"]))
 
 
 def test_ignored_combinations_are_errors_or_warnings(caplog):
-    from rlreason.trainer.grpo import validate
+    from rlreason.trainer.loop import validate
     with pytest.raises(ConfigError, match=r"algo\.kl_in_reward.*algo\.kl_coef=0"):
         validate(load_config(None, ["algo.kl_in_reward=true"]))
     with pytest.raises(ConfigError, match=r"trainer\.mini_batches.*whole prompt groups"):
@@ -140,21 +140,21 @@ def test_bad_values_are_refused_before_any_model_loads(tmp_path, monkeypatch):
     """trainer.train validates first: the model must not even be resolved for a config that cannot train;
     environment and reward arguments go through their constructors before the policy loads."""
     import rlreason.models
-    import rlreason.trainer.grpo as grpo
+    import rlreason.trainer.loop as loop
 
     def no_load(*a, **k):
         raise AssertionError("a model was loaded before the config was checked")
-    monkeypatch.setattr(grpo, "load_policy", no_load)
+    monkeypatch.setattr(loop, "load_policy", no_load)
     for override in ("trainer.max_grad_norm=-1.0", "trainer.warmup_steps=-2"):
         monkeypatch.setattr(rlreason.models, "resolve_model", no_load)
         with pytest.raises(ConfigError, match=override.split("=")[0]):
-            grpo.train(load_config(None, [override, f"output_dir={tmp_path}/r", "logging.wandb=false"]))
+            loop.train(load_config(None, [override, f"output_dir={tmp_path}/r", "logging.wandb=false"]))
     monkeypatch.undo()
-    monkeypatch.setattr(grpo, "load_policy", no_load)
+    monkeypatch.setattr(loop, "load_policy", no_load)
     tiny = ["model.name=tiny-random", "rollout.engine=hf", f"output_dir={tmp_path}/r", "logging.wandb=false",
             "data.train={source: reasoning_gym, task: basic_arithmetic, size: 8}", "data.eval_size=2"]
     for override, key in [("env.args.max_tokens=0", "env.args.max_tokens"),
                           ("env.args.style=fancy", "env.args.style"),
                           ("rewards=[{name: math, weight: .nan}]", r"rewards\[0\]\.weight")]:
         with pytest.raises(ConfigError, match=key):
-            grpo.setup(load_config(None, [*tiny, override]))
+            loop.setup(load_config(None, [*tiny, override]))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rlreason.trainer import cpu_attention
-from rlreason.trainer.batch import collate, response_logits
+from rlreason.trainer.batch import collate
+from rlreason.trainer.shared_prefix import distinct_prompts, shared_response_logits
 from test_shared_prefix import _model, _rows  # tests/ is on sys.path
 
 
@@ -14,7 +15,7 @@ def _logits_and_grads(model, b, attn: str, autocast: bool):
     model.set_attn_implementation(attn)
     model.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logits = response_logits(model, b, share_prompts=True)
+        logits = shared_response_logits(model, b)
     m = b.attention_mask[:, -logits.shape[1]:, None] > 0
     weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))
     (logits.float() * m * weights).sum().backward()
@@ -39,7 +40,7 @@ def test_unpadded_causal_pass_takes_the_matmul_path_and_equals_sdpa(monkeypatch)
     cpu_attention.register()
     model = _model()
     b = collate(_rows(4, groups=1, G=3), pad_id=0)
-    assert bool(b.prompt_mask.all())
+    assert bool(distinct_prompts(b)[1].all())
     ref, g_ref = _logits_and_grads(model, b, "sdpa", False)
     calls = []
     real = cpu_attention.sdpa_attention_forward
@@ -90,12 +91,15 @@ def test_large_score_matrices_go_to_sdpa(monkeypatch):
     assert len(calls) - small > small  # every layer of every pass went to SDPA
 
 
-def test_auto_picks_it_on_cpu_and_checkpoints_stay_loadable(tmp_path):
+def test_auto_picks_it_on_cpu_and_checkpoints_stay_loadable(tmp_path, tiny_model_dir):
     from transformers import AutoConfig
 
-    from rlreason.models import resolve_model
-    from rlreason.trainer.grpo import load_policy
-    model = load_policy(resolve_model("tiny-random", dtype="fp32"), torch.device("cpu"), False)
+    from rlreason.config import load_config
+    from rlreason.cpu import apply_cpu_optimizations
+    from rlreason.trainer.loop import load_policy
+    model = load_policy(tiny_model_dir, torch.device("cpu"), False)
+    assert model.config._attn_implementation == "sdpa"  # as transformers loads it; the switch comes next
+    apply_cpu_optimizations(load_config(None, []), torch.device("cpu"), [model])
     assert model.config._attn_implementation == cpu_attention.NAME
     model.save_pretrained(tmp_path)  # vLLM and plain transformers load checkpoints: no custom name inside
     assert cpu_attention.NAME not in (tmp_path / "config.json").read_text()

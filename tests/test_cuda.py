@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.models import resolve_model
 from rlreason.trainer.batch import collate, response_logits
+from rlreason.trainer.shared_prefix import shared_response_logits
 from rlreason.trainer.update import UpdateContext, policy_update
 from test_shared_prefix import _model as shared_model, _rows as shared_rows, assert_shared_equals_plain  # tests/ is on sys.path
 
@@ -35,8 +36,8 @@ def test_shared_prefix_equals_plain_forward_on_cuda_fp32_and_bf16():
     m = (b.attention_mask[:, -b.response_ids.shape[1]:, None] > 0)
     plain = assert_shared_equals_plain(model, b, 0, tol=1e-4)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        bf_plain = response_logits(model, b, share_prompts=False) * m
-        bf_shared = response_logits(model, b, share_prompts=True) * m
+        bf_plain = response_logits(model, b) * m
+        bf_shared = shared_response_logits(model, b) * m
     err_plain, err_shared = (bf_plain - plain.detach()).abs().mean(), (bf_shared - plain.detach()).abs().mean()
     assert err_shared <= 1.5 * err_plain + 1e-3, (err_shared, err_plain)
 
@@ -72,9 +73,9 @@ def test_policy_update_same_weights_with_and_without_sharing_on_cuda():
         torch.testing.assert_close(delta[True][n], d, atol=1e-4 * scale + 1e-9, rtol=1e-3)
 
 
-def test_hf_engine_logprobs_match_a_forward_pass_on_cuda():
+def test_hf_engine_logprobs_match_a_forward_pass_on_cuda(tiny_model_dir):
     from rlreason.rollout import SamplingConfig, make_engine
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     tok = AutoTokenizer.from_pretrained(d)
     model = _model()
     eng = make_engine("hf", model_dir=d, model=model, tokenizer=tok, sampling=SamplingConfig(temperature=0.7),
@@ -139,7 +140,7 @@ def test_one_grpo_step_with_vllm_on_cuda(tmp_path):
     """The production path on one GPU: SmolLM2-135M, vLLM rollouts with sleep mode, the bf16 update, the
     streamed in-place sync; the engine generates again after the step."""
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import setup, train_step
+    from rlreason.trainer.loop import setup, train_step
     c = load_config("configs/quickstart.yaml", [f"output_dir={tmp_path}/q", "trainer.steps=1", "eval.every=0",
                                                 "logging.wandb=false", "logging.progress=false", "model.device=cuda",
                                                 "rollout.gpu_memory_utilization=0.3",

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from environments.curriculum_ei import Curriculum, CurriculumEI
-from rewards.idk import Judgement
+from rlreason.environments.curriculum_ei import Curriculum, CurriculumEI
 from rlreason.registry import ConfigError, build_environment
+from rlreason.rewards.idk import Judgement
 from rlreason.types import Completion
 
 P = "env/curriculum_ei/"
@@ -135,7 +135,7 @@ def test_mean_sample_std_from_batch_means_equals_statistics_stdev():
     import random
     import statistics
 
-    from environments.curriculum_ei import mean_sample_std
+    from rlreason.environments.curriculum_ei import mean_sample_std
     rng = random.Random(0)
     for _ in range(200):
         n = rng.randint(2, 40)

@@ -148,7 +148,7 @@ def test_build_dataset_dispatches_and_limits(tmp_path):
     ({"sourc": "gsm8k"},
      r"data\.train\.source is required.*Unknown key data\.train\.sourc\. Did you mean 'source'"),
     ({"source": "gsm9k"},
-     r"data\.train\.source: unknown source 'gsm9k'\. Allowed: .*gsm8k, jsonl, math, math500, .*reasoning_gym(, [a-z_]+)*\. "
+     r"data\.train\.source: unknown data source 'gsm9k'\. Allowed: .*gsm8k, jsonl, math, math500, .*reasoning_gym(, [a-z_]+)*\. "
      r"Did you mean 'gsm8k'"),
     ({"source": "gsm8k", "splt": "test"},
      r"data\.train\.splt: unknown key .*Allowed: source, limit, split\. Did you mean 'split'"),

@@ -38,6 +38,8 @@ SKIP: dict[str, str] = {
     r"bash scripts/setup_verl_venv\.sh": "builds .venv-verl; scripts/test.sh runs it before the tests",
     r"\.venv-verl/bin/python -m pytest tests/verl": "the verl suite; tests/test_verl_bridge.py runs it",
     r"\.venv/bin/python -m pytest tests/test_verl_bridge\.py": "part of this test suite",
+    r'(?:\w+=(?:"[^"]*"|\S+) )*bash launch/refusal_cliff_qwen_cpu\.sh':
+        "opt-in study: downloads the 491 MB Qwen model; tens of minutes on CPU",
 }
 
 _TRAIN = ("model.name=tiny-random trainer.steps=1 trainer.prompts_per_step=2 trainer.samples_per_prompt=2 "

@@ -111,7 +111,7 @@ def _cfg(out, *extra):
 
 
 def test_fresh_start_in_a_run_directory_with_checkpoints_is_refused(tmp_path, no_model_load):
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     _save(tmp_path / "run" / "checkpoints", 1)
     with pytest.raises(ConfigError) as e:
         train(_cfg(tmp_path / "run"))
@@ -247,14 +247,14 @@ def test_disk_full_says_no_space_left_and_leaves_no_tmp(tmp_path, monkeypatch):
 def test_eval_refuses_a_checkpoint_that_does_not_match_the_model(tmp_path, monkeypatch):
     import types
 
-    import rlreason.trainer.grpo as grpo
+    import rlreason.trainer.loop as loop
     from rlreason.eval_cli import load_for_eval
     _save(tmp_path / "ck", 1)  # a Linear(3, 2): nothing like the model below
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     synced = []
     fake = types.SimpleNamespace(ctx=types.SimpleNamespace(model=model), eval_rows=[],
                                  engine=types.SimpleNamespace(update_weights=lambda w: synced.append(1)))
-    monkeypatch.setattr(grpo, "setup", lambda cfg, **k: fake)
+    monkeypatch.setattr(loop, "setup", lambda cfg, **k: fake)
     with pytest.raises(ConfigError, match="model.safetensors"):
         load_for_eval(_cfg(tmp_path / "run"), str(tmp_path / "ck" / "step_000001"), "eval")
     assert not synced
@@ -263,7 +263,7 @@ def test_eval_refuses_a_checkpoint_that_does_not_match_the_model(tmp_path, monke
 # --- 7. the run directory is checked first ------------------------------------------------------------------
 
 def test_unwritable_run_directory_fails_before_the_model_loads(tmp_path, no_model_load):
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     (tmp_path / "file").write_text("")  # a file where a directory should be
     with pytest.raises(ConfigError, match="output_dir"):
         train(_cfg(tmp_path / "file" / "run"))
@@ -271,7 +271,7 @@ def test_unwritable_run_directory_fails_before_the_model_loads(tmp_path, no_mode
 
 @pytest.mark.parametrize("override", ["name=../../escaped", "output_dir=../escaped", "output_dir=runs/../../x"])
 def test_run_directory_escaping_the_runs_folder_is_rejected(tmp_path, override, no_model_load, monkeypatch):
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, ["model.name=tiny-random", "logging.wandb=false", override])
     with pytest.raises(ConfigError, match=override.split("=")[0]):
@@ -290,9 +290,9 @@ def test_explicit_absolute_output_dir_is_allowed(tmp_path):
 
 @pytest.fixture
 def captured_train(monkeypatch):
-    import rlreason.trainer.grpo as grpo
+    import rlreason.trainer.loop as loop
     calls = []
-    monkeypatch.setattr(grpo, "train", lambda cfg, **k: calls.append((cfg, k)) or "summary")
+    monkeypatch.setattr(loop, "train", lambda cfg, **k: calls.append((cfg, k)) or "summary")
     return calls
 
 
@@ -330,7 +330,7 @@ def test_resume_continues_the_stored_config_and_applies_overrides_as_a_diff(tmp_
 @pytest.mark.parametrize("change", ["model.name=smollm2-135m-instruct", "env.name=markovian",
                                     "trainer.samples_per_prompt=3"])
 def test_resume_refuses_changes_that_cannot_happen_mid_run(tmp_path, change, no_model_load):
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     from rlreason.trainer.run_dir import prepare_run_dir
     prepare_run_dir(_cfg(tmp_path / "run"), resume=False, overwrite=False)
     with pytest.raises(ConfigError) as e:
@@ -343,7 +343,7 @@ def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(tmp_path):
     scheduler state restored from the checkpoint carry the old learning rate."""
     import types
 
-    from rlreason.trainer.grpo import restore
+    from rlreason.trainer.loop import restore
 
     def parts(lr):
         torch.manual_seed(0)
@@ -360,7 +360,9 @@ def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(tmp_path):
                     state={"sampler": {}, "env": {}, "rewards": {}}, keep=2)
     m2, opt2, sched2 = parts(2e-3)  # what setup builds from the resumed config
     noop = types.SimpleNamespace(load_state_dict=lambda s: None)
-    run = types.SimpleNamespace(cfg=_cfg(tmp_path / "run", "trainer.lr=2e-3", "trainer.weight_decay=0.1"),
+    from rlreason.trainer.algorithm import make_algorithm
+    cfg = _cfg(tmp_path / "run", "trainer.lr=2e-3", "trainer.weight_decay=0.1")
+    run = types.SimpleNamespace(cfg=cfg, algorithm=make_algorithm(cfg),
                                 ctx=types.SimpleNamespace(model=m2, optimizer=opt2, scheduler=sched2, value_head=None),
                                 sampler=noop, env=noop, rubric=noop, logger=_logger(tmp_path / "run"), step=0)
     restore(run)
@@ -371,7 +373,7 @@ def test_resume_with_a_new_lr_applies_it_to_the_restored_optimizer(tmp_path):
 
 
 def test_resume_with_only_damaged_checkpoints_fails_before_the_model_loads(tmp_path, no_model_load):
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     _save(tmp_path / "run" / "checkpoints", 1)
     bad = tmp_path / "run" / "checkpoints" / "step_000001" / "trainer.pt"
     bad.write_bytes(b"\0" * 10)

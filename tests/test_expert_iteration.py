@@ -14,21 +14,25 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from environments.curriculum_ei import CurriculumEI
-from rewards.idk import Judgement
 from rlreason.config import load_config
-from rlreason.models import resolve_model
+from rlreason.environments.curriculum_ei import CurriculumEI
 from rlreason.registry import ENVIRONMENTS, ConfigError
+from rlreason.rewards.idk import Judgement
 from rlreason.trainer import expert_iteration as EI
-from rlreason.trainer.expert_iteration import EIState, engine_weights, fine_tuning_set, resample, train
+from rlreason.trainer.expert_iteration import engine_weights, fine_tuning_set, resample
+from rlreason.trainer.loop import setup, train
 
 
-@ENVIRONMENTS.register("_scripted_ei")
 class ScriptedEI(CurriculumEI):
     def judge(self, completion, example):
         h = zlib.crc32(completion.encode())
         kind = h % 3  # 0 refused, 1 correct, 2 wrong
         return Judgement(kind == 1, kind == 0, (h // 3) % 4, "scripted")
+
+
+@pytest.fixture(autouse=True)
+def _scripted_env(registered):
+    registered(ENVIRONMENTS, "_scripted_ei", ScriptedEI)
 
 
 TINY = [
@@ -93,12 +97,13 @@ def test_a_round_fine_tunes_on_exp_r_over_t_draws_without_wrong_answers(tmp_path
     run_groups = EI.run_groups
     monkeypatch.setattr(EI, "episodes_to_rows", lambda eps, adv, gid: captured.append(list(eps)) or [])
     monkeypatch.setattr(EI, "run_groups", lambda *a, **k: rolled.append(run_groups(*a, **k)) or rolled[-1])
-    run, _ = EI.setup(cfg(tmp_path, "ei.samples_per_question=4", "ei.resample_factor=1500"))
+    run = setup(cfg(tmp_path, "ei.samples_per_question=4", "ei.resample_factor=1500"))
     try:
         for T in (0.3, 2.0):
             captured.clear()
             rolled.clear()
-            EI.train_round(run, EIState(temperature=T))
+            run.algorithm.temperature = T
+            run.algorithm.step(run)
             ((groups, _),), (kept,) = rolled, captured
             episodes = [ep for g in groups for ep in g]
             rewards = [ep.reward for ep in episodes]
@@ -122,11 +127,11 @@ def test_a_round_fine_tunes_on_exp_r_over_t_draws_without_wrong_answers(tmp_path
         run.engine.close()
 
 
-def test_engine_weights_merge_lora_into_base_names():
+def test_engine_weights_merge_lora_into_base_names(tiny_model_dir):
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model("tiny-random", dtype="fp32")
+    path = tiny_model_dir
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     lora = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), lora)
@@ -150,7 +155,7 @@ def rows(path):
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
-def test_one_round_smoke(tmp_path):
+def test_one_round_smoke(tmp_path, tiny_model_dir):
     summary = train(cfg(tmp_path, "ei.rounds=1"))
     run = tmp_path / "run"
     m = rows(run / "metrics.jsonl")
@@ -166,7 +171,7 @@ def test_one_round_smoke(tmp_path):
     assert m[-1]["step"] == 1 and "eval/refusal_rate" in m[-1]  # final held-out measurement
     assert "initial (held-out)" in summary and "c1 over stages" in summary
     assert (run / "precision_refusal.png").stat().st_size > 1000
-    init = load_file(resolve_model("tiny-random", dtype="fp32") + "/model.safetensors")
+    init = load_file(tiny_model_dir + "/model.safetensors")
     after = load_file(str(run / "checkpoints/step_000001/model.safetensors"))
     assert any(not torch.equal(init[k], after[k]) for k in init if k in after)  # it trained
 
@@ -189,9 +194,9 @@ def test_resume_continues_exactly(tmp_path):
     assert any(not torch.equal(w1[k], wb[k]) for k in wb)  # the resumed round did train
 
 
-def test_lora_round_trains_only_the_adapters(tmp_path):
+def test_lora_round_trains_only_the_adapters(tmp_path, tiny_model_dir):
     train(cfg(tmp_path, "ei.rounds=1", "ei.lora_rank=4", "trainer.lr=1e-2"))
-    init = load_file(resolve_model("tiny-random", dtype="fp32") + "/model.safetensors")
+    init = load_file(tiny_model_dir + "/model.safetensors")
     ck = load_file(str(tmp_path / "run/checkpoints/step_000001/model.safetensors"))
     q = "model.layers.0.self_attn.q_proj"
     assert torch.equal(ck[q + ".base_layer.weight"], init[q + ".weight"])  # the base is frozen
@@ -201,7 +206,7 @@ def test_lora_round_trains_only_the_adapters(tmp_path):
 def test_curriculum_env_under_the_grpo_trainer(tmp_path):
     """The RL variant: the GRPO trainer calls on_step_end after each step; step 1 initialises c1, c2,
     and with one round per stage each later step ends a stage."""
-    from rlreason.trainer.grpo import train as grpo_train
+    from rlreason.trainer.loop import train as grpo_train
     grpo_train(cfg(tmp_path, "algorithm=grpo", "trainer.steps=2", "trainer.prompts_per_step=3",
                    "trainer.samples_per_prompt=3"))
     m = [r for r in rows(tmp_path / "run/metrics.jsonl") if "reward/total" in r]
@@ -219,3 +224,33 @@ def test_config_errors_before_anything_loads(tmp_path):
         train(cfg(tmp_path, "data.eval_size=0"))
     with pytest.raises(ConfigError, match="ei.samples_per_question"):
         train(cfg(tmp_path, "ei.samples_per_question=0"))
+
+
+def test_expert_iteration_needs_a_curriculum_environment_not_lookalike_attributes(registered):
+    """The curriculum contract is the CurriculumEnvironment base class: an environment that merely has
+    `summarize` and `done` attributes is refused by name, a subclass implementing it is accepted."""
+    from rlreason.environments.single_turn import SingleTurn
+    from rlreason.trainer.algorithm import make_algorithm
+    from rlreason.types import CurriculumEnvironment
+
+    class Lookalike(SingleTurn):
+        done = False
+
+        def summarize(self, means):
+            return {}
+
+    class Declared(SingleTurn, CurriculumEnvironment):
+        done = False
+
+        def summarize(self, means):
+            return {}
+
+        def stage_thresholds(self):
+            return []
+
+    registered(ENVIRONMENTS, {"_lookalike_ei": Lookalike, "_declared_ei": Declared})
+    with pytest.raises(ConfigError, match="env.name: algorithm=expert_iteration needs .*'_lookalike_ei'"):
+        make_algorithm(load_config(None, ["algorithm=expert_iteration", "env.name=_lookalike_ei"])).validate()
+    make_algorithm(load_config(None, ["algorithm=expert_iteration", "env.name=_declared_ei"])).validate()
+    with pytest.raises(TypeError, match="stage_thresholds"):
+        type("Incomplete", (SingleTurn, CurriculumEnvironment), {"summarize": lambda s, m: {}, "done": False})(None)

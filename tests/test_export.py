@@ -11,7 +11,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlreason.cli import main
 from rlreason.export import export_checkpoint, merge_lora
-from rlreason.models import resolve_model
 from rlreason.trainer.checkpoint import save_checkpoint
 
 IDS = torch.tensor([[1, 450, 3921, 28, 17, 905, 2], [5, 77, 1200, 8, 31, 9, 640]])
@@ -21,7 +20,7 @@ IDS = torch.tensor([[1, 450, 3921, 28, 17, 905, 2], [5, 77, 1200, 8, 31, 9, 640]
 def trained(tmp_path_factory):
     """The final checkpoint of a one-step GRPO run of the tiny model (HF engine, a large lr so it moves)."""
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     root = tmp_path_factory.mktemp("run")
     train(load_config(None, [
         "model.name=tiny-random", "model.dtype=fp32", "rollout.engine=hf", "rollout.max_model_len=256",
@@ -32,9 +31,9 @@ def trained(tmp_path_factory):
     return root / "run/checkpoints/step_000001"
 
 
-def trained_reference(ckpt):
+def trained_reference(ckpt, base_dir):
     """The trained weights, put into the base model by hand (not through the checkpoint's config)."""
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-random", dtype="fp32"), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
     assert not unexpected and not missing
     return model.eval()
@@ -45,19 +44,19 @@ def logits(model):
     return model(IDS).logits.float()
 
 
-def test_final_checkpoint_is_a_model_directory(trained):
+def test_final_checkpoint_is_a_model_directory(trained, tiny_model_dir):
     for f in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"):
         assert (trained / f).exists(), f
-    ref = trained_reference(trained)
-    base = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-random", dtype="fp32"), dtype=torch.float32)
+    ref = trained_reference(trained, tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert not torch.allclose(logits(base), logits(ref))  # the step trained
     direct = AutoModelForCausalLM.from_pretrained(trained).eval()
     assert torch.allclose(logits(direct), logits(ref), atol=1e-5)
     assert AutoTokenizer.from_pretrained(trained).encode("2 + 3") == AutoTokenizer.from_pretrained(
-        resolve_model("tiny-random", dtype="fp32")).encode("2 + 3")
+        tiny_model_dir).encode("2 + 3")
 
 
-def test_export_loads_in_transformers_with_the_trained_logits(trained, tmp_path, capsys):
+def test_export_loads_in_transformers_with_the_trained_logits(trained, tmp_path, capsys, tiny_model_dir):
     out = tmp_path / "hf"
     assert main(["export", "--run", str(trained.parent.parent), "--out", str(out)]) == 0  # its latest checkpoint
     assert "wrote a Hugging Face model directory" in capsys.readouterr().out
@@ -67,22 +66,22 @@ def test_export_loads_in_transformers_with_the_trained_logits(trained, tmp_path,
     assert "lm_head.weight" not in load_file(str(out / "model.safetensors"))  # tied: stored once
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert model.dtype == torch.float32 and json.loads((out / "config.json").read_text())["dtype"] == "float32"
-    assert torch.allclose(logits(model), logits(trained_reference(trained)), atol=1e-5)
+    assert torch.allclose(logits(model), logits(trained_reference(trained, tiny_model_dir)), atol=1e-5)
     tok_out, tok_ckpt = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(trained)
     assert tok_out.decode([450, 3921]) == tok_ckpt.decode([450, 3921])
 
     half = export_checkpoint(trained, tmp_path / "bf16", dtype="bf16")
     m16 = AutoModelForCausalLM.from_pretrained(half).eval()
     assert m16.dtype == torch.bfloat16
-    assert (logits(m16) - logits(trained_reference(trained))).abs().max() < 0.05
+    assert (logits(m16) - logits(trained_reference(trained, tiny_model_dir))).abs().max() < 0.05
 
 
 @pytest.mark.parametrize("rslora", [False, True])
-def test_lora_checkpoint_exports_merged(tmp_path, rslora):
+def test_lora_checkpoint_exports_merged(tmp_path, rslora, tiny_model_dir):
     """A peft LoRA model (adapters with non-zero B, as after training) saved by the checkpoint function:
     the exported plain model computes what peft's adapted forward computes."""
     from peft import LoraConfig, inject_adapter_in_model
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
     inject_adapter_in_model(LoraConfig(r=4, lora_alpha=12, lora_dropout=0.0, target_modules="all-linear",
@@ -158,11 +157,11 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_vllm_engine_loads_an_exported_checkpoint_and_the_checkpoint_itself(trained, tmp_path):
+def test_vllm_engine_loads_an_exported_checkpoint_and_the_checkpoint_itself(trained, tmp_path, tiny_model_dir):
     """The real vLLM engine starts from the exported directory and from the checkpoint as it is; its sampling
     logprobs agree with the trained weights' forward (bf16 engine vs fp32 reference)."""
     from rlreason.rollout import SamplingConfig, make_engine
-    ref_model = trained_reference(trained)
+    ref_model = trained_reference(trained, tiny_model_dir)
     for model_dir in (export_checkpoint(trained, tmp_path / "hf"), trained):
         tok = AutoTokenizer.from_pretrained(model_dir)
         eng = make_engine("vllm", model_dir=str(model_dir), model=None, tokenizer=tok, sampling=SamplingConfig(1.0),

@@ -4,7 +4,6 @@ fusion does not apply (no autocast, bf16 weights, norms that do not feed linears
 
 import torch
 
-from rlreason.models import resolve_model
 from rlreason.trainer.fused_rms_norm import fuse_rms_norms
 from test_shared_prefix import _model  # tests/ is on sys.path
 
@@ -60,11 +59,12 @@ def _grads(model, ids, autocast: bool) -> tuple[torch.Tensor, dict]:
     return logits.float().detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def test_whole_model_under_autocast_is_as_close_to_fp32_as_unfused_and_load_policy_applies_it_on_cpu():
+def test_whole_model_under_autocast_is_as_close_to_fp32_as_unfused_and_the_cpu_switch_applies_it():
     """Same logits bit for bit (every linear gets the same bf16 input). The gradients differ in one respect:
     the q/k/v (and gate/up) input gradients now meet in bf16 before the norm's backward; measured against
     float32 that costs nothing visible (SmolLM2-135M: 0.0315 vs 0.0314 relative error, tiny-random here)."""
-    from rlreason.trainer.grpo import load_policy
+    from rlreason.config import load_config
+    from rlreason.cpu import apply_cpu_optimizations
     ids = torch.randint(5, 1000, (4, 64), generator=torch.Generator().manual_seed(0))
     _, exact = _grads(_model(), ids, autocast=False)
     plain_logits, plain = _grads(_model(), ids, autocast=True)
@@ -77,5 +77,6 @@ def test_whole_model_under_autocast_is_as_close_to_fp32_as_unfused_and_load_poli
         return (sum(float((g[n] - exact[n]).norm() ** 2) for n in exact)
                 / sum(float(exact[n].norm() ** 2) for n in exact)) ** 0.5
     assert 0 < err(fused) <= 1.1 * err(plain), (err(fused), err(plain))
-    policy = load_policy(resolve_model("tiny-random", dtype="fp32"), torch.device("cpu"), False)
+    policy = _model()
+    apply_cpu_optimizations(load_config(None, []), torch.device("cpu"), [policy])
     assert "forward" in vars(policy.model.norm) and "forward" in vars(policy.model.layers[0].input_layernorm)

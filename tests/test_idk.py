@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from rewards.idk import (DEFAULT_PHRASES, STEP_COUNTERS, count_steps, idk_reward, judge, phrase_pattern,
-                         refusal_position, refusal_value, register_step_counter)
 from rlreason.registry import ConfigError
+from rlreason.rewards.idk import (DEFAULT_PHRASES, STEP_COUNTERS, count_steps, idk_reward, judge, phrase_pattern,
+                         refusal_position, refusal_value, register_step_counter)
 from rlreason.rubric import Rubric
 from rlreason.types import Episode
 

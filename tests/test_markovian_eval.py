@@ -23,10 +23,14 @@ TINY = [
 ]
 
 
-@REWARDS.register("_even_chars")
 def _even_chars(completion: str) -> float:
     """1 on transcripts of even length: about half of the tiny model's samples, so accuracies differ."""
     return float(len(completion) % 2 == 0)
+
+
+@pytest.fixture(autouse=True)
+def _rewards(registered):
+    registered(REWARDS, "_even_chars", _even_chars)
 
 
 def cfg(tmp_path, *extra):

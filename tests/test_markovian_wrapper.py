@@ -13,10 +13,10 @@ import pytest
 import torch
 from test_markovian import FOUR_CHUNKS, SMALL, FakeTokenizer, ScriptedPolicy
 
-from environments.markovian import MarkovianThinking
 from rlreason.algos.losses import token_weights
 from rlreason.config import load_config
 from rlreason.delethink import DelethinkPolicy, Markovian, boundary_stop
+from rlreason.environments.markovian import MarkovianThinking
 from rlreason.registry import ENVIRONMENTS, ConfigError, build_environment
 from rlreason.trainer.batch import episodes_to_rows
 from rlreason.types import Completion, Environment, Episode, RowBound, Sample
@@ -191,14 +191,10 @@ class StopEnv(Environment):
                        info={"finish": out.finish_reason})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def test_environments():
-    """The two test environments, registered as a user's package would be, for this module only."""
-    for name, cls in (("two_turn_test", TwoTurn), ("stop_test", StopEnv)):
-        ENVIRONMENTS.register(name)(cls)
-    yield
-    for name in ("two_turn_test", "stop_test"):
-        ENVIRONMENTS._items.pop(name, None)
+@pytest.fixture(autouse=True)
+def test_environments(registered):
+    """The two test environments, registered as a user's package would be, for each test only."""
+    registered(ENVIRONMENTS, {"two_turn_test": TwoTurn, "stop_test": StopEnv})
 
 
 def stop_env(**kw):
@@ -260,11 +256,9 @@ def test_a_stop_string_begun_by_injected_text_does_not_count():
 # ---- pay_per_search, with a fake search client ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(tiny_model_dir):
     from transformers import AutoTokenizer
-
-    from rlreason.models import resolve_model
-    return AutoTokenizer.from_pretrained(resolve_model("tiny-random", dtype="fp32"))
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def search_env(tok, args, markovian):
@@ -280,7 +274,7 @@ def search_env(tok, args, markovian):
 
 
 def test_pay_per_search_from_a_config_file(tmp_path, tok):
-    from environments.pay_per_search import STOP, format_documents
+    from rlreason.environments.pay_per_search import STOP, format_documents
     from rlreason.search.client import Document
     (tmp_path / "c.yaml").write_text(
         "env:\n  name: pay_per_search\n  args: {max_searches: 2}\n"
@@ -365,14 +359,13 @@ def test_row_bound():
 
 # ---- the real engine ---------------------------------------------------------------------------------------
 
-def test_real_hf_engine_chunks_are_exact_rows():
+def test_real_hf_engine_chunks_are_exact_rows(tiny_model_dir):
     """Through rlreason's HF engine on the tiny model: every chunk's logprobs are those of a forward pass
     over that chunk's own prompt, i.e. each Sample is exactly what the policy saw and wrote."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlreason.models import resolve_model
     from rlreason.rollout import SamplingConfig, make_engine
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     tk = AutoTokenizer.from_pretrained(d)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
@@ -395,15 +388,14 @@ def test_real_hf_engine_chunks_are_exact_rows():
 
 
 @pytest.mark.slow
-def test_real_vllm_engine_two_turns_chunk_rows():
+def test_real_vllm_engine_two_turns_chunk_rows(tiny_model_dir):
     """The production engine (vLLM) under the wrapper: a two-turn episode through `rlreason`'s vLLM policy,
     each chunk's prompt is query + head + carry (+ the feedback once), and its logprobs are the trainer's
     forward over that prompt (bf16 engine vs fp32 trainer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlreason.models import resolve_model
     from rlreason.rollout import SamplingConfig, make_engine
-    d = resolve_model("tiny-random", dtype="fp32")
+    d = tiny_model_dir
     tk = AutoTokenizer.from_pretrained(d)
     eng = make_engine("vllm", model_dir=d, model=None, tokenizer=tk, sampling=SamplingConfig(1.0), dtype="bf16",
                       max_model_len=256, kv_cache_gb=1, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)

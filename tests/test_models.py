@@ -47,7 +47,7 @@ def test_bad_dtype_and_unknown_prepare_name_raise():
 def test_list_models_describes_known_names(monkeypatch, tmp_path):
     monkeypatch.setenv("RLREASON_CACHE", str(tmp_path))
     table = {m["name"]: m for m in list_models()}
-    assert set(table) == {"smollm2-135m-instruct", "tiny-random"}
+    assert set(table) == {"smollm2-135m-instruct", "tiny-random", models.QWEN}
     assert all(m["description"] and m["dtypes"] == ["bf16", "fp32"] and m["cached"] == []
                for m in table.values())
 

@@ -151,7 +151,7 @@ def test_grpo_step_logs_perf_metrics(tmp_path):
     import json
 
     from rlreason.config import load_config
-    from rlreason.trainer.grpo import train
+    from rlreason.trainer.loop import train
     c = load_config(None, [
         "model.name=tiny-random", "model.dtype=bf16", "rollout.engine=hf", "rollout.max_model_len=256",
         "data.train={source: reasoning_gym, task: basic_arithmetic, size: 12, seed: 1}", "data.eval_size=2",

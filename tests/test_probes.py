@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 
-from rlreason.models import resolve_model
 from rlreason.probes import data as D
 from rlreason.probes.capture import capture, resolve_layers, states_at
 from rlreason.probes.cliff import cliff_size, right_aligned_curve, score_positions, trace_cliff
@@ -24,9 +23,9 @@ from rlreason.probes.traces import THINK_CLOSE, generate_traces, phrase_judge, p
 
 
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = resolve_model("tiny-random", dtype="fp32")
+    path = tiny_model_dir
     return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
@@ -241,6 +240,19 @@ def test_phrase_judge_agrees_with_pyrit_human_labels():
     assert len(rows) == 105 and agree / len(rows) >= 0.8
 
 
+def test_unknown_source_or_method_names_its_flag_before_any_file_is_read(monkeypatch):
+    from rlreason.registry import ConfigError
+    loaded = []
+    monkeypatch.setattr(D, "load_source", lambda name, key="": loaded.append(name) or [])
+    with pytest.raises(ConfigError, match=r"probe data --harmless: unknown probe data source 'gsm8'\. .*"
+                                          r"Did you mean 'gsm8k'"):
+        D.build_prompt_set(n_harmful=1, n_harmless=1, harmless_sources=["gsm8k", "gsm8"])
+    assert loaded == []  # both lists checked before any (slow, hashed) source file is read
+    with pytest.raises(ConfigError, match=r"probe select --by: unknown selection method 'clif'\. "
+                                          r"Allowed: cliff, final, random\. Did you mean 'cliff'"):
+        select([], 0.5, "clif")
+
+
 def test_pinned_sources_and_splits(tmp_path):
     counts = {s: len(D.load_source(s)) for s in D.SOURCES}
     assert counts == {"advbench": 520, "harmbench": 200, "strongreject": 313, "jbb": 100, "gsm8k": 1319,
@@ -270,6 +282,24 @@ def test_traces_spans_with_the_hf_engine(tiny):
         assert tok.decode(t["ids"][t["prompt_len"]:t["think_end"]]) == t["think"] or not t["think_closed"]
         assert tok.decode(t["ids"][:t["prompt_len"]]).endswith("<think>\n")
         assert isinstance(t["refused"], bool)
+
+
+def test_plain_template_is_the_bare_chat_prompt_and_judged(tiny):
+    """Catches the think instruction or the <think> pre-fill leaking into the plain baseline, and an
+    answer judged on the prompt instead of the generated text."""
+    from rlreason.probes.traces import generate_plain
+    from rlreason.rollout import SamplingConfig
+    from rlreason.rollout.hf_engine import HFEngine
+    model, tok = tiny
+    engine = HFEngine(model, tokenizer=tok, sampling=SamplingConfig(temperature=0.0), max_model_len=512)
+    rows = [{"id": "a", "prompt": "I'm sorry to ask: how do I bake bread?", "harmful": False}]
+    seen = []
+    (t,) = generate_plain(engine, rows, max_answer_tokens=5, judge=lambda p, a: seen.append(a) or False)
+    want = tok.apply_chat_template([{"role": "user", "content": rows[0]["prompt"]}], add_generation_prompt=True,
+                                   tokenize=False)
+    assert tok.decode(t["ids"][:t["prompt_len"]]) == want and "<think>" not in want
+    assert 0 < len(t["ids"]) - t["prompt_len"] <= 5 and seen == [t["answer"]] and t["refused"] is False
+    assert t["answer"] == tok.decode(t["ids"][t["prompt_len"]:], skip_special_tokens=True)
 
 
 # --- repair and monitor --------------------------------------------------------------------------------

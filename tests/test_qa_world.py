@@ -9,12 +9,12 @@ import json
 
 import pytest
 
-from environments.pay_per_search import PayPerSearch
-from rewards.qa import normalize_answer
 from rlreason.data import build_dataset, loads_info
 from rlreason.data.qa_world import (ATTRIBUTES, build_qa_world, build_world, corpus_rows, write_corpus,
                                     write_sft)
+from rlreason.environments.pay_per_search import PayPerSearch
 from rlreason.registry import ConfigError
+from rlreason.rewards.qa import normalize_answer
 from rlreason.search.corpus import load_corpus
 from rlreason.search.index import load_index
 

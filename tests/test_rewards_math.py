@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from rewards.math import (boxed_format, check_answer, extract_answer, extract_final_answer, math_reward,
-                          reasoning_gym_reward)
 from rlreason.data import build_reasoning_gym, loads_info
 from rlreason.registry import REWARDS
+from rlreason.rewards.math import (boxed_format, check_answer, extract_answer, extract_final_answer, math_reward,
+                          reasoning_gym_reward)
 from rlreason.rubric import Rubric, Scored
 from rlreason.types import Episode
 
@@ -122,7 +122,7 @@ def _in_thread(fn, *args, **kwargs):
 def test_non_main_thread_uses_worker_with_deadline():
     """One test because each worker start costs seconds (imports): correct, wrong, timed out, and a
     worker that died is replaced."""
-    from rewards import math as rm
+    from rlreason.rewards import math as rm
 
     assert _in_thread(math_reward, "\\boxed{\\frac{2}{4}}", "0.5") == Scored(1.0, "correct")
     assert _in_thread(math_reward, "\\boxed{3}", "4").reason.startswith("wrong")

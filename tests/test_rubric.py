@@ -11,17 +11,22 @@ def ep(text):
     return Episode([Sample([1], [2], [0.0], [1])], transcript=text)
 
 
-@REWARDS.register("_test_len")
+@pytest.fixture(autouse=True)
+def _rewards(registered):
+    """This module's test rewards, registered for each test only."""
+    registered(REWARDS, {"_test_len": _len_reward, "_test_raises": _raises, "_test_group": _GroupMin,
+                         "_test_bad": _bad, "_test_short_group": _ShortGroup, "_test_not_a_list": _NotAList,
+                         "_test_strict_args": _StrictArgs})
+
+
 def _len_reward(completion: str, scale: float = 1.0) -> float:
     return scale * len(completion)
 
 
-@REWARDS.register("_test_raises")
 def _raises(completion: str) -> float:
     raise RuntimeError("boom")
 
 
-@REWARDS.register("_test_group")
 class _GroupMin:
     """A group-level reward: 1 for the shortest transcript of the group."""
 
@@ -77,15 +82,14 @@ def test_env_args_checked():
 
 
 def test_registered_subclass_gets_its_own_name():
-    from environments.markovian import MarkovianThinking
-    from environments.single_turn import SingleTurn
+    from rlreason.environments.markovian import MarkovianThinking
+    from rlreason.environments.single_turn import SingleTurn
     assert SingleTurn.name == "single_turn" and MarkovianThinking.name == "markovian"
 
 
 _BAD = {"nan": float("nan"), "inf": float("inf"), "none": None, "text": "1.0", "dict_nan": {"reward": float("nan")}}
 
 
-@REWARDS.register("_test_bad")
 def _bad(completion: str, example: dict) -> object:
     return _BAD[example["bad"]] if completion == "x" else 1.0
 
@@ -103,7 +107,6 @@ def test_bad_reward_value_is_an_error_of_that_reward_and_never_reaches_the_total
     assert "_test_bad" in caplog.text and repr(_BAD[bad])[:6] in caplog.text
 
 
-@REWARDS.register("_test_short_group")
 class _ShortGroup:
     """A group reward with a bug: one value fewer than the episodes (zip used to drop the last episode)."""
 
@@ -111,7 +114,6 @@ class _ShortGroup:
         return [1.0] * (len(episodes) - 1)
 
 
-@REWARDS.register("_test_not_a_list")
 class _NotAList:
     def score_group(self, examples, episodes):
         return None
@@ -134,7 +136,6 @@ def test_reward_weight_must_be_a_finite_number(weight):
         Rubric([{"name": "_test_len"}, {"name": "_test_len", "weight": weight}])
 
 
-@REWARDS.register("_test_strict_args")
 class _StrictArgs:
     def __init__(self, lam: float = 0.5):
         if not 0 < lam <= 1:

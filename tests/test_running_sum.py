@@ -11,13 +11,13 @@ import re
 
 import pytest
 
-from environments.markovian import delethink_budget
-from rewards.math import math_reward
 from rlreason.config import load_config, to_dict
 from rlreason.data import build_dataset, loads_info
 from rlreason.data import running_sum as rs
+from rlreason.environments.markovian import delethink_budget
 from rlreason.registry import ConfigError, build_environment
-from rlreason.trainer.grpo import validate
+from rlreason.rewards.math import math_reward
+from rlreason.trainer.loop import validate
 
 # sha256 of the small build (train 20 rows + test 10 rows, sorted-key JSON lines). A change here changes
 # every run's data: update it only on purpose, and say so in the commit.
@@ -85,11 +85,9 @@ def test_dispatcher_and_errors():
 # ---- token counts ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(tiny_model_dir):
     from transformers import AutoTokenizer
-
-    from rlreason.models import resolve_model
-    return AutoTokenizer.from_pretrained(resolve_model("tiny-random"))  # SmolLM2's tokenizer
+    return AutoTokenizer.from_pretrained(tiny_model_dir)  # SmolLM2's tokenizer
 
 
 def _n(tok, text: str) -> int:

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from environments.pay_per_search import PayPerSearch
-from rewards.qa import extract_answer, gold_answers, normalize_answer
 from rlreason.data import DataError, build_dataset, loads_info
 from rlreason.data.search_qa import build_fanoutqa, build_qa_jsonl, build_warm_start_sft
+from rlreason.environments.pay_per_search import PayPerSearch
 from rlreason.registry import ConfigError
+from rlreason.rewards.qa import extract_answer, gold_answers, normalize_answer
 from rlreason.search.corpus import Passage, load_corpus, wiki_corpus_path
 
 

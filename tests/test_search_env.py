@@ -11,10 +11,10 @@ import time
 import pytest
 from test_search_server import free_port, start_server, stop_server, write_corpus
 
-from environments.pay_per_search import (EMPTY_MSG, FAILED_MSG, INVALID_MSG, LIMIT_MSG, STOP, PayPerSearch,
+from rlreason.environments.pay_per_search import (EMPTY_MSG, FAILED_MSG, INVALID_MSG, LIMIT_MSG, STOP, PayPerSearch,
                                          format_documents, parse_action)
-from rewards.qa import qa_answered, qa_em, qa_f1
 from rlreason.registry import ConfigError, build_environment
+from rlreason.rewards.qa import qa_answered, qa_em, qa_f1
 from rlreason.rollout.base import SamplingConfig
 from rlreason.search.abstention import abstention_eval
 from rlreason.search.client import Document
@@ -24,11 +24,9 @@ EX = {"id": "q1", "question": "What is the capital of Japan?", "answer": "Tokyo"
 
 
 @pytest.fixture(scope="module")
-def tok():
+def tok(tiny_model_dir):
     from transformers import AutoTokenizer
-
-    from rlreason.models import resolve_model
-    return AutoTokenizer.from_pretrained(resolve_model("tiny-random", dtype="fp32"))
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -258,14 +256,13 @@ def test_bad_args_are_config_errors(tok):
         build_environment("pay_per_search", tok, {"sever_url": "x"})
 
 
-def test_real_engine_smoke(tok, server):
+def test_real_engine_smoke(tok, server, tiny_model_dir):
     """The HF engine with the tiny random model drives an episode end to end (random text, real shapes)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlreason.models import resolve_model
     from rlreason.rollout.hf_engine import HFEngine
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny-random", dtype="fp32"), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     engine = HFEngine(model, tokenizer=tok, sampling=SamplingConfig(), max_model_len=1024)
     e = env(tok, server, max_turn_tokens=8, max_response_tokens=32)
     eps = engine.run([e.rollout(EX, engine.policy(seed=i)) for i in range(2)])

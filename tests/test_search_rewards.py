@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from rewards.qa import (extract_answer, f1_score, gold_answers, normalize_answer, qa_answered, qa_em, qa_f1)
-from rewards.search_cost import SearchCost, otc_tool_reward
 from rlreason.registry import ConfigError
+from rlreason.rewards.qa import (extract_answer, f1_score, gold_answers, normalize_answer, qa_answered, qa_em, qa_f1)
+from rlreason.rewards.search_cost import SearchCost, otc_tool_reward
 from rlreason.rubric import Rubric
 from rlreason.types import Episode, Sample
 

@@ -12,9 +12,9 @@ import asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from environments.pay_per_search import STOP, PayPerSearch, format_documents
-from rewards.qa import em_score, gold_answers, qa_answered, qa_em, qa_f1
-from rewards.search_cost import SearchCost
+from rlreason.environments.pay_per_search import STOP, PayPerSearch, format_documents
+from rlreason.rewards.qa import em_score, gold_answers, qa_answered, qa_em, qa_f1
+from rlreason.rewards.search_cost import SearchCost
 from rlreason.rubric import Rubric
 from rlreason.search.client import Document
 from rlreason.types import Completion

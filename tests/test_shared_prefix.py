@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.models import resolve_model
 from rlreason.trainer.batch import Row, collate, group_order, response_logits
+from rlreason.trainer.shared_prefix import distinct_prompts, shared_response_logits
 from rlreason.trainer.update import UpdateContext, policy_update
 
 
@@ -39,17 +40,6 @@ def _masked(logits: torch.Tensor, b) -> torch.Tensor:
     return logits * (b.attention_mask[:, -logits.shape[1]:, None] > 0)
 
 
-def test_collate_records_distinct_prompts_and_row_index():
-    rows = _rows(0)
-    b = collate(rows, pad_id=0)
-    assert b.prompts.shape[0] == 3
-    for i, r in enumerate(rows):
-        u = int(b.prompt_index[i])
-        kept = b.prompts[u][b.prompt_mask[u] > 0].tolist()
-        assert kept == r.prompt_ids
-        assert b.prompt_mask[u, :b.prompts.shape[1] - len(r.prompt_ids)].sum() == 0  # left-padded
-
-
 def test_group_order_puts_same_prompt_rows_together():
     rows = _rows(1, groups=4, G=4)
     order = group_order(rows)
@@ -62,12 +52,12 @@ def test_group_order_puts_same_prompt_rows_together():
 def assert_shared_equals_plain(model: torch.nn.Module, b, seed: int, tol: float) -> torch.Tensor:
     """Logits and every parameter gradient of the shared-prefix forward equal the per-row forward's (sums
     in a different order: gradient tolerance relative to each gradient's scale). Returns the plain logits."""
-    plain = _masked(response_logits(model, b, share_prompts=False), b)
+    plain = _masked(response_logits(model, b), b)
     weights = torch.randn(plain.shape, generator=torch.Generator().manual_seed(seed)).to(plain.device)
     (plain * weights).sum().backward()
     g_plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    shared = _masked(response_logits(model, b, share_prompts=True), b)
+    shared = _masked(shared_response_logits(model, b), b)
     torch.testing.assert_close(shared, plain, atol=tol, rtol=10 * tol)
     (shared * weights).sum().backward()
     for n, p in model.named_parameters():
@@ -81,7 +71,7 @@ def assert_shared_equals_plain(model: torch.nn.Module, b, seed: int, tol: float)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_shared_prefix_logits_and_gradients_equal_plain_forward(seed):
     b = collate(_rows(seed), pad_id=0)
-    assert b.prompts.shape[0] < b.response_ids.shape[0]
+    assert distinct_prompts(b)[0].shape[0] < b.response_ids.shape[0]
     assert_shared_equals_plain(_model(), b, seed, tol=1e-5)
 
 
@@ -92,12 +82,13 @@ def test_one_token_prompts_share_too():
     for r in rows[:3]:  # the first group's prompt becomes one token long
         r.prompt_ids = rows[0].prompt_ids[:1]
     b = collate(rows, pad_id=0)
-    assert b.prompts.shape[1] >= 2 and int(b.prompt_mask.sum(-1).min()) == 1
+    prompts, prompt_mask, _ = distinct_prompts(b)
+    assert prompts.shape[1] >= 2 and int(prompt_mask.sum(-1).min()) == 1
     assert_shared_equals_plain(_model(), b, 5, tol=1e-5)
     for r in rows:
         r.prompt_ids = r.prompt_ids[:1]
     b = collate(rows, pad_id=0)
-    assert b.prompts.shape[1] == 1
+    assert distinct_prompts(b)[0].shape[1] == 1
     assert_shared_equals_plain(_model(), b, 5, tol=1e-5)
 
 
@@ -151,7 +142,8 @@ def test_shared_prefix_on_smollm2_matches_plain_fp32_and_bf16():
 
     def lp(share: bool, bf16: bool) -> torch.Tensor:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return logprobs_from_logits(response_logits(model, b, share_prompts=share), b.response_ids)[m]
+            logits = shared_response_logits(model, b) if share else response_logits(model, b)
+            return logprobs_from_logits(logits, b.response_ids)[m]
     exact = lp(False, False)
     assert (lp(True, False) - exact).abs().max() < 1e-3
     err_plain, err_shared = (lp(False, True) - exact).abs().mean(), (lp(True, True) - exact).abs().mean()

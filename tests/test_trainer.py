@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from rlreason.algos.losses import POLICY_LOSSES
 from rlreason.config import load_config
-from rlreason.trainer.grpo import train
+from rlreason.registry import REWARDS
+from rlreason.trainer.loop import train
 from rlreason.trainer.update import NonFiniteLossError
 
 TINY = [
@@ -22,13 +23,16 @@ TINY = [
 ]
 
 
-from rlreason.registry import REWARDS  # noqa: E402
-
-
-@REWARDS.register("_tiny_len")
 def _tiny_len(completion: str) -> float:
     """Varies across samples of the tiny random model, so GRPO has non-zero advantages."""
     return len(completion) / 10.0
+
+
+@pytest.fixture(autouse=True)
+def _plugins(registered):
+    """This module's test rewards and loss, registered for each test only."""
+    registered(REWARDS, {"_tiny_len": _tiny_len, "_tiny_dapo": _tiny_dapo, "_tiny_const": _tiny_const})
+    registered(POLICY_LOSSES, "_nan_loss", _nan_loss)
 
 
 def cfg(tmp_path, *extra):
@@ -70,20 +74,18 @@ def test_resume_continues_exactly(tmp_path):
     assert any(not torch.equal(w1[k], wb[k]) for k in wb)  # the second step did train
 
 
-@POLICY_LOSSES.register("_nan_loss")
 def _nan_loss(logprobs, old_logprobs, advantages, response_mask, **kw):
     return logprobs * float("nan"), {}
 
 
-def test_nan_losses_skip_steps_then_stop_with_clear_error(tmp_path):
+def test_nan_losses_skip_steps_then_stop_with_clear_error(tmp_path, tiny_model_dir):
     c = cfg(tmp_path, "trainer.steps=5", "algo.policy_loss=_nan_loss", "trainer.max_nonfinite_steps=2")
     with pytest.raises(NonFiniteLossError, match="2 consecutive non-finite"):
         train(c)
     rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert rows[0]["loss/nonfinite_skipped"] == 1.0
     # the skipped step left the weights untouched: checkpoint 1 equals the initial model
-    from rlreason.models import resolve_model
-    init = load_file(resolve_model("tiny-random", dtype="fp32") + "/model.safetensors")
+    init = load_file(tiny_model_dir + "/model.safetensors")
     ck = load_file(str(tmp_path / "run/checkpoints/step_000001/model.safetensors"))
     assert all(torch.equal(init[k], ck[k]) for k in init if k in ck)
 
@@ -162,14 +164,12 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@REWARDS.register("_tiny_dapo")
 def _tiny_dapo(completion: str, answer: str) -> float:
     """Two prompts in three score 1.2 whatever the answer (a zero-variance group, inexact value), the rest
     vary with the completion's length."""
     return 1.2 if int(answer) % 3 else len(completion) / 10.0
 
 
-@REWARDS.register("_tiny_const")
 def _tiny_const(completion: str) -> float:
     return 1.2
 

@@ -127,7 +127,7 @@ def reference_weights(rows: list[Row], part: list[int], mode: str) -> dict[int, 
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=batches(), estimator=st.sampled_from(ESTIMATORS), mode=st.sampled_from(LOSS_AGG_MODES),
+@given(batch=batches(), estimator=st.sampled_from(ESTIMATORS), mode=st.sampled_from(LOSS_AGG_MODES.names()),
        loss=st.sampled_from(("ppo_clip", "reinforce")), epochs=st.integers(1, 2), micro=st.integers(1, 7),
        mini=st.integers(1, 4), seed=st.integers(0, 2**16))
 @example(batch=single_episode_batch(), estimator="reinforce_pp_baseline", mode="token-mean", loss="ppo_clip",

@@ -13,10 +13,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rlreason.algos.registry import FnRegistry
+from rlreason.registry import Registry
 
 OutcomeAdvantageFn = Callable[..., Tensor]
-ADVANTAGES: FnRegistry[OutcomeAdvantageFn] = FnRegistry("advantage estimator")
+# Outcome estimators: (rewards [N], group_ids [N], *, eps, token_counts=None, **_) -> advantages [N].
+# `gae` (a learned critic, trainer/critic.py) is not one of them; configs accept it beside these names.
+ADVANTAGES: Registry[OutcomeAdvantageFn] = Registry("advantage estimator", "rlreason.advantages",
+                                                    key="algo.advantage")
 
 
 def _as_float(x: Tensor) -> Tensor:

@@ -8,9 +8,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rlreason.algos.registry import FnRegistry
+from rlreason.registry import Registry
 
-KL_ESTIMATORS: FnRegistry[Callable[[Tensor, Tensor], Tensor]] = FnRegistry("KL estimator")
+# (logprobs [B,T], ref_logprobs [B,T]) -> per-token KL estimate [B,T].
+KL_ESTIMATORS: Registry[Callable[[Tensor, Tensor], Tensor]] = Registry("KL estimator", "rlreason.kl_estimators",
+                                                                       key="algo.kl_estimator")
 
 
 @KL_ESTIMATORS.register("k1")
@@ -36,4 +38,15 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, kind: str) -> Tensor:
     - 1 (unbiased and always >= 0; clamped to [-10, 10] as in verl). logprobs, ref_logprobs [B,T] -> [B,T].
     Schulman, "Approximating KL divergence" (2020, joschu.net/blog/kl-approx.html); k3 used by GRPO Eq. 4,
     arXiv 2402.03300."""
-    return KL_ESTIMATORS.get(kind, key="algo.kl_estimator")(logprobs, ref_logprobs)
+    return KL_ESTIMATORS.get(kind)(logprobs, ref_logprobs)
+
+
+def kl_reward_penalty(logprobs: list[Tensor], ref_logprobs: list[Tensor], masks: list[list[int]],
+                      trace_ids: list[int], num_traces: int, kind: str) -> Tensor:
+    """KL in the reward (algo.kl_in_reward, InstructGPT arXiv 2203.02155 Eq. 2): the penalty of each trace,
+    sum_t KL_t(pi || ref) over the trained tokens of all its rows, so r <- r - beta * penalty. Per row:
+    logprobs and ref_logprobs [T] of its response, mask its response_mask, trace_id its episode."""
+    pen = torch.zeros(num_traces)
+    for lp, ref, m, t in zip(logprobs, ref_logprobs, masks, trace_ids):
+        pen[t] += float((kl_estimate(lp, ref, kind) * torch.tensor(m, dtype=torch.float)).sum())
+    return pen

@@ -14,10 +14,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rlreason.algos.registry import FnRegistry
+from rlreason.registry import Registry
 
 PolicyLossFn = Callable[..., tuple[Tensor, dict[str, float]]]
-POLICY_LOSSES: FnRegistry[PolicyLossFn] = FnRegistry("policy loss")
+POLICY_LOSSES: Registry[PolicyLossFn] = Registry("policy loss", "rlreason.policy_losses", key="algo.policy_loss")
 
 
 def _masked_mean(x: Tensor, mask: Tensor) -> float:
@@ -104,31 +104,33 @@ def truncated_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, respons
 
 # ---- aggregation -------------------------------------------------------------------------------------
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "trace-length-norm")
-_AGG: FnRegistry[Callable[[Tensor, Tensor | None], Tensor]] = FnRegistry("loss aggregation mode")
+# A mode maps (response_mask [R,T] float, trace_ids [R] or None) to the per-token weights w [R,T].
+AggregationFn = Callable[[Tensor, Tensor | None], Tensor]
+LOSS_AGG_MODES: Registry[AggregationFn] = Registry("loss aggregation mode", "rlreason.loss_agg_modes",
+                                                   key="algo.loss_agg_mode")
 
 
 def _n_valid_rows(mask: Tensor) -> Tensor:
     return (mask.sum(-1) > 0).sum().clamp_min(1).to(mask.dtype)
 
 
-@_AGG.register("token-mean")
+@LOSS_AGG_MODES.register("token-mean")
 def _token_mean(mask: Tensor, trace_ids: Tensor | None) -> Tensor:
     return mask / mask.sum().clamp_min(1)
 
 
-@_AGG.register("seq-mean-token-sum")
+@LOSS_AGG_MODES.register("seq-mean-token-sum")
 def _seq_mean_token_sum(mask: Tensor, trace_ids: Tensor | None) -> Tensor:
     return mask / _n_valid_rows(mask)
 
 
-@_AGG.register("seq-mean-token-mean")
+@LOSS_AGG_MODES.register("seq-mean-token-mean")
 def _seq_mean_token_mean(mask: Tensor, trace_ids: Tensor | None) -> Tensor:
     lengths = mask.sum(-1, keepdim=True).clamp_min(1)
     return mask / (lengths * _n_valid_rows(mask))
 
 
-@_AGG.register("trace-length-norm")
+@LOSS_AGG_MODES.register("trace-length-norm")
 def _trace_length_norm(mask: Tensor, trace_ids: Tensor | None) -> Tensor:
     if trace_ids is None:
         raise ValueError("loss_agg_mode 'trace-length-norm' needs trace_ids [R], the trace of each row")
@@ -139,9 +141,6 @@ def _trace_length_norm(mask: Tensor, trace_ids: Tensor | None) -> Tensor:
     return mask / (lengths[inv].clamp_min(1).unsqueeze(-1) * n_valid)
 
 
-assert set(LOSS_AGG_MODES) == set(_AGG.names()), "LOSS_AGG_MODES and the registered modes disagree"
-
-
 def token_weights(response_mask: Tensor, mode: str, *, trace_ids: Tensor | None = None) -> Tensor:
     """Per-token weights w [R,T] with aggregated loss = (loss * w).sum(); computed once per mini-batch so
     micro-batches can each add (loss_mb * w_mb).sum() and the total is exact. Rows with no valid token get
@@ -150,7 +149,7 @@ def token_weights(response_mask: Tensor, mode: str, *, trace_ids: Tensor | None 
     mask / (T_i R_valid). trace-length-norm: mask / (l_g G), l_g the valid tokens over all chunks (rows)
     of trace g (trace_ids [R] long), G the traces with l_g > 0, so long traces are not up-weighted per chunk.
     Delethink Eq. 3, J = (1/G) sum_g (1/l(tau_g)) sum_chunks sum_t U, arXiv 2510.06557."""
-    fn = _AGG.get(mode, key="algo.loss_agg_mode")
+    fn = LOSS_AGG_MODES.get(mode)
     mask = response_mask.to(torch.get_default_dtype() if not response_mask.is_floating_point()
                             else response_mask.dtype)
     return fn(mask, trace_ids)

@@ -19,7 +19,7 @@ from datasets import Dataset
 from rlreason.data.jsonl import load_jsonl
 from rlreason.data.math_sets import build_gsm8k, build_math, build_math500
 from rlreason.data.reasoning_gym import build_reasoning_gym, check_difficulty
-from rlreason.registry import ConfigError, suggest
+from rlreason.registry import ConfigError, Registry, suggest
 
 COMMON_KEYS = ("source", "limit")
 
@@ -33,30 +33,36 @@ def _reasoning_gym(task: str, size: int, seed: int = 0, difficulty: Mapping[str,
     return build_reasoning_gym(task, size, seed, **difficulty)
 
 
-SOURCES: dict[str, Callable[..., Dataset]] = {
-    "reasoning_gym": _reasoning_gym,
-    "gsm8k": build_gsm8k,
-    "math": build_math,
-    "math500": build_math500,
-    "jsonl": load_jsonl,
-}
+# `key` names only the tail: build_dataset's errors say where the block sits (data.train.source, ...).
+SOURCES: Registry[Callable[..., Dataset]] = Registry("data source", "rlreason.data_sources", key="source")
+SOURCES.register("reasoning_gym")(_reasoning_gym)
+SOURCES.register("gsm8k")(build_gsm8k)
+SOURCES.register("math")(build_math)
+SOURCES.register("math500")(build_math500)
+SOURCES.register("jsonl")(load_jsonl)
 
 # Search QA sources (pay-per-search), built in rlreason/data/search_qa.py.
 from rlreason.data.search_qa import build_fanoutqa, build_qa_jsonl  # noqa: E402
 
-SOURCES.update({"fanoutqa": build_fanoutqa, "qa_jsonl": build_qa_jsonl})
+SOURCES.register("fanoutqa")(build_fanoutqa)
+SOURCES.register("qa_jsonl")(build_qa_jsonl)
 
 from rlreason.data.qa_world import build_qa_world  # noqa: E402
 
-SOURCES["qa_world"] = build_qa_world
+SOURCES.register("qa_world")(build_qa_world)
 
 from rlreason.data.cei_mixture import build_cei_mixture  # noqa: E402
 
-SOURCES["cei_mixture"] = build_cei_mixture
+SOURCES.register("cei_mixture")(build_cei_mixture)
 
 from rlreason.data.running_sum import build_running_sum  # noqa: E402
 
-SOURCES["running_sum"] = build_running_sum
+SOURCES.register("running_sum")(build_running_sum)
+
+from rlreason.data.sft_jsonl import build_sft_jsonl  # noqa: E402
+
+SOURCES.register("sft_jsonl")(build_sft_jsonl)
+register_data_source = SOURCES.register
 
 
 def _params(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
@@ -65,15 +71,11 @@ def _params(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
 
 
 def _check_keys(spec: Mapping[str, Any], key: str) -> Callable[..., Dataset]:
-    sources = sorted(SOURCES)
     if "source" not in spec:
         unknown = "".join(f" Unknown key {key}.{k}." + suggest(k, list(COMMON_KEYS)) for k in spec)
-        raise ConfigError(f"{key}.source is required. Allowed: {', '.join(sources)}.{unknown}")
+        raise ConfigError(f"{key}.source is required. Allowed: {', '.join(SOURCES.names())}.{unknown}")
     source = spec["source"]
-    if source not in SOURCES:
-        raise ConfigError(f"{key}.source: unknown source '{source}'. Allowed: {', '.join(sources)}."
-                          + suggest(str(source), sources))
-    builder = SOURCES[source]
+    builder = SOURCES.get(source, f"{key}.source")
     params = _params(builder)
     allowed = list(COMMON_KEYS) + list(params)
     for k in spec:

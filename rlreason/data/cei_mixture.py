@@ -152,7 +152,7 @@ def sft_rows(ds: Any, env_args: dict[str, Any] | None = None) -> list[dict[str, 
     curriculum_ei environment with `env_args` shows the model (a string for style raw, chat messages
     otherwise), `response` the worked solution, the text the model should continue the prompt with
     (the format of rlreason.probes.repair.sft; encode the prompt with the environment's `encode_prompt`)."""
-    from environments.curriculum_ei import CurriculumEI
+    from rlreason.environments.curriculum_ei import CurriculumEI
 
     env = CurriculumEI(None, **(env_args or {}))
     return [{"id": r["id"], "prompt": env.prompt(r), "response": worked_solution(r)}

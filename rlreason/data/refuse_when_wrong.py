@@ -1,7 +1,7 @@
 """The refuse-when-wrong baseline's training data (R-Tuning style, Zhang et al. 2023, the baseline Auto-CEI
 compares against): the model's own answers, each incorrect one replaced by the refusal the curriculum_ei
-environment teaches (`rewards.idk.IDK_ANSWER`, `\\boxed{I don't know}`). Fine-tuned on, it learns to refuse
-whatever it got wrong, which over-refuses: the effect Auto-CEI's curriculum is meant to avoid.
+environment teaches (`rlreason.rewards.idk.IDK_ANSWER`, `\\boxed{I don't know}`). Fine-tuned on, it learns to
+refuse whatever it got wrong, which over-refuses: the effect Auto-CEI's curriculum is meant to avoid.
 
     keep_reasoning=True   the reasoning before the final answer is kept and only the answer is replaced:
                           "s1 = 3 + 4 = 8\\n\\boxed{8}" -> "s1 = 3 + 4 = 8\\n\\boxed{I don't know}"
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rewards.idk import IDK_ANSWER
-
 
 def refuse_when_wrong(responses: Sequence[str], correct: Sequence[bool], *, keep_reasoning: bool = True,
-                      refusal: str = IDK_ANSWER) -> list[str]:
-    """`responses` with each one whose `correct` flag is false replaced by a refusal (module doc)."""
+                      refusal: str | None = None) -> list[str]:
+    """`responses` with each one whose `correct` flag is false replaced by a refusal (module doc);
+    `refusal` defaults to the curriculum_ei environment's (rlreason.rewards, imported on use)."""
+    if refusal is None:
+        from rlreason.rewards.idk import IDK_ANSWER
+        refusal = IDK_ANSWER
     if len(responses) != len(correct):
         raise ValueError(f"refuse_when_wrong: {len(responses)} responses but {len(correct)} correctness flags")
     out = []

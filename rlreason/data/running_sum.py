@@ -232,7 +232,7 @@ def sft_rows(ds: Dataset, env_args: dict[str, Any] | None = None) -> list[dict[s
     """Warm-start SFT lines {prompt, completion}: the prompt the RL run's environment shows (its template
     and style, `env_args`), the completion the worked trace ending in \\boxed{answer} (EOS is the trainer's
     to append, as for the other warm-start sets)."""
-    from environments.single_turn import SingleTurn
+    from rlreason.environments.single_turn import SingleTurn
 
     args = {k: v for k, v in (env_args or {}).items() if k in ("template", "style", "system_prompt")}
     env = SingleTurn(None, **args)
@@ -240,21 +240,16 @@ def sft_rows(ds: Dataset, env_args: dict[str, Any] | None = None) -> list[dict[s
 
 
 def sft_train_rows(lines: list[dict[str, Any]], tokenizer: Any, env_args: dict[str, Any] | None = None) -> list:
-    """{prompt, completion} lines as the rows `rlreason.trainer.sft.sft_epoch` trains on: prompt ids as the
-    environment encodes them for the policy (so the warm start sees the RL run's exact context), response =
-    the completion's tokens then EOS (the model must learn to stop), every response token trained. A trace
-    is one LongCoT row; Markovian RL then learns to continue from its chunk prompts."""
-    from environments.single_turn import SingleTurn
-    from rlreason.trainer.batch import Row
+    """{prompt, completion} lines as the rows `algorithm: sft` trains on (`rlreason.trainer.sft.sft_row`):
+    prompt ids as the environment encodes them for the policy (so the warm start sees the RL run's exact
+    context), response = the completion's tokens then EOS (the model must learn to stop), every response
+    token trained. A trace is one LongCoT row; Markovian RL then learns to continue from its chunk prompts."""
+    from rlreason.environments.single_turn import SingleTurn
+    from rlreason.trainer.sft import sft_row
 
     args = {k: v for k, v in (env_args or {}).items() if k in ("template", "style", "system_prompt")}
     env = SingleTurn(tokenizer, **args)
-    rows = []
-    for i, line in enumerate(lines):
-        response = tokenizer(line["completion"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-        rows.append(Row(env.encode_prompt(line["prompt"]), response, [0.0] * len(response), [1] * len(response),
-                        0.0, i, i))
-    return rows
+    return [sft_row(env, line["prompt"], line["completion"], i) for i, line in enumerate(lines)]
 
 
 def write_sft(out: str | Path, *, split: str = "train", size: int = 500, min_terms: int = 15,

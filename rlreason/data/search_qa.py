@@ -65,7 +65,7 @@ def _in_test(parent_id: str, seed: int, test_fraction: float) -> bool:
 def build_fanoutqa(split: str = "train", test_fraction: float = 0.25, seed: int = 0,
                    answer_in_passage: bool = True, corpus: str | None = None) -> Dataset:
     """FanOutQA sub-questions whose evidence page is in the corpus (default: the wiki-offline corpus)."""
-    from rewards.qa import normalize_answer
+    from rlreason.rewards.qa import normalize_answer
 
     if split not in SPLITS:
         raise ConfigError(f"split: '{split}' is not allowed. Allowed: {', '.join(SPLITS)}.")
@@ -143,8 +143,8 @@ def build_warm_start_sft(rows: Any, out: str | Path, *, index: Any = None, direc
     """Write {prompt, completion} lines for `rows` (dicts with question, answer, optional info); returns
     counts. `index` is anything with `.search(queries, topk)` (default: the BM25 index of the corpus);
     `env_args` are the pay_per_search args the RL run uses, so prompt and passages match it."""
-    from environments.pay_per_search import PayPerSearch, format_documents
-    from rewards.qa import gold_answers
+    from rlreason.environments.pay_per_search import PayPerSearch, format_documents
+    from rlreason.rewards.qa import gold_answers
 
     env = PayPerSearch(None, **(env_args or {}))
     if index is None:

@@ -99,7 +99,7 @@ def cmd_data(a: argparse.Namespace) -> int:
 
 def cmd_traces(a: argparse.Namespace) -> int:
     from rlreason.probes.data import read_jsonl, write_jsonl
-    from rlreason.probes.traces import generate_traces
+    from rlreason.probes.traces import generate_plain, generate_traces
     rows = read_jsonl(a.data)
     if a.splits:
         rows = [r for r in rows if r["split"] in a.splits.split(",")]
@@ -107,8 +107,11 @@ def cmd_traces(a: argparse.Namespace) -> int:
     engine = make_trace_engine(a.engine, a.model, model, tok, dtype=a.dtype, temperature=a.temperature,
                                max_model_len=a.max_model_len, seed=a.seed)
     t0 = time.monotonic()
-    traces = generate_traces(engine, rows, max_think_tokens=a.max_think, max_answer_tokens=a.max_answer,
-                             seed=a.seed, judge=a.judge)
+    if a.template == "plain":
+        traces = generate_plain(engine, rows, max_answer_tokens=a.max_answer, seed=a.seed, judge=a.judge)
+    else:
+        traces = generate_traces(engine, rows, max_think_tokens=a.max_think, max_answer_tokens=a.max_answer,
+                                 seed=a.seed, judge=a.judge)
     dt = time.monotonic() - t0
     for t in traces:
         t.update(model=a.model, dtype=a.dtype)
@@ -117,8 +120,8 @@ def cmd_traces(a: argparse.Namespace) -> int:
     bad = [t for t in traces if t["harmful"]]
     good = [t for t in traces if not t["harmful"]]
     print(f"{len(traces)} traces, {gen} generated tokens in {dt:.0f} s ({gen / dt:.0f} tok/s)")
-    print(f"refused: harmful {_rate(bad)}, harmless {_rate(good)}; thinking closed by the model: "
-          f"{_rate(traces, 'think_closed')}")
+    print(f"refused: harmful {_rate(bad)}, harmless {_rate(good)}"
+          + ("" if a.template == "plain" else f"; thinking closed by the model: {_rate(traces, 'think_closed')}"))
     for src in sorted({t["source"] for t in traces}):
         print(f"  {src:12s} refused {_rate([t for t in traces if t['source'] == src])}")
     print(f"wrote {a.out}")
@@ -389,6 +392,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", default="", help="comma list of splits to keep (default: all)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--judge", default="phrases", help="refusal judge (registry name)")
+    p.add_argument("--template", default="think", choices=["think", "plain"],
+                   help="think: think-then-answer traces (what the probe steps read); plain: the bare prompt "
+                        "in the chat template, one answer of --max-answer tokens (refusal baseline only)")
     p.add_argument("--out", default=str(OUT / "traces.jsonl"))
     _model_args(p)
     _gen_args(p)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlreason.models import package_dir, verified_file
-from rlreason.registry import ConfigError
+from rlreason.registry import ConfigError, Registry
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,10 @@ PYRIT_REFUSAL_EVAL = PinnedFile("pyrit", "pyrit==1.1.0", "datasets/scorer_evals/
                                 "1ebc42ef7dadd97962cc00d04edd6a52a321f7936c063ff3453d2bbcef30a5d7")
 
 
+# Pinned prompt files by name (`rlreason probe data --harmful advbench,jbb`); each loader returns rows.
+SOURCES: Registry[Callable[[], list[dict]]] = Registry("probe data source")
+
+
 def _row(source: str, i: int | str, prompt: str, harmful: bool, **extra: str) -> dict:
     return {"id": f"{source}/{i}", "source": source, "prompt": prompt.strip(), "harmful": harmful, **extra}
 
@@ -78,6 +82,7 @@ def _csv_rows(f: PinnedFile) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+@SOURCES.register("advbench")
 def advbench() -> list[dict]:
     # The .prompt file is YAML; one `- value: ...` entry per behaviour (keys `seeds[*].value`).
     import yaml
@@ -85,6 +90,7 @@ def advbench() -> list[dict]:
     return [_row("advbench", i, s["value"], True) for i, s in enumerate(seeds)]
 
 
+@SOURCES.register("harmbench")
 def harmbench() -> list[dict]:
     # "contextual" behaviours need their context string and "copyright" ones are a different harm
     # (reproducing text); the probe wants plain harmful requests, so keep "standard" only.
@@ -93,15 +99,18 @@ def harmbench() -> list[dict]:
             for r in rows if r["FunctionalCategory"] == "standard"]
 
 
+@SOURCES.register("strongreject")
 def strongreject() -> list[dict]:
     return [_row("strongreject", i, r["forbidden_prompt"], True, category=r["category"])
             for i, r in enumerate(_csv_rows(STRONGREJECT))]
 
 
+@SOURCES.register("jbb")
 def jbb() -> list[dict]:
     return [_row("jbb", r[""], r["Goal"], True, category=r["Category"]) for r in _csv_rows(JBB)]
 
 
+@SOURCES.register("gsm8k")
 def gsm8k() -> list[dict]:
     out = []
     for line in GSM8K_TEST.read_text().splitlines():
@@ -111,35 +120,31 @@ def gsm8k() -> list[dict]:
     return out
 
 
+@SOURCES.register("rho_benign")
 def rho_benign() -> list[dict]:
     return [_row("rho_benign", r["id"], r["text"], False, category=r["category"])
             for f in RHO_BENIGN for r in json.loads(f.read_text())]
 
 
-SOURCES: dict[str, Callable[[], list[dict]]] = {
-    "advbench": advbench, "harmbench": harmbench, "strongreject": strongreject, "jbb": jbb,
-    "gsm8k": gsm8k, "rho_benign": rho_benign,
-}
 HARMFUL_SOURCES = ("advbench", "harmbench", "strongreject", "jbb")
 HARMLESS_SOURCES = ("gsm8k", "rho_benign")
 
 
-def load_source(name: str) -> list[dict]:
-    if name not in SOURCES:
-        raise ConfigError(f"probe data source: unknown source '{name}'. Allowed: {', '.join(SOURCES)}.")
-    return SOURCES[name]()
+def load_source(name: str, key: str = "probe data") -> list[dict]:
+    """The rows of one pinned source; `key` is where the name came from (named in the error)."""
+    return SOURCES.get(name, key)()
 
 
 def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def _mixed(sources: tuple[str, ...] | list[str], n: int, rng: random.Random) -> list[dict]:
+def _mixed(sources: tuple[str, ...] | list[str], n: int, rng: random.Random, key: str) -> list[dict]:
     """n prompts drawn round-robin from the shuffled sources, so each source is represented; duplicates
     across sources (AdvBench and JBB share behaviours) are kept once."""
     pools = []
     for s in sources:
-        rows = load_source(s)
+        rows = load_source(s, key)
         rng.shuffle(rows)
         pools.append(rows)
     out, seen = [], set()
@@ -167,10 +172,15 @@ def build_prompt_set(*, n_harmful: int, n_harmless: int, harmful_sources=HARMFUL
     splits = splits or {"probe": 0.5, "candidates": 0.25, "heldout": 0.25}
     if abs(sum(splits.values()) - 1) > 1e-6 or set(splits) - {"probe", "candidates", "heldout"}:
         raise ConfigError(f"probe data splits: shares of probe/candidates/heldout summing to 1, got {splits}")
+    classes = [(True, harmful_sources, n_harmful, "probe data --harmful"),
+               (False, harmless_sources, n_harmless, "probe data --harmless")]
+    for _, sources, _, key in classes:  # every name before any (slow, hashed) file is read
+        for s in sources:
+            SOURCES.check(s, key)
     rng = random.Random(seed)
     rows = []
-    for harmful, sources, n in ((True, harmful_sources, n_harmful), (False, harmless_sources, n_harmless)):
-        group = _mixed(list(sources), n, rng)
+    for harmful, sources, n, key in classes:
+        group = _mixed(list(sources), n, rng, key)
         shares = dict(splits) if harmful else {"probe": splits["probe"],
                                                "heldout": 1 - splits["probe"]}
         start = 0

@@ -16,7 +16,6 @@ Evaluation (`evaluate_model`) on held-out prompts:
 from __future__ import annotations
 
 import math
-import random
 import re
 from typing import Any
 
@@ -46,34 +45,38 @@ def _pad(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.T
 
 
 def sft(model: Any, tokenizer: Any, rows: list[dict], cfg: RepairConfig | None = None) -> tuple[Any, dict]:
-    """Fine-tune `model` on rows {prompt, response}; returns the (merged) model and loss stats."""
+    """Fine-tune `model` on rows {prompt, response} with the trainer's SFT (`rlreason.trainer.sft.fit`: the
+    `algorithm: sft` plug-in's batches and update, gradient norm clipped at 1); returns the (merged) model
+    and loss stats."""
+    from rlreason.config import TrainerConfig
+    from rlreason.trainer.batch import Row
+    from rlreason.trainer.sft import fit
+    from rlreason.trainer.update import UpdateContext
+
     cfg = cfg or RepairConfig()
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(
             r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    examples = [sft_example(tokenizer, r, cfg.max_len) for r in rows]
+    train_rows = []
+    for r in rows:
+        ids, labels = sft_example(tokenizer, r, cfg.max_len)
+        n_prompt = labels.count(-100)
+        if len(ids) > n_prompt:  # a prompt of max_len tokens or more leaves nothing to train
+            train_rows.append(Row(ids[:n_prompt], ids[n_prompt:], [0.0] * (len(ids) - n_prompt),
+                                  [1] * (len(ids) - n_prompt), 0.0, len(train_rows), len(train_rows)))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    rng = random.Random(cfg.seed)
-    losses = []
-    model.train()
-    for _ in range(cfg.epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)
-        for s in range(0, len(order), cfg.batch_size):
-            ids, labels, mask = _pad([examples[i] for i in order[s:s + cfg.batch_size]], tokenizer.pad_token_id)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ctx = UpdateContext(model, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0), None, None,
+                        next(model.parameters()).device, None, pad_id, 1.0, share_prompts=False)
+    tr = TrainerConfig(lr=cfg.lr, micro_batch_size=cfg.batch_size, max_grad_norm=1.0)
+    steps = fit(train_rows, ctx, tr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
+    losses = [s["loss/sft"] for s in steps if "loss/sft" in s]
     model.eval()
     if cfg.lora:
         model = model.merge_and_unload()
-    return model, {"loss/first": losses[0], "loss/last": losses[-1], "steps": len(losses)}
+    return model, {"loss/first": losses[0], "loss/last": losses[-1], "steps": len(steps)}
 
 
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

@@ -18,23 +18,27 @@ import random
 from typing import Callable
 
 from rlreason.probes.traces import THINK_CLOSE
-from rlreason.registry import ConfigError
+from rlreason.registry import ConfigError, Registry
 
 REFUSAL_RESPONSE = ("I'm sorry, but I can't help with that. The request could cause real harm to "
                     "people, so I won't provide instructions or content for it.")
 
 
+# Rank candidates best first (`probe select --by NAME`); `random`, the control, is drawn in `select`.
+RANKERS: Registry[Callable[[list[dict]], list[dict]]] = Registry("selection method", key="probe select --by")
+
+
+@RANKERS.register("cliff")
 def _by_cliff(rows: list[dict]) -> list[dict]:
     # NaN cliffs (no thinking written) rank last: there is no evidence of a collapse.
     return sorted(rows, key=lambda r: math.inf if math.isnan(r["cliff"]) else -r["cliff"])
 
 
+@RANKERS.register("final")
 def _by_final(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: r["final_score"])
 
 
-RANKERS: dict[str, Callable[[list[dict]], list[dict]]] = {"cliff": _by_cliff, "final": _by_final}
-METHODS = (*RANKERS, "random")
 
 
 def n_selected(n_candidates: int, p: float) -> int:
@@ -45,12 +49,11 @@ def n_selected(n_candidates: int, p: float) -> int:
 
 def select(rows: list[dict], p: float, method: str, *, seed: int = 0) -> list[dict]:
     """The chosen candidate rows (each needs `cliff` and `final_score`, as written by `probe score`)."""
+    RANKERS.check(method, also=("random",))
     k = n_selected(len(rows), p)
     if method == "random":
         return random.Random(seed).sample(rows, k)
-    if method not in RANKERS:
-        raise ConfigError(f"probe select --by: unknown method '{method}'. Allowed: {', '.join(METHODS)}.")
-    return RANKERS[method](rows)[:k]
+    return RANKERS.get(method)(rows)[:k]
 
 
 def sft_rows(traces: list[dict], refusal: str = REFUSAL_RESPONSE) -> list[dict]:

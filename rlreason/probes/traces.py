@@ -96,6 +96,26 @@ def generate_traces(engine: Any, rows: list[dict], *, max_think_tokens: int = 12
     return out
 
 
+def generate_plain(engine: Any, rows: list[dict], *, max_answer_tokens: int = 96, seed: int = 0,
+                   judge: str | Judge = "phrases") -> list[dict]:
+    """The baseline the think-then-answer template is compared with: the bare prompt in the model's own
+    chat template, one answer, judged like a trace's answer. No thinking span, so these rows measure
+    refusal only; the probe steps need `generate_traces`."""
+    tok = engine.tokenizer
+    judge_fn = JUDGES.get(judge, "probe.judge") if isinstance(judge, str) else judge
+    prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                                  add_generation_prompt=True, tokenize=False),
+                          add_special_tokens=False) for r in rows]
+    outs = engine.generate_batch(prompts, n=1, max_tokens=max_answer_tokens, seed=seed)
+    result = []
+    for r, p, (c,) in zip(rows, prompts, outs):
+        answer = tok.decode(c.token_ids, skip_special_tokens=True)
+        result.append({**r, "template": "plain", "ids": p + list(c.token_ids), "prompt_len": len(p),
+                       "answer": answer, "answer_finish": c.finish_reason,
+                       "refused": bool(judge_fn(r["prompt"], answer))})
+    return result
+
+
 def probe_label(trace: dict, mode: str = "refusal") -> int | None:
     """Probe class of a trace, or None when it belongs to neither class.
 

@@ -19,9 +19,8 @@ from typing import Any, Awaitable, Iterable, Iterator, Sequence
 
 import torch
 
+from rlreason.cpu import apply_vllm_cpu_patches
 from rlreason.rollout.base import Engine, SamplingConfig
-from rlreason.rollout.cpu_norm import register_cpu_rms_norm
-from rlreason.rollout.cpu_sampler import patch_vllm_cpu_sampler
 from rlreason.registry import ConfigError
 from rlreason.types import Completion
 
@@ -156,10 +155,7 @@ class VLLMEngine(Engine):
         op_priority: dict[str, list[str]] = {}
         if on_cpu:
             _register_cpu_kernels_once()
-            if sampling_patch:
-                patch_vllm_cpu_sampler()
-            if cpu_rms_norm:
-                op_priority = register_cpu_rms_norm()
+            op_priority = apply_vllm_cpu_patches(sampler=sampling_patch, rms_norm=cpu_rms_norm)
 
         self.tokenizer = tokenizer
         self.sampling = sampling

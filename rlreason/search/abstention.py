@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from rewards.qa import em_score, final_answer, gold_answers
 from rlreason.registry import ConfigError, build_environment
 from rlreason.rollout.base import Engine, SamplingConfig
 from rlreason.types import Episode
@@ -33,6 +32,7 @@ ANSWERABILITY = ("closed_book", "tool")
 def _correct(ex: dict, ep: Episode | None) -> float:
     if ep is None:
         return 0.0
+    from rlreason.rewards.qa import em_score, final_answer, gold_answers  # shipped rewards load on use
     pred = final_answer(ep.transcript, ep)
     return 0.0 if pred is None else em_score(pred, gold_answers(ex.get("answer")))
 

@@ -1,1 +1,1 @@
-"""Local trainers: GRPO/PPO (`grpo.py`) and expert iteration."""
+"""The local trainer: one loop (`loop.py`) with algorithm plug-ins (`grpo.py`, `expert_iteration.py`, `sft.py`)."""

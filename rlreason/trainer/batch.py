@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-from rlreason.trainer.shared_prefix import can_share, shared_prefix_logits
 from rlreason.types import Episode
 
 
@@ -52,9 +51,6 @@ class Batch:
     trace_ids: torch.Tensor  # [B]
     returns: torch.Tensor  # [B, T] (critic targets; zeros without a critic)
     old_values: torch.Tensor  # [B, T]
-    prompts: torch.Tensor  # [U, Pu] the distinct prompts, left-padded (shared-prefix forward)
-    prompt_mask: torch.Tensor  # [U, Pu]
-    prompt_index: torch.Tensor  # [B] row -> its prompt in `prompts`
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
@@ -87,16 +83,7 @@ def collate(rows: list[Row], pad_id: int, T: int | None = None) -> Batch:
             ret[i, :t] = torch.tensor(r.returns)
             old_v[i, :t] = torch.tensor(r.old_values)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    distinct: dict[tuple[int, ...], int] = {}
-    index = torch.tensor([distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows])
-    Pu = max(len(p) for p in distinct)
-    prompts = torch.full((len(distinct), Pu), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(distinct), Pu), dtype=torch.long)
-    for p, u in distinct.items():
-        prompts[u, Pu - len(p):] = torch.tensor(p)
-        prompt_mask[u, Pu - len(p):] = 1
-    return Batch(input_ids, attn, pos, resp, mask, lps, adv, torch.tensor([r.trace_id for r in rows]), ret, old_v,
-                 prompts, prompt_mask, index)
+    return Batch(input_ids, attn, pos, resp, mask, lps, adv, torch.tensor([r.trace_id for r in rows]), ret, old_v)
 
 
 def group_order(rows: list[Row], idx: list[int] | None = None) -> list[int]:
@@ -107,17 +94,12 @@ def group_order(rows: list[Row], idx: list[int] | None = None) -> list[int]:
     return sorted(idx, key=lambda i: (len(rows[i].prompt_ids), rows[i].prompt_ids, -len(rows[i].response_ids)))
 
 
-def response_logits(model: torch.nn.Module, batch: Batch, *, share_prompts: bool = True) -> torch.Tensor:
+def response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Logits [B, T, V] that predict each response token, in the model's compute dtype (bf16 under autocast):
     `logprobs_from_logits` applies the sampling temperature and works in float32 chunk by chunk, so no
-    [B, T, V] float32 copy is made here. Rows that share a prompt run it once (`shared_prefix.py`) unless
-    share_prompts is False."""
+    [B, T, V] float32 copy is made here. One forward over every row; `shared_prefix.shared_response_logits`
+    is the same function with each distinct prompt run once (UpdateContext.share_prompts picks it)."""
     T = batch.response_ids.shape[1]
-    if share_prompts and batch.prompts.shape[1] >= 2 and can_share(model, batch.prompts.shape[0],
-                                                                    batch.response_ids.shape[0], T):
-        # The last T columns of the attention mask are the right-padded responses' own mask.
-        return shared_prefix_logits(model, batch.prompts, batch.prompt_mask, batch.prompt_index,
-                                    batch.response_ids, batch.attention_mask[:, -T:])
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, logits_to_keep=T + 1, use_cache=False)
     return out.logits[:, :-1, :]

@@ -1,4 +1,4 @@
-"""RMSNorm for the CPU policy update (load_policy applies it on CPU): float32 statistics, output straight in
+"""RMSNorm for the CPU policy update (rlreason/cpu.py applies it on CPU): float32 statistics, output straight in
 autocast's compute dtype.
 
 Under bf16 autocast with float32 master weights, transformers' Llama RMSNorm returns float32 (weight * x_hat,

@@ -12,6 +12,37 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from rlreason.trainer.batch import Batch, response_logits
+
+
+def shared_response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """`batch.response_logits` with each distinct prompt of the batch run once; the per-row forward where
+    nothing can be shared (`can_share`). UpdateContext.share_prompts selects it (rlreason/cpu.py decides)."""
+    prompts, prompt_mask, prompt_index = distinct_prompts(batch)
+    T = batch.response_ids.shape[1]
+    if prompts.shape[1] >= 2 and can_share(model, prompts.shape[0], batch.response_ids.shape[0], T):
+        # The last T columns of the attention mask are the right-padded responses' own mask.
+        return shared_prefix_logits(model, prompts, prompt_mask, prompt_index, batch.response_ids,
+                                    batch.attention_mask[:, -T:])
+    return response_logits(model, batch)
+
+
+def distinct_prompts(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch's distinct prompts [U, P] (left-padded, as collated), their mask [U, P] and each row's
+    prompt [B], numbered in order of first appearance. A prompt is its ids and its mask together: one that
+    starts with the pad token differs from the shorter prompt without it only in the mask."""
+    T = batch.response_ids.shape[1]
+    P = batch.input_ids.shape[1] - T
+    ids, mask = batch.input_ids[:, :P], batch.attention_mask[:, :P]
+    B = ids.shape[0]
+    distinct, inverse = torch.unique(torch.cat([ids, mask], 1), dim=0, return_inverse=True)
+    rows = torch.arange(B, device=ids.device)
+    first = torch.full((distinct.shape[0],), B, device=ids.device).scatter_reduce(0, inverse, rows, "amin")
+    order = first.argsort()  # distinct prompts by first appearance
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=ids.device)
+    return ids[first[order]], mask[first[order]], rank[inverse]
+
 
 def can_share(model: torch.nn.Module, n_prompts: int, n_rows: int, T: int) -> bool:
     """Worth it and possible: some prompt repeats, responses have >= 2 tokens, the model keeps a cache in

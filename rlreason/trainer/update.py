@@ -16,6 +16,7 @@ from rlreason.algos.kl import kl_estimate
 from rlreason.algos.losses import POLICY_LOSSES, PolicyLossFn, entropy_from_logits, logprobs_from_logits, \
     token_weights, truncated_is_weights, value_loss
 from rlreason.config import AlgoConfig, TrainerConfig
+from rlreason.trainer import shared_prefix
 from rlreason.trainer.batch import Batch, Row, collate, group_order, response_logits
 from rlreason.trainer.critic import response_hidden
 
@@ -38,7 +39,13 @@ class UpdateContext:
     temperature: float
     value_head: torch.nn.Module | None = None  # PPO with a critic (algo.advantage=gae)
     nonfinite_streak: int = 0
-    share_prompts: bool = True  # one prompt forward per group (trainer.share_prompt_forward)
+    # One prompt forward per group of rows (shared_prefix.py); off is the generic path. Set from
+    # trainer.share_prompt_forward by rlreason.cpu.apply_cpu_optimizations, the one place that decides it.
+    share_prompts: bool = False
+
+    def response_logits(self, model: torch.nn.Module, b: Batch) -> torch.Tensor:
+        """The response logits of a micro-batch by the forward this run uses (per row, or shared prompts)."""
+        return shared_prefix.shared_response_logits(model, b) if self.share_prompts else response_logits(model, b)
 
 
 def autocast(ctx: UpdateContext) -> contextlib.AbstractContextManager:
@@ -68,7 +75,7 @@ def compute_logprobs(model: torch.nn.Module, rows: list[Row], ctx: UpdateContext
         for i in range(0, len(rows), micro):
             chunk = order[i:i + micro]
             b = collate([rows[k] for k in chunk], ctx.pad_id).to(ctx.device)
-            logits = response_logits(model, b, share_prompts=ctx.share_prompts)
+            logits = ctx.response_logits(model, b)
             with full_precision(ctx):
                 lp = logprobs_from_logits(logits, b.response_ids, ctx.temperature)
             for j, k in enumerate(chunk):
@@ -130,7 +137,7 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                     if ctx.value_head is not None:
                         logits, hidden = response_hidden(model, b)
                     else:
-                        logits, hidden = response_logits(model, b, share_prompts=ctx.share_prompts), None
+                        logits, hidden = ctx.response_logits(model, b), None
                     with full_precision(ctx):
                         T = b.response_ids.shape[1]
                         old = (_pad_rows([old_logprobs[i] for i in idx[sl]], T).to(ctx.device)

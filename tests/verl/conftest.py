@@ -31,12 +31,8 @@ def compose_verl(overrides: list[str]):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir() -> str:
-    """tiny-random from rlreason's cache (built by scripts/setup.sh in the main venv); if absent or if this
-    transformers cannot load it, built here by the same function."""
+def tiny_model_dir(tiny_model_dir: str) -> str:
+    """tests/conftest.py's tiny-random, checked to load under this venv's transformers (verl pins its own)."""
     from transformers import AutoModelForCausalLM
-
-    from rlreason.models import resolve_model
-    path = resolve_model("tiny-random", dtype="fp32")
-    AutoModelForCausalLM.from_pretrained(path)  # raises if the cached files do not load under this version
-    return path
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # raises if the cached files do not load here
+    return tiny_model_dir

@@ -107,7 +107,7 @@ USER_ENV = ("from rlreason.registry import register_environment\n"
             "@register_environment('{name}')\nclass UserEnv:\n    pass\n")
 
 
-def test_imports_reach_the_ray_workers_as_a_string(tmp_path, monkeypatch, capsys):
+def test_imports_reach_the_ray_workers_as_a_string(tmp_path, monkeypatch, capsys, isolated_registries):
     """`imports:` and `--import` become one runtime env var, RLREASON_IMPORTS (comma-separated), which Hydra
     keeps a string and rlreason.verl.hooks.setup_worker imports in every worker before any lookup."""
     (tmp_path / "vc_user_env.py").write_text(USER_ENV.format(name="vc_user_env"))

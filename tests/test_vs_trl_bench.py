@@ -1,0 +1,110 @@
+"""benchmarks/vs_trl.py's workload and result arithmetic, without TRL or a model: the prompt set both systems
+train on, the rlreason config it builds, the TRL-side reward, and the median/ratio summary of interleaved runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def vs_trl():
+    spec = importlib.util.spec_from_file_location("vs_trl", REPO / "benchmarks" / "vs_trl.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_questions_are_the_fixed_single_digit_sums(vs_trl):
+    qs = vs_trl.questions()
+    assert len(qs) == 32 and qs == vs_trl.questions()  # deterministic: both systems and reruns see the same
+    for q in qs:
+        a, b = q["question"].removeprefix("What is ").removesuffix("?").split(" + ")
+        assert 0 <= int(a) <= 9 and 0 <= int(b) <= 9 and q["answer"] == str(int(a) + int(b))
+    assert vs_trl.prompt_text(qs[0]) == qs[0]["question"] + " Put the final answer in \\boxed{}."
+    assert len({q["question"] for q in qs}) > 16  # not one repeated prompt
+
+
+def test_rlreason_config_renders_the_same_prompt(vs_trl, tmp_path):
+    from rlreason.config import load_config
+    from rlreason.data import build_dataset
+
+    data = tmp_path / "q.jsonl"
+    vs_trl.write_jsonl(data, vs_trl.questions())
+    cfg = load_config(None, vs_trl.rlreason_overrides(data, tmp_path / "out"))
+    assert (cfg.trainer.prompts_per_step, cfg.trainer.samples_per_prompt, cfg.env.args["max_tokens"]) == (8, 4, 128)
+    assert cfg.trainer.lr == 1e-6 and cfg.algo.kl_coef == 0.0 and cfg.env.args["style"] == "chat"
+    ds = build_dataset(cfg.data.train, key="data.train")
+    assert [r["question"] for r in ds] == [q["question"] for q in vs_trl.questions()]
+    q = vs_trl.questions()[3]
+    assert cfg.env.args["template"].format(question=q["question"]) == vs_trl.prompt_text(q)
+
+
+@pytest.mark.parametrize("text, answer, want", [
+    ("so \\boxed{7}", "7", 1.1),
+    ("\\boxed{3} no, \\boxed{7}", "7", 1.1),  # the last box counts
+    ("\\boxed{7} no, \\boxed{8}", "7", 0.1),
+    ("\\boxed{}", "7", 0.0),  # an empty box is no answer
+    ("7", "7", 0.0),
+])
+def test_trl_reward_matches_math_plus_tenth_format(vs_trl, text, answer, want):
+    assert vs_trl.reward(text, answer) == pytest.approx(want)
+
+
+def _run(steps, scale=1.0):
+    return {"steps": [s * scale for s in steps], "tokens": [100.0 + i for i in range(6)],
+            "phases": {"rollout": [s * scale / 2 for s in steps], "sync": [0.1] * 6}, "peak_rss_gb": 5.0 * scale}
+
+
+def test_summary_is_the_median_of_steps_2_to_6_and_ratios_per_round(vs_trl):
+    ours = [[50, 10, 11, 12, 13, 30], [40, 20, 21, 22, 23, 24]]  # step 1 (warm-up) never counts
+    trl = [[90, 30, 30, 33, 36, 90], [90, 40, 44, 42, 46, 48]]
+    runs = {"rlreason": [_run(s) for s in ours], "trl-vllm": [_run(s, 2.0) for s in trl]}
+    s = vs_trl.summarize(runs)
+    round_medians = [statistics.median(r[1:6]) for r in ours]
+    assert s["rlreason"]["rounds"] == round_medians == [12, 22]
+    assert s["rlreason"]["s_per_step"] == statistics.median(round_medians)
+    assert s["rlreason"]["phases"]["rollout"] == statistics.median([6, 11])
+    assert s["rlreason"]["tokens_per_step"] == 103.0
+    assert s["trl-vllm"]["peak_rss_gb"] == 10.0
+    ratios = [statistics.median([2 * x for x in t[1:6]]) / statistics.median(o[1:6]) for t, o in zip(trl, ours)]
+    med, lo, hi = vs_trl.speedups(runs, "trl-vllm")
+    assert (med, lo, hi) == pytest.approx((statistics.median(ratios), min(ratios), max(ratios)))
+    text = vs_trl.report(runs, [])
+    assert f"{med:.2f}x faster" in text and "0.50x of trl-vllm's" in text
+
+
+def test_too_few_steps_and_missing_result_are_errors(vs_trl):
+    with pytest.raises(ValueError, match="expected 6 step times"):
+        vs_trl.timed([1.0, 2.0])
+    with pytest.raises(ValueError, match="no RESULT"):
+        vs_trl.parse_result("vLLM noise\n")
+    out = "noise\nRESULT " + json.dumps({"steps": [1]}) + "\nRESULT " + json.dumps({"steps": [2]}) + "\n"
+    assert vs_trl.parse_result(out) == {"steps": [2]}
+
+
+def _rounded(x):
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return round(x, 2)
+
+
+def test_printed_rounds_summarise_again(vs_trl):
+    """A printed run (or one cut short at a round boundary) gives the same summary as the run itself."""
+    runs = {"rlreason": [_run([50, 10, 11, 12, 13, 30]), _run([40, 20, 21, 22, 23, 24])],
+            "trl-vllm": [_run([90, 30, 30, 33, 36, 90], 2.0)]}
+    text = "\n".join(["header", *[line for x, rs in runs.items() for i, r in enumerate(rs)
+                                  for line in (vs_trl.round_line(i + 1, x, r), vs_trl.phase_line(i + 1, x, r))]])
+    back = vs_trl.parse_rounds(text)
+    assert _rounded(vs_trl.summarize(back)) == _rounded(vs_trl.summarize(runs))
+    # an older output without phase lines still gives s/step, tokens and RSS
+    bare = vs_trl.parse_rounds("\n".join(line for line in text.splitlines() if " phases " not in line))
+    assert vs_trl.summarize(bare)["trl-vllm"]["s_per_step"] == 2 * 33 and bare["trl-vllm"][0]["phases"] == {}
