@@ -48,7 +48,7 @@ def _load(config: str, overrides: list[str], split: str = "eval"):
 
 def rww_data(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
     from rlreason.data.refuse_when_wrong import refuse_when_wrong
-    from rlreason.trainer.grpo import _env_metric_means
+    from rlreason.trainer.loop import env_metric_means
     from rlreason.trainer.rollout_phase import as_example, run_groups
 
     cfg, run, _ = _load(config, overrides)
@@ -67,7 +67,7 @@ def rww_data(config: str, overrides: list[str], out: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(x) + "\n" for x in lines))
     p = f"env/{run.env.name}/"
-    means = _env_metric_means(run.env.name, episodes)
+    means = env_metric_means(run.env.name, episodes)
     stats = run.env.summarize({k[len(p):]: v for k, v in means.items()})
     run.engine.close()
     res = {"lines": len(lines), "questions": len(examples), "env_errors": errors,
