@@ -29,6 +29,16 @@ every round):
                         otherwise c1 <- c1'
 precision = correct / answered (0 when nothing was answered), refusal rate = refusals / all.
 After `done` the curriculum no longer moves (the expert-iteration trainer stops).
+
+`freeze_c1` (off by default) keeps c1 at its initial value: stages still end and are recorded (f, history),
+but c1 never moves and the run never stops early. That is Auto-CEI without its curriculum, the ablation
+that shows what the hill climbing adds.
+
+`split_by` (off by default) names a key of the problems' `info` (e.g. `difficulty` of the cei_mixture
+source) whose values group the episodes: every statistic above is then also reported per group, as
+`<value>/accuracy`, `<value>/precision`, ... (from per-episode metrics `<value>/correct`, `<value>/refused`,
+`<value>/refusal_steps`, which the trainers average over the episodes that have them, i.e. over the group).
+The curriculum itself climbs on the whole batch.
 """
 
 from __future__ import annotations
@@ -76,6 +86,7 @@ class Curriculum:
     stop_threshold: float = 0.003
     max_rounds_per_stage: int = 3
     min_std: float | None = None  # a floor on the initial std; None = the paper's formula, no floor
+    freeze_c1: bool = False  # c1 stays at its initial value (no curriculum; the ablation)
     c1: float | None = None
     c2: float | None = None
     step: float | None = None
@@ -88,7 +99,7 @@ class Curriculum:
     history: list[dict[str, Any]] = field(default_factory=list)  # one row at the start and per stage end
     done: bool = False
 
-    SETTINGS = ("lam", "stop_threshold", "max_rounds_per_stage", "min_std")
+    SETTINGS = ("lam", "stop_threshold", "max_rounds_per_stage", "min_std", "freeze_c1")
 
     def initialise(self, means: dict[str, float], out: dict[str, float], episodes: float | None) -> None:
         """c1, c2, step from the initial model's refusals (Auto-CEI, arXiv 2410.07627, Sec. 3.2):
@@ -142,6 +153,10 @@ class Curriculum:
             return "round"
         f = out["f"]
         self.tried[_key(self.c1)] = f
+        if self.freeze_c1:
+            self.f_prev, self.stage, self.rounds, self.last = f, self.stage + 1, 0, None
+            self._record("stage_end", out)
+            return "stage_end"
         nxt = self.c1 + self.step if f > self.f_prev else self.c1 - self.step
         self.f_prev, self.stage, self.rounds, self.last = f, self.stage + 1, 0, None
         if self.tried.get(_key(nxt), math.inf) < f:
@@ -176,7 +191,8 @@ class CurriculumEI(SingleTurn, CurriculumEnvironment):
 
     `steps`: step counter (lines | sentences); `refusal_phrases`: what counts as a refusal; `verifier`:
     math | reasoning_gym; `c1`, `c2`, `step`: null = from the initial model; `lam`, `stop_threshold`,
-    `max_rounds_per_stage`: the curriculum; `min_std`: an optional floor on the initial std (module doc)."""
+    `max_rounds_per_stage`: the curriculum; `min_std`: an optional floor on the initial std; `freeze_c1`:
+    no curriculum; `split_by`: an info key whose values the statistics are also reported per (module doc)."""
 
     def __init__(self, tokenizer, *, template: str = IDK_TEMPLATE, style: str = "chat",
                  system_prompt: str | None = None, max_tokens: int = 512, stop: list[str] | None = None,
@@ -184,7 +200,7 @@ class CurriculumEI(SingleTurn, CurriculumEnvironment):
                  refusal_phrases: list[str] | None = None, verifier: str = "math", c1: float | None = None,
                  c2: float | None = None, step: float | None = None, lam: float = 0.2,
                  stop_threshold: float = 0.003, max_rounds_per_stage: int = 3,
-                 min_std: float | None = None) -> None:
+                 min_std: float | None = None, freeze_c1: bool = False, split_by: str | None = None) -> None:
         super().__init__(tokenizer, template=template, style=style, system_prompt=system_prompt,
                          max_tokens=max_tokens, stop=stop, transcript_prefix=transcript_prefix)
         STEP_COUNTERS.get(steps, "env.args.steps")
@@ -196,11 +212,15 @@ class CurriculumEI(SingleTurn, CurriculumEnvironment):
             raise ConfigError(f"env.args.max_rounds_per_stage: must be >= 1, got {max_rounds_per_stage}.")
         if min_std is not None and not min_std > 0:
             raise ConfigError(f"env.args.min_std: must be > 0 or null (no floor), got {min_std}.")
-        self.steps, self.verifier = steps, verifier
+        if not isinstance(freeze_c1, bool):
+            raise ConfigError(f"env.args.freeze_c1: must be true or false, got {freeze_c1!r}.")
+        if split_by is not None and (not isinstance(split_by, str) or not split_by):
+            raise ConfigError(f"env.args.split_by: must be an info key (e.g. difficulty) or null, got {split_by!r}.")
+        self.steps, self.verifier, self.split_by = steps, verifier, split_by
         self.phrases = tuple(refusal_phrases) if refusal_phrases is not None else DEFAULT_PHRASES
         phrase_pattern(self.phrases)  # an empty list fails here, before the run
         self.curriculum = Curriculum(lam=lam, stop_threshold=stop_threshold, max_rounds_per_stage=max_rounds_per_stage,
-                                     min_std=min_std, c1=c1, c2=c2, step=step)
+                                     min_std=min_std, freeze_c1=freeze_c1, c1=c1, c2=c2, step=step)
 
     def judge(self, completion: str, example: dict) -> Any:
         """The verdict on one response (a subclass may judge differently; tests script it)."""
@@ -210,12 +230,24 @@ class CurriculumEI(SingleTurn, CurriculumEnvironment):
         ep = await super().rollout(example, policy)
         j = self.judge(ep.transcript, example)
         ep.metrics.update(j.metrics())
+        if self.split_by is not None:
+            group = (example.get("info") or {}).get(self.split_by)
+            if group is None:
+                raise ValueError(f"env.args.split_by: problem {example.get('id')!r} has no info.{self.split_by}")
+            m = j.metrics()
+            ep.metrics.update({f"{group}/{k}": m[k] for k in ("correct", "refused", "refusal_steps")})
         ep.info.update(c1=self.curriculum.c1, c2=self.curriculum.c2, judgement=j.reason)
         return ep
 
     def summarize(self, means: dict[str, float]) -> dict[str, float]:
-        """accuracy, precision, refusal_rate, f, steps_before_refusal of a batch's metric means."""
-        return outcome_stats(means, self.curriculum.lam)
+        """accuracy, precision, refusal_rate, f, steps_before_refusal of a batch's metric means, and the
+        same per group `<value>/...` when `split_by` is set."""
+        out = outcome_stats(means, self.curriculum.lam)
+        groups = sorted({k.rsplit("/", 1)[0] for k in means if k.endswith("/refused")})
+        for g in groups:
+            sub = {k: means[f"{g}/{k}"] for k in ("correct", "refused", "refusal_steps")}
+            out.update({f"{g}/{k}": v for k, v in outcome_stats(sub, self.curriculum.lam).items()})
+        return out
 
     def on_step_end(self, stats: dict[str, float]) -> None:
         """Advance the curriculum by one step/round and add its quantities to `stats` under the same

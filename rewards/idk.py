@@ -135,14 +135,19 @@ def refusal_value(d: float, c1: float, c2: float) -> float:
 
 
 @register_reward("idk")
-def idk_reward(episode: Episode) -> Scored:
+def idk_reward(episode: Episode, refusal: float | None = None) -> Scored:
     """+1 correct, -1 wrong, refusal_value(d, c1, c2) for a refusal; reads the verdict the environment
-    wrote into `episode.metrics` and the c1, c2 it stamped into `episode.info` (see the module doc)."""
+    wrote into `episode.metrics` and the c1, c2 it stamped into `episode.info` (see the module doc).
+    `refusal` (args.refusal, default null) replaces the curriculum's value by a fixed one for every
+    refusal: -1 scores "I don't know" as a wrong answer, which makes expert iteration (keeps R > -1) the
+    plain baseline that never trains on a refusal."""
     m, info = episode.metrics, episode.info
     missing = [k for k in ("correct", "refused", "steps") if k not in m]
     if missing or "c1" not in info:
         raise ValueError(f"the idk reward needs an episode judged by the curriculum_ei environment "
                          f"(missing metrics {missing}{'' if 'c1' in info else ' and info c1/c2'})")
+    if m["refused"] and refusal is not None:
+        return Scored(float(refusal), f"refused after {m['steps']:g} steps (fixed refusal reward)")
     if m["refused"]:
         d, c1, c2 = m["steps"], info["c1"], info["c2"]
         if c1 is None or c2 is None:

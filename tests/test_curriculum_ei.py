@@ -244,3 +244,63 @@ def test_bad_arguments_name_the_key():
         make_env(refusal_phrases=[])
     with pytest.raises(ConfigError, match="env.args.min_std"):
         make_env(min_std=0.0)
+
+
+def test_freeze_c1_ends_stages_but_never_moves_c1_or_stops():
+    # the same rounds as test_hill_climbing_moves_and_stop_rule, where c1 goes 2.0 -> 2.5 -> 2.0 -> done
+    c = Curriculum(c1=2.0, c2=1.0, step=0.5, freeze_c1=True)
+    c.update(MEANS, out(0.40, 0.5))
+    assert run_stage(c, [0.50, 0.55, 0.60]) == ["round", "round", "stage_end"]
+    assert run_stage(c, [0.52, 0.56, 0.50])[-1] == "stage_end"
+    assert run_stage(c, [0.60, 0.50, 0.55])[-1] == "stage_end"
+    assert c.c1 == 2.0 and c.stage == 3 and not c.done
+    assert [h["c1"] for h in c.history] == [2.0, 2.0, 2.0, 2.0]
+    assert [round(h["f"], 6) for h in c.history] == [0.42, 0.58, 0.5, 0.54]
+    # through the environment: c1 initialised from the refusals (as without the switch), then kept
+    env = make_env(freeze_c1=True, max_rounds_per_stage=1)
+    env.on_step_end(stats_of([J("r", 1), J("r", 3), J("c", 2), J("w", 2)]))
+    c1 = env.curriculum.c1
+    for batch in ([J("c", 2), J("c", 1), J("r", 2), J("w", 1)], [J("w", 2), J("w", 1), J("r", 0), J("w", 1)]):
+        env.on_step_end(stats_of(batch))
+    assert env.curriculum.c1 == c1 and env.curriculum.stage == 2 and not env.done
+    with pytest.raises(ConfigError, match="env.args.freeze_c1"):
+        make_env(freeze_c1="yes")
+
+
+def test_split_by_reports_every_statistic_per_group():
+    class Scripted:
+        def __init__(self, text):
+            self.text = text
+
+        async def generate(self, prompt_ids, *, max_tokens, stop=None):
+            ids = [ord(c) for c in self.text]
+            return Completion(ids, [0.0] * len(ids), "stop", self.text)
+
+    env = make_env(split_by="difficulty", c1=1.0, c2=1.0)
+    easy = {"question": "2 + 3", "answer": "5", "info": {"difficulty": "solvable"}}
+    hard = {"question": "347 * 56", "answer": "19432", "info": {"difficulty": "unsolvable"}}
+    eps = [asyncio.run(env.rollout(ex, Scripted(t))) for ex, t in [
+        (easy, " s1 = 2 + 3 = 5\n\\boxed{5}"), (easy, " s1 = 2 + 3 = 6\n\\boxed{6}"),
+        (easy, " s1 = 2 + 3 = 5\n\\boxed{I don't know}"),
+        (hard, " p1 = 347 * 6 = 2082\np2 = 347 * 50 = 17350\n\\boxed{I don't know}"), (hard, " \\boxed{1}")]]
+    assert eps[0].metrics["solvable/correct"] == 1.0 and "unsolvable/correct" not in eps[0].metrics
+    assert eps[3].metrics["unsolvable/refusal_steps"] == 2.0
+    # the trainers' means: each key over the episodes that have it (grpo._env_metric_means)
+    keys = {k for ep in eps for k in ep.metrics}
+    means = {k: sum(ep.metrics[k] for ep in eps if k in ep.metrics) / sum(k in ep.metrics for ep in eps)
+             for k in keys}
+    s = env.summarize(means)
+    # solvable: 1 correct, 1 wrong, 1 refused after 1 line -> accuracy 1/3, precision 1/2, refusal 1/3,
+    # f = 0.8 * 0.5 + 0.2 * (2/3); unsolvable: 1 refused after 2 lines, 1 wrong -> precision 0, refusal 1/2
+    assert s["solvable/accuracy"] == pytest.approx(1 / 3) and s["solvable/precision"] == pytest.approx(0.5)
+    assert s["solvable/refusal_rate"] == pytest.approx(1 / 3)
+    assert s["solvable/f"] == pytest.approx(0.8 * 0.5 + 0.2 * 2 / 3)
+    assert s["solvable/steps_before_refusal"] == pytest.approx(1.0)
+    assert s["unsolvable/precision"] == 0.0 and s["unsolvable/refusal_rate"] == pytest.approx(0.5)
+    assert s["unsolvable/steps_before_refusal"] == pytest.approx(2.0)
+    # the whole batch is unchanged: 1 correct of 3 answered, 2 of 5 refused
+    assert s["precision"] == pytest.approx(1 / 3) and s["refusal_rate"] == pytest.approx(0.4)
+    whole = {k: v for k, v in means.items() if "/" not in k}  # an unsplit batch: no group keys
+    assert not any("/" in k for k in env.summarize(whole))
+    with pytest.raises(ValueError, match="info.difficulty"):
+        asyncio.run(env.rollout({"question": "1 + 1", "answer": "2", "id": "x"}, Scripted("\\boxed{2}")))

@@ -125,3 +125,16 @@ def test_judge_correct_and_wrong_answers():
     assert not none.correct and not none.refused
     with pytest.raises(ConfigError, match="verifier"):
         judge("\\boxed{7}", {"answer": "7"}, verifier="exact")
+
+
+def test_a_fixed_refusal_reward_turns_idk_into_a_wrong_answer():
+    # args.refusal = -1: expert iteration without IDK (a refusal is never kept, R > -1 fails)
+    assert idk_reward(_ep(refused=1.0, steps=3.0), refusal=-1.0).value == -1.0
+    assert idk_reward(_ep(refused=1.0, steps=3.0, c1=None, c2=None), refusal=-1.0).value == -1.0
+    assert idk_reward(_ep(correct=1.0), refusal=-1.0).value == 1.0
+    assert idk_reward(_ep(), refusal=-1.0).value == -1.0
+    ep = _ep(refused=1.0, steps=3.0)
+    Rubric([{"name": "idk", "args": {"refusal": -1.0}}]).score_group([{"answer": "3"}], [ep])
+    assert ep.reward == -1.0
+    with pytest.raises(ConfigError, match=r"rewards\[0\].args.refusals"):
+        Rubric([{"name": "idk", "args": {"refusals": -1.0}}])
