@@ -184,16 +184,19 @@ def torch_dtype(dtype: str) -> Any:
 
 def _build_smollm2(target: Path, dtype: str) -> None:
     """Dequantise in fp32 (exact Q4_1 values), then cast; bf16 is therefore the rounding of fp32."""
+    _save_dequantised(smollm2_gguf(), _load_tokenizer(), target, dtype)
+
+
+def _save_dequantised(gguf: Path, tok: Any, target: Path, dtype: str) -> None:
+    """Load a GGUF dequantised to fp32, then save it cast to `dtype` with `tok` as an HF directory."""
     from transformers import AutoModelForCausalLM
     import torch
-    gguf = smollm2_gguf()
-    tok = _load_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a GGUF-loaded model while it still looks quantised.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    # The GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2") would otherwise land in config.json.
+    # The GGUF's general.name (e.g. "Smollm2 135M 8k Lc100K Mix1 Ep2") would otherwise land in config.json.
     if hasattr(model.config, "_model_name_or_path"):
         del model.config._model_name_or_path
     _set_special_ids(model, tok)
@@ -226,23 +229,14 @@ def fetch_qwen() -> Path:
 def _build_qwen(target: Path, dtype: str) -> None:
     """Same recipe as SmolLM2: dequantise Q4_K_M in fp32 (a bf16 load stays packed and cannot be saved),
     then cast. The GGUF names its eos <|im_end|> and its pad/bos <|endoftext|>, like SmolLM2's ids roles."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    import torch
+    from transformers import AutoTokenizer
     gguf = qwen_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if not tok.chat_template or tok.eos_token != EOS_TOKEN:
         raise ModelFileError(f"{gguf}: tokenizer without chat template or with eos {tok.eos_token!r} "
                              f"(expected {EOS_TOKEN!r})")
     tok.pad_token = PAD_TOKEN
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    if hasattr(model.config, "_model_name_or_path"):
-        del model.config._model_name_or_path
-    _set_special_ids(model, tok)
-    model.to(torch_dtype(dtype)).save_pretrained(target)
-    tok.save_pretrained(target)
+    _save_dequantised(gguf, tok, target, dtype)
 
 
 def tiny_random_config(vocab_size: int) -> Any:
