@@ -40,6 +40,8 @@ SKIP: dict[str, str] = {
     r"\.venv/bin/python -m pytest tests/test_verl_bridge\.py": "part of this test suite",
     r'(?:\w+=(?:"[^"]*"|\S+) )*bash launch/refusal_cliff_qwen_cpu\.sh':
         "opt-in study: downloads the 491 MB Qwen model; tens of minutes on CPU",
+    r"launch/autocei_small_cpu\.sh": "the Auto-CEI experiment with SmolLM2 (an hour on CPU); "
+                                       "tests/test_autocei_launch.py runs the same script on tiny-random",
 }
 
 _TRAIN = ("model.name=tiny-random trainer.steps=1 trainer.prompts_per_step=2 trainer.samples_per_prompt=2 "
