@@ -24,10 +24,19 @@ from rlreason.probes.probe import LinearProbe
 def score_positions(model: Any, probe: LinearProbe, layer: int, seqs: Sequence[Sequence[int]],
                     **capture_kw: Any) -> list[torch.Tensor]:
     """[T_i] refusal scores per sequence; states are reduced chunk by chunk, never all held."""
-    scores = [torch.empty(len(s)) for s in seqs]
+    return score_positions_many(model, [(probe, layer)], seqs, **capture_kw)[0]
+
+
+def score_positions_many(model: Any, probes: Sequence[tuple[LinearProbe, int]], seqs: Sequence[Sequence[int]],
+                         **capture_kw: Any) -> list[list[torch.Tensor]]:
+    """Several probes (each at its own layer) over the same sequences in one forward pass, which runs
+    to the deepest of their layers: out[k][i] = scores of probe k on sequence i."""
+    layers = sorted({layer for _, layer in probes})
+    scores = [[torch.empty(len(s)) for s in seqs] for _ in probes]
     with torch.no_grad():
-        for c in iter_chunks(model, seqs, [layer], **capture_kw):
-            scores[c.index][c.start:c.start + c.states.shape[1]] = probe.score(c.states[0])
+        for c in iter_chunks(model, seqs, layers, **capture_kw):
+            for k, (probe, layer) in enumerate(probes):
+                scores[k][c.index][c.start:c.start + c.states.shape[1]] = probe.score(c.states[layers.index(layer)])
     return scores
 
 
@@ -59,38 +68,49 @@ def trace_cliff(trace: dict, scores: torch.Tensor, n_points: int = 100) -> dict[
             "tail": scores[max(0, f - 39):f + 1].tolist()}
 
 
-def group_name(r: dict) -> str:
+def group_name(r: dict, refused_key: str = "refused") -> str:
+    """harmless / harmful, refused / harmful, answered; `refused_key` names the row's refusal label
+    (e.g. `refused_plain`: whether the same prompt was refused under another template)."""
     if not r["harmful"]:
         return "harmless"
-    return "harmful, refused" if r["refused"] else "harmful, answered"
+    return "harmful, refused" if r[refused_key] else "harmful, answered"
 
 
 def _finite(xs: list[float]) -> list[float]:
     return [x for x in xs if not math.isnan(x)]
 
 
-def cliff_stats(rows: list[dict]) -> dict[str, dict[str, float]]:
+def cliff_stats(rows: list[dict], refused_key: str = "refused") -> dict[str, dict[str, float]]:
     """Mean/median cliff, mean think-max and final score per group (harmless / harmful refused /
-    harmful answered)."""
+    harmful answered), and the share of traces whose thinking ever reaches a score above 0.5 (the
+    probe's decision threshold: refusal intent appears somewhere in the thinking)."""
     out = {}
     for g in ("harmful, refused", "harmful, answered", "harmless"):
-        rs = [r for r in rows if group_name(r) == g]
+        rs = [r for r in rows if group_name(r, refused_key) == g]
         cl = sorted(_finite([r["cliff"] for r in rs]))
         out[g] = {"n": len(rs), "cliff_mean": sum(cl) / len(cl) if cl else float("nan"),
                   "cliff_median": cl[len(cl) // 2] if cl else float("nan"),
                   "think_max_mean": _mean(_finite([r["think_max"] for r in rs])),
                   "final_score_mean": _mean([r["final_score"] for r in rs]),
-                  "share_cliff_gt_0.5": sum(c > 0.5 for c in cl) / len(cl) if cl else float("nan")}
+                  "share_cliff_gt_0.5": sum(c > 0.5 for c in cl) / len(cl) if cl else float("nan"),
+                  "share_think_max_gt_0.5": _share([r["think_max"] for r in rs], 0.5)}
     return out
+
+
+def _share(xs: list[float], threshold: float) -> float:
+    xs = _finite(xs)
+    return sum(x > threshold for x in xs) / len(xs) if xs else float("nan")
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def plot_cliff(rows: list[dict], path: str | Path, title: str = "") -> Path:
+def plot_cliff(rows: list[dict], path: str | Path, title: str = "", refused_key: str = "refused",
+               legend_title: str | None = None) -> Path:
     """Left: the mean right-aligned curve (100 points) per group with a +-1 s.e. band. Right: the last
-    40 tokens up to the final token, unresampled, to show the drop at token resolution."""
+    40 tokens up to the final token, unresampled, to show the drop at token resolution. Groups follow
+    `group_name(row, refused_key)`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -98,7 +118,7 @@ def plot_cliff(rows: list[dict], path: str | Path, title: str = "") -> Path:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     colors = {"harmful, refused": "tab:red", "harmful, answered": "tab:orange", "harmless": "tab:blue"}
     for g, color in colors.items():
-        rs = [r for r in rows if group_name(r) == g]
+        rs = [r for r in rows if group_name(r, refused_key) == g]
         if not rs:
             continue
         curves = torch.tensor([r["curve"] for r in rs])
@@ -114,7 +134,7 @@ def plot_cliff(rows: list[dict], path: str | Path, title: str = "") -> Path:
     ax.set_xlabel("position in thinking, resampled (99 = last token of </think>)")
     ax.set_ylabel("probe refusal score")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, title=legend_title, title_fontsize=8)
     ax.set_title(title or "refusal score along the trace")
     ax2.set_xlabel("tokens before the final token")
     ax2.set_ylim(-0.02, 1.02)

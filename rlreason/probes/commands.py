@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlreason.probes.config import ProbeConfig, RepairConfig, field_help
+from rlreason.registry import ConfigError
 
 log = logging.getLogger(__name__)
 OUT = Path("runs/probes")
@@ -135,8 +136,10 @@ def cmd_capture(a: argparse.Namespace) -> int:
     from safetensors.torch import save_file
     from rlreason.probes.capture import resolve_layers, states_at
     from rlreason.probes.data import read_jsonl
-    from rlreason.probes.traces import probe_label
-    traces = [t for t in read_jsonl(a.traces) if t["split"] == a.split and probe_label(t, a.label) is not None]
+    from rlreason.probes.traces import probe_label, probe_position
+    splits = None if a.split == "all" else set(a.split.split(","))
+    traces = [t for t in read_jsonl(a.traces)
+              if (splits is None or t["split"] in splits) and probe_label(t, a.label) is not None]
     labels = [probe_label(t, a.label) for t in traces]
     if min(labels.count(0), labels.count(1)) < 3:
         raise SystemExit(f"probe capture: class sizes {labels.count(1)} (1) / {labels.count(0)} (0) with "
@@ -144,10 +147,11 @@ def cmd_capture(a: argparse.Namespace) -> int:
     model, _ = load_model(a.model, a.dtype)
     layers = resolve_layers(a.layers, model.config.num_hidden_layers)
     t0 = time.monotonic()
-    feats = states_at(model, [t["ids"] for t in traces], [t["final_idx"] for t in traces], layers,
+    positions = [probe_position(t) for t in traces]
+    feats = states_at(model, [t["ids"] for t in traces], positions, layers,
                       max_batch_tokens=a.max_batch_tokens, chunk_len=a.chunk_len)
     dt = time.monotonic() - t0
-    tokens = sum(t["final_idx"] + 1 for t in traces)
+    tokens = sum(p + 1 for p in positions)
     meta = {"model": a.model, "dtype": a.dtype, "layers": json.dumps(layers), "traces": a.traces,
             "label": a.label, "ids": json.dumps([t["id"] for t in traces])}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -210,54 +214,105 @@ def _plot_per_layer(table: list[dict], chosen: int, path: Path) -> None:
 # --- score / heads / select -----------------------------------------------------------------------------
 
 def cmd_score(a: argparse.Namespace) -> int:
-    from rlreason.probes.cliff import cliff_stats, plot_cliff, score_positions, trace_cliff
+    from rlreason.probes.cliff import cliff_stats, plot_cliff, score_positions_many, trace_cliff
     from rlreason.probes.data import read_jsonl, write_jsonl
     from rlreason.probes.probe import load_probe
+    outs, plots = a.out or [str(OUT / "scores.jsonl")], a.plot or [str(OUT / "cliff.png")]
+    if not len(a.probe) == len(outs) == len(plots):
+        raise ConfigError(f"probe score: {len(a.probe)} --probe, {len(outs)} --out and {len(plots)} --plot; "
+                         "give one --out and one --plot per probe")
     traces = read_jsonl(a.traces)
     if a.splits:
         traces = [t for t in traces if t["split"] in a.splits.split(",")]
-    probe, meta = load_probe(a.probe)
-    model, _ = load_model(meta["model"], meta["dtype"])
+    if a.max_harmless is not None:
+        harmless = [t for t in traces if not t["harmful"]][:a.max_harmless]
+        traces = [t for t in traces if t["harmful"]] + harmless
+    plain = _refused_plain(a.refused_from, traces) if a.refused_from else None
+    loaded = [load_probe(p) for p in a.probe]
+    metas = [m for _, m in loaded]
+    if len({(m["model"], m["dtype"]) for m in metas}) > 1:
+        raise ConfigError(f"probe score: the probes {a.probe} were trained on different models/dtypes; score "
+                         "them one at a time")
+    model, _ = load_model(metas[0]["model"], metas[0]["dtype"])
     t0 = time.monotonic()
-    scores = score_positions(model, probe, meta["layer"], [t["ids"] for t in traces],
-                             max_batch_tokens=a.max_batch_tokens, chunk_len=a.chunk_len)
+    scores = score_positions_many(model, [(p, m["layer"]) for p, m in loaded], [t["ids"] for t in traces],
+                                  max_batch_tokens=a.max_batch_tokens, chunk_len=a.chunk_len)
     dt = time.monotonic() - t0
-    rows = [{**trace_cliff(t, s), "split": t["split"], "source": t["source"],
-             "scores": [round(x, 4) for x in s.tolist()]} for t, s in zip(traces, scores)]
-    write_jsonl(rows, a.out)
-    stats = cliff_stats(rows)
-    _write_json(stats, Path(a.out).with_name("cliff_stats.json"))
-    plot_cliff(rows, a.plot, f"{meta['model']}: probe at layer {meta['layer']} ({meta.get('label', 'refusal')} labels)")
     tokens = sum(len(t["ids"]) for t in traces)
-    print(f"scored {tokens} positions of {len(traces)} traces in {dt:.1f} s ({tokens / dt:.0f} tok/s)")
-    for g, s in stats.items():
-        print(f"  {g:18s} n={s['n']:3d} cliff mean {s['cliff_mean']:+.3f} median {s['cliff_median']:+.3f}  "
-              f"think max {s['think_max_mean']:.3f}  final {s['final_score_mean']:.3f}  "
-              f"cliff>0.5 {s['share_cliff_gt_0.5']:.2f}")
-    print(f"wrote {a.out}, {a.plot}")
+    print(f"scored {tokens} positions of {len(traces)} traces with {len(loaded)} probe(s) in {dt:.1f} s "
+          f"({tokens / dt:.0f} tok/s)")
+    for probe_dir, meta, sc, out, plot in zip(a.probe, metas, scores, outs, plots):
+        rows = [{**trace_cliff(t, s), "split": t["split"], "source": t["source"],
+                 **({"refused_plain": plain[t["id"]]} if plain else {}),
+                 "scores": [round(x, 4) for x in s.tolist()]} for t, s in zip(traces, sc)]
+        write_jsonl(rows, out)
+        stats: dict[str, Any] = cliff_stats(rows)
+        title = f"{meta['model']}: probe at layer {meta['layer']} ({meta.get('label', 'refusal')} labels)"
+        if plain:
+            stats = {"by_refusal_in_trace": stats, "by_refusal_plain": cliff_stats(rows, "refused_plain")}
+            plot_cliff(rows, plot, title, refused_key="refused_plain",
+                       legend_title=f"refused when asked plainly ({Path(a.refused_from).name})")
+        else:
+            plot_cliff(rows, plot, title)
+        _write_json(stats, Path(out).with_name("cliff_stats.json"))
+        print(f"probe {probe_dir} (layer {meta['layer']}):")
+        for grouping, st in (stats.items() if plain else [("", stats)]):
+            if grouping:
+                print(f"  grouped {grouping}:")
+            for g, x in st.items():
+                if x["n"]:
+                    print(f"  {g:18s} n={x['n']:3d} cliff mean {x['cliff_mean']:+.3f} median "
+                          f"{x['cliff_median']:+.3f}  think max {x['think_max_mean']:.3f} (>0.5: "
+                          f"{x['share_think_max_gt_0.5']:.2f})  final {x['final_score_mean']:.3f}  "
+                          f"cliff>0.5 {x['share_cliff_gt_0.5']:.2f}")
+        print(f"  wrote {out}, {plot}")
     return 0
+
+
+def _refused_plain(path: str, traces: list[dict]) -> dict[str, bool]:
+    """{trace id: refused under the other template} from a traces file (e.g. --template plain) of the
+    same prompts; every scored trace must have a row there."""
+    from rlreason.probes.data import read_jsonl
+    other = {r["id"]: bool(r["refused"]) for r in read_jsonl(path)}
+    missing = [t["id"] for t in traces if t["id"] not in other]
+    if missing:
+        raise ConfigError(f"probe score: --refused-from {path} has no row for {len(missing)} scored trace(s), "
+                         f"e.g. id {missing[0]!r}; it must be generated from the same data.jsonl")
+    return {t["id"]: other[t["id"]] for t in traces}
 
 
 def cmd_heads(a: argparse.Namespace) -> int:
     import random
     from rlreason.probes.data import read_jsonl
-    from rlreason.probes.heads import ablated_weights, head_attribution, top_heads
+    from rlreason.probes.heads import ablated_weights, head_attribution, head_attribution_linear, rerank_exact, top_heads
     from rlreason.probes.probe import load_probe
     from rlreason.probes.repair import evaluate_model
     probe, meta = load_probe(a.probe)
     model, tok = load_model(meta["model"], meta["dtype"])
     pool = [t for t in read_jsonl(a.traces) if t["harmful"] and t["split"] == a.split]
     traces = random.Random(a.seed).sample(pool, min(a.n_traces, len(pool)))
-    t0 = time.monotonic()
-    ranking = head_attribution(model, probe, meta["layer"], [t["ids"] for t in traces],
-                               [t["final_idx"] for t in traces], scale=a.scale, progress=True)
-    dt = time.monotonic() - t0
     n_total = model.config.num_hidden_layers * model.config.num_attention_heads
+    if a.method == "linear" and 0 < a.rerank < max(1, round(a.top_p * n_total)):
+        raise ConfigError(f"probe heads: --rerank {a.rerank} measures fewer heads exactly than --top-p "
+                         f"{a.top_p} ablates ({max(1, round(a.top_p * n_total))}); raise --rerank or give 0")
+    seqs, finals = [t["ids"] for t in traces], [t["final_idx"] for t in traces]
+    t0 = time.monotonic()
+    if a.method == "linear":
+        ranking = head_attribution_linear(model, probe, meta["layer"], seqs, finals, scale=a.scale)
+        if a.rerank:
+            ranking = rerank_exact(model, probe, meta["layer"], seqs, finals, ranking, a.rerank, scale=a.scale,
+                                   progress=True)
+    else:
+        ranking = head_attribution(model, probe, meta["layer"], seqs, finals, scale=a.scale, progress=True)
+    dt = time.monotonic() - t0
     result: dict[str, Any] = {"probe": a.probe, "layer": meta["layer"], "n_traces": len(traces),
-                              "scale": a.scale, "seconds": round(dt, 1), "ranking": ranking}
-    print(f"attribution of {len(ranking)} heads on {len(traces)} harmful traces in {dt:.0f} s; top 10:")
+                              "scale": a.scale, "method": a.method, "rerank": a.rerank if a.method == "linear" else None,
+                              "seconds": round(dt, 1), "ranking": ranking}
+    print(f"attribution ({a.method}) of {len(ranking)} heads on {len(traces)} harmful traces in {dt:.0f} s; top 10:")
     for r in ranking[:10]:
-        print(f"  block {r['block']:2d} head {r['head']} delta {r['delta']:+.4f} (sd {r['delta_std']:.4f})")
+        print(f"  block {r['block']:2d} head {r['head']}"
+              + (f" delta {r['delta']:+.4f} (sd {r['delta_std']:.4f})" if "delta" in r else "")
+              + (f" linear estimate {r['delta_lin']:+.4f}" if "delta_lin" in r else ""))
     if a.data and a.top_p > 0:
         heads = top_heads(ranking, a.top_p, n_total)
         rand = random.Random(a.seed + 1).sample([(r["block"], r["head"]) for r in ranking], len(heads))
@@ -400,13 +455,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _gen_args(p)
     p.set_defaults(fn=cmd_traces)
 
-    p = ps.add_parser("capture", help="hidden states at the final token (</think>) of probe-split traces")
+    p = ps.add_parser("capture", help="hidden states at the final token (</think>) of probe-split traces "
+                                      "(the last prompt token of --template plain rows)")
     p.add_argument("--traces", default=str(OUT / "traces.jsonl"))
-    p.add_argument("--split", default="probe")
+    p.add_argument("--split", default="probe", help="a split, a comma list of splits, or 'all'")
     p.add_argument("--layers", default="all", help="'all', 'last' or a comma list (0 = embeddings)")
-    p.add_argument("--label", default="refusal", choices=["refusal", "harmful"],
+    p.add_argument("--label", default="refusal", choices=["refusal", "harmful", "refused-vs-answered"],
                    help="refusal: the paper's classes (harmful+refused vs harmless); harmful: harmful vs "
-                        "harmless prompts, for models that never refuse")
+                        "harmless prompts, for models that never refuse; refused-vs-answered: harmful+refused "
+                        "vs harmful+answered (harmfulness is the same on both sides)")
     p.add_argument("--out", default=str(OUT / "features.safetensors"))
     _model_args(p)
     _capture_args(p)
@@ -422,9 +479,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = ps.add_parser("score", help="refusal score at every position, cliff sizes, the cliff plot")
     p.add_argument("--traces", default=str(OUT / "traces.jsonl"))
     p.add_argument("--splits", default="", help="comma list of splits to score (default: all)")
-    p.add_argument("--probe", default=str(OUT / "probe"))
-    p.add_argument("--out", default=str(OUT / "scores.jsonl"))
-    p.add_argument("--plot", default=str(OUT / "cliff.png"))
+    p.add_argument("--max-harmless", type=int, default=None,
+                   help="score only the first N harmless traces (all harmful ones are scored)")
+    p.add_argument("--probe", nargs="+", default=[str(OUT / "probe")],
+                   help="one or more probes, scored in one forward pass (same model)")
+    p.add_argument("--out", nargs="+", default=None, help="scores.jsonl per probe (cliff_stats.json lands "
+                                                          "beside it; default runs/probes/scores.jsonl)")
+    p.add_argument("--plot", nargs="+", default=None, help="cliff plot per probe (default runs/probes/cliff.png)")
+    p.add_argument("--refused-from", default="",
+                   help="traces of the same prompts under another template (e.g. --template plain): group "
+                        "the stats and the plot by whether the prompt was refused there")
     _capture_args(p)
     p.set_defaults(fn=cmd_score)
 
@@ -435,6 +499,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe", default=str(OUT / "probe"))
     p.add_argument("--n-traces", type=int, default=16)
     p.add_argument("--scale", type=float, default=1e-3)
+    p.add_argument("--method", default="ablate", choices=["ablate", "linear"],
+                   help="ablate: one forward per head (exact, the paper's); linear: a first-order estimate of "
+                        "every head from one forward+backward per trace, then --rerank heads measured exactly")
+    p.add_argument("--rerank", type=int, default=32, help="with --method linear: heads measured exactly")
     p.add_argument("--top-p", type=float, default=0.03, help="share of all heads to ablate (0: skip)")
     p.add_argument("--data", default="", help="data.jsonl: evaluate the ablation on its heldout split")
     p.add_argument("--n-eval", type=int, default=64, help="held-out prompts per class")

@@ -99,8 +99,9 @@ def generate_traces(engine: Any, rows: list[dict], *, max_think_tokens: int = 12
 def generate_plain(engine: Any, rows: list[dict], *, max_answer_tokens: int = 96, seed: int = 0,
                    judge: str | Judge = "phrases") -> list[dict]:
     """The baseline the think-then-answer template is compared with: the bare prompt in the model's own
-    chat template, one answer, judged like a trace's answer. No thinking span, so these rows measure
-    refusal only; the probe steps need `generate_traces`."""
+    chat template, one answer, judged like a trace's answer. No thinking span: `final_idx` is the last
+    prompt token (the last token before the answer, where the paper's probe reads), so a probe can be
+    trained on these rows (`probe_position`), but cliffs need `generate_traces`."""
     tok = engine.tokenizer
     judge_fn = JUDGES.get(judge, "probe.judge") if isinstance(judge, str) else judge
     prompts = [tok.encode(tok.apply_chat_template([{"role": "user", "content": r["prompt"]}],
@@ -111,7 +112,7 @@ def generate_plain(engine: Any, rows: list[dict], *, max_answer_tokens: int = 96
     for r, p, (c,) in zip(rows, prompts, outs):
         answer = tok.decode(c.token_ids, skip_special_tokens=True)
         result.append({**r, "template": "plain", "ids": p + list(c.token_ids), "prompt_len": len(p),
-                       "answer": answer, "answer_finish": c.finish_reason,
+                       "final_idx": len(p) - 1, "answer": answer, "answer_finish": c.finish_reason,
                        "refused": bool(judge_fn(r["prompt"], answer))})
     return result
 
@@ -119,14 +120,21 @@ def generate_plain(engine: Any, rows: list[dict], *, max_answer_tokens: int = 96
 def probe_label(trace: dict, mode: str = "refusal") -> int | None:
     """Probe class of a trace, or None when it belongs to neither class.
 
-    refusal  arXiv 2510.06036: 1 = harmful prompt whose response refuses, 0 = harmless prompt; a harmful
-             prompt that was answered is in neither class.
-    harmful  1 = harmful prompt, 0 = harmless prompt, whatever the response. A fallback for models that
-             (almost) never refuse, so the refusal class is empty: it reads whether the model represents
-             the request as one to refuse, not whether it did refuse (a deviation from the paper).
+    refusal              arXiv 2510.06036: 1 = harmful prompt whose response refuses, 0 = harmless prompt;
+                         a harmful prompt that was answered is in neither class.
+    harmful              1 = harmful prompt, 0 = harmless prompt, whatever the response. A fallback for
+                         models that (almost) never refuse, so the refusal class is empty: it reads whether
+                         the model represents the request as one to refuse, not whether it did refuse (a
+                         deviation from the paper).
+    refused-vs-answered  1 = harmful prompt refused, 0 = harmful prompt answered; harmless prompts in
+                         neither class. The topic is harmful on both sides, so a probe can only separate
+                         them by the decision to refuse, not by how harmful the request looks (a control
+                         for `refusal`, whose classes also differ in harmfulness).
     """
     if mode not in LABEL_MODES:
         raise ValueError(f"probe label mode '{mode}': allowed {', '.join(LABEL_MODES)}")
+    if mode == "refused-vs-answered":
+        return int(trace["refused"]) if trace["harmful"] else None
     if not trace["harmful"]:
         return 0
     if mode == "harmful":
@@ -134,4 +142,13 @@ def probe_label(trace: dict, mode: str = "refusal") -> int | None:
     return 1 if trace["refused"] else None
 
 
-LABEL_MODES = ("refusal", "harmful")
+def probe_position(trace: dict) -> int:
+    """Where the probe reads a trace: the last token before the answer. For a think-then-answer trace
+    that is the last token of "</think>" (`final_idx`); for a plain-template row (no thinking) the last
+    prompt token. Rows written before plain rows carried `final_idx` are read by their `prompt_len`."""
+    if trace.get("template") == "plain":
+        return trace["prompt_len"] - 1
+    return trace["final_idx"]
+
+
+LABEL_MODES = ("refusal", "harmful", "refused-vs-answered")
