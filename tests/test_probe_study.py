@@ -162,6 +162,7 @@ def _write_study_inputs(tmp: Path, model, tok) -> None:
     D.write_jsonl(plain, tmp / "traces_plain.jsonl")
 
 
+@pytest.mark.slow
 def test_study_steps_end_to_end_on_tiny_random(tiny, tmp_path):
     """launch/refusal_cliff_qwen_cpu.sh from capture to report on tiny-random (HF engine): the probes are
     trained on the plain rows at their last prompt token, both are scored in one pass and grouped by the
@@ -183,8 +184,15 @@ def test_study_steps_end_to_end_on_tiny_random(tiny, tmp_path):
     harmful = [t for t in plain if t["harmful"]]
     assert json.loads(meta["ids"]) == [t["id"] for t in harmful]
     assert labels.tolist() == [int(t["refused"]) for t in harmful]
-    want = states_at(model, [t["ids"] for t in harmful], [t["prompt_len"] - 1 for t in harmful], [0, 1, 2])
-    torch.testing.assert_close(feats, want, atol=1e-5, rtol=1e-4)
+    # the step ran the model in bf16 (its default dtype): compare with the same dtype, and check that the
+    # states are the last prompt token's, not the previous one's (that differs far more than bf16 rounding;
+    # the tiny model answers with repeats of the prompt's last token, "\n", so the next one cannot be told apart)
+    import copy
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    ids = [t["ids"] for t in harmful]
+    at = {d: states_at(bf16, ids, [t["prompt_len"] - 1 + d for t in harmful], [0, 1, 2]) for d in (-1, 0)}
+    torch.testing.assert_close(feats, at[0], atol=2e-2, rtol=2e-2)
+    assert ((feats - at[-1]).abs().amax(-1) > 10 * (feats - at[0]).abs().amax(-1).clamp_min(1e-3)).all()
     scores = D.read_jsonl(tmp_path / "score_refusal" / "scores.jsonl")
     assert len(scores) == 8 + 4 and all("refused_plain" in s for s in scores)
     stats = json.loads((tmp_path / "score_refusal" / "cliff_stats.json").read_text())
