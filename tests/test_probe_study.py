@@ -198,7 +198,8 @@ def test_study_steps_end_to_end_on_tiny_random(tiny, tmp_path):
     stats = json.loads((tmp_path / "score_refusal" / "cliff_stats.json").read_text())
     assert stats["by_refusal_plain"]["harmful, refused"]["n"] == sum(t["refused"] for t in harmful)
     heads = json.loads((tmp_path / "heads.json").read_text())
-    assert heads["method"] == "linear" and len(heads["ranking"]) == 8 and "delta" in heads["ranking"][0]
+    assert heads["method"] == "linear" and "delta" in heads["ranking"][0]
+    assert len(heads["ranking"]) == 4 * min(heads["layer"], 2)  # 4 heads per block the probe can see
     assert set(heads["ablation"]) == {"none", "top 1", "random 1"}
     report = json.loads((tmp_path / "res" / "study.json").read_text())
     assert set(report) == {"refusals", "probes", "scores", "heads"}
