@@ -313,6 +313,7 @@ def cmd_heads(a: argparse.Namespace) -> int:
         print(f"  block {r['block']:2d} head {r['head']}"
               + (f" delta {r['delta']:+.4f} (sd {r['delta_std']:.4f})" if "delta" in r else "")
               + (f" linear estimate {r['delta_lin']:+.4f}" if "delta_lin" in r else ""))
+    _write_json(result, Path(a.out))  # the ranking is kept even if the slower ablation below is cut short
     if a.data and a.top_p > 0:
         heads = top_heads(ranking, a.top_p, n_total)
         rand = random.Random(a.seed + 1).sample([(r["block"], r["head"]) for r in ranking], len(heads))
@@ -332,8 +333,9 @@ def cmd_heads(a: argparse.Namespace) -> int:
             base_traces = base_traces or traces
             evals[name]["changed_vs_none"] = _changed(traces, base_traces)
             fp32.load_state_dict(base_sd)
-            print(f"  ablate {name:10s} {_fmt_eval(evals[name])}")
-        result.update(ablated_heads=heads, random_heads=rand, ablation=evals)
+            print(f"  ablate {name:10s} {_fmt_eval(evals[name])}", flush=True)
+            result.update(ablated_heads=heads, random_heads=rand, ablation=evals)
+            _write_json(result, Path(a.out))
     _write_json(result, Path(a.out))
     print(f"wrote {a.out}")
     return 0
