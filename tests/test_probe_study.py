@@ -130,7 +130,7 @@ def test_report_numbers_by_hand():
     q = quantiles([3.0, 1.0, float("nan"), 2.0, 4.0])
     assert (q["n"], q["min"], q["median"], q["max"], q["mean"]) == (4, 1.0, 3.0, 4.0, 2.5)
     rows = [{"harmful": True, "refused_plain": True, "cliff": 0.5, "think_max": 0.9, "final_score": 0.4,
-             "prompt_last_score": 0.8, "curve": [0.9] * 100},
+             "prompt_last_score": 0.8, "curve": [0.9] * 80 + [0.95] + [0.9] * 19},
             {"harmful": True, "refused_plain": False, "cliff": 0.0, "think_max": 0.3, "final_score": 0.3,
              "prompt_last_score": 0.2, "curve": [0.3] * 100},
             {"harmful": False, "refused_plain": False, "cliff": 0.05, "think_max": 0.2, "final_score": 0.15,
@@ -138,6 +138,9 @@ def test_report_numbers_by_hand():
     s = score_summary(rows)
     assert s["groups"]["harmful, refused plainly"]["share_cliff_gt_0.1"] == 1.0
     assert s["groups"]["harmless"]["curve"]["99"] == pytest.approx(0.2)
+    assert s["groups"]["harmful, refused plainly"]["peak_position_mean"] == 80
+    assert s["groups"]["harmful, refused plainly"]["share_peak_in_last_quarter"] == 1.0
+    assert s["groups"]["harmless"]["share_peak_in_last_quarter"] == 0.0  # a flat curve peaks at its first point
     assert s["auroc"]["harmful vs harmless"]["think_max"] == 1.0
     assert s["auroc"]["refused plainly vs answered plainly"]["final_score"] == 1.0
 

@@ -97,6 +97,10 @@ def score_summary(rows: list[dict]) -> dict[str, Any]:
             "final_score_mean": _mean([r["final_score"] for r in rs]),
             "share_final_gt_0.5": _share([r["final_score"] for r in rs], 0.5),
             "prompt_last_score_mean": _mean([r["prompt_last_score"] for r in rs]),
+            # where each trace's resampled curve peaks (0 = first thinking token, 99 = final token): a cliff
+            # at the end of the thinking needs peaks late in the thinking, not at its start
+            "peak_position_mean": _mean([max(range(len(c)), key=c.__getitem__) for c in curves]),
+            "share_peak_in_last_quarter": _share([max(range(len(c)), key=c.__getitem__) for c in curves], 74.5),
             "curve": {str(p): _mean([c[p] for c in curves if len(c) > p]) for p in CURVE_POINTS}}
     harmful = [r for r in rows if r["harmful"]]
     pairs = {"harmful vs harmless": (harmful, [r for r in rows if not r["harmful"]]),
@@ -167,14 +171,16 @@ def to_markdown(s: dict[str, Any]) -> str:
     for label, sc in s.get("scores", {}).items():
         lines += [f"## Scores of probe `{label}` on the think-then-answer traces", "",
                   "| group | n | cliff mean | median | q25..q75 | cliff > 0.1 | cliff > 0.5 | think max | think max > 0.5 "
-                  "| final | final > 0.5 | last prompt token |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| final | final > 0.5 | last prompt token | peak position | peak in last quarter |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for g, x in sc["groups"].items():
             c = x["cliff"]
             lines.append(f"| {g} | {x['n']} | {_f(c['mean'], '+.3f')} | {_f(c['median'], '+.3f')} | "
                          f"{_f(c['q25'], '+.3f')}..{_f(c['q75'], '+.3f')} | {_f(x['share_cliff_gt_0.1'], '.2f')} | "
                          f"{_f(x['share_cliff_gt_0.5'], '.2f')} | {_f(x['think_max_mean'])} | "
                          f"{_f(x['share_think_max_gt_0.5'], '.2f')} | {_f(x['final_score_mean'])} | "
-                         f"{_f(x['share_final_gt_0.5'], '.2f')} | {_f(x['prompt_last_score_mean'])} |")
+                         f"{_f(x['share_final_gt_0.5'], '.2f')} | {_f(x['prompt_last_score_mean'])} | "
+                         f"{_f(x['peak_position_mean'], '.1f')} | {_f(x['share_peak_in_last_quarter'], '.2f')} |")
         lines += ["", "Mean right-aligned curve (resampled point: 0 = first thinking token, 99 = last token of </think>):", "",
                   "| group | " + " | ".join(str(p) for p in CURVE_POINTS) + " |", "|---|" + "---|" * len(CURVE_POINTS)]
         for g, x in sc["groups"].items():
