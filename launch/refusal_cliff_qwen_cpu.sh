@@ -22,6 +22,7 @@
 #   heads     head attribution for the paper-label probe (linear estimate of all heads, the top RERANK
 #             measured exactly), ablation of the top 3% vs 3% random heads: attack success before/after
 #             on held-out prompts with the think-then-answer template
+#             (RANKING_FROM=an earlier heads.json: reuse its ranking and run the ablation only)
 #   report    $RESULTS.md/.json + plots (python -m rlreason.probes.report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,6 +76,6 @@ want score && heavy $RLREASON probe score --traces "$OUT/traces.jsonl" --max-har
   --plot "$OUT/score_refusal/cliff.png" "$OUT/score_refused-vs-answered/cliff.png" | tee "$OUT/score.txt"
 want heads && heavy $RLREASON probe heads --traces "$OUT/traces.jsonl" --probe "$OUT/probe_refusal" --data "$OUT/data.jsonl" \
   --method linear --rerank "$RERANK" --n-traces "$HEAD_TRACES" --top-p 0.03 --n-eval "$N_EVAL" "${GEN[@]:2}" \
-  --out "$OUT/heads.json" | tee "$OUT/heads.txt"
+  ${RANKING_FROM:+--ranking-from "$RANKING_FROM"} --out "$OUT/heads.json" | tee "$OUT/heads.txt"
 want report && $PY -m rlreason.probes.report --dir "$OUT" --out "$RESULTS"
 echo "launch: done; outputs in $OUT"

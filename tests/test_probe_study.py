@@ -18,7 +18,8 @@ import torch
 from rlreason.probes import data as D
 from rlreason.probes.capture import capture, states_at
 from rlreason.probes.cliff import cliff_stats, score_positions, score_positions_many
-from rlreason.probes.heads import head_attribution, head_attribution_linear, rerank_exact
+from rlreason.probes.heads import (ablated_in_place, ablated_weights, head_attribution, head_attribution_linear,
+                                   rerank_exact)
 from rlreason.probes.probe import LinearProbe
 from rlreason.probes.traces import probe_label, probe_position
 
@@ -103,6 +104,21 @@ def test_rerank_measures_the_top_k_exactly_and_keeps_the_rest(tiny):
     for r in top:
         assert r["delta"] == pytest.approx(full[(r["block"], r["head"])], abs=1e-6) and "delta_lin" in r
     assert ranked[3:] == lin[3:] and all("delta" not in r for r in ranked[3:])
+
+
+def test_ablation_in_place_is_the_weight_edit_and_is_undone(tiny):
+    """Catches an edit that misses a head of a block named twice, or one not restored after the arm (the
+    next arm would then ablate the union)."""
+    model, _ = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    heads = [(1, 2), (0, 1), (1, 0)]
+    want = ablated_weights(model, heads, 1e-3)
+    with ablated_in_place(model, heads, 1e-3):
+        got = model.state_dict()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=0, rtol=0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_cliff_stats_by_another_templates_refusal():

@@ -284,17 +284,57 @@ def _refused_plain(path: str, traces: list[dict]) -> dict[str, bool]:
 def cmd_heads(a: argparse.Namespace) -> int:
     import random
     from rlreason.probes.data import read_jsonl
-    from rlreason.probes.heads import ablated_weights, head_attribution, head_attribution_linear, rerank_exact, top_heads
+    from rlreason.probes.heads import ablated_in_place, top_heads
     from rlreason.probes.probe import load_probe
     from rlreason.probes.repair import evaluate_model
     probe, meta = load_probe(a.probe)
+    if a.ranking_from:
+        result = _read_ranking(a.ranking_from, meta["layer"])
+        ranking = result["ranking"]
+        tok = load_model_tokenizer(meta["model"], meta["dtype"])
+        print(f"ranking of {len(ranking)} heads read from {a.ranking_from} ({result.get('method', 'ablate')})")
+    else:
+        ranking, result, tok = _attribute(a, probe, meta)
+    _write_json(result, Path(a.out))  # the ranking is kept even if the slower ablation below is cut short
+    if a.data and a.top_p > 0:
+        from transformers import AutoConfig
+        from rlreason.models import resolve_model
+        cfg = AutoConfig.from_pretrained(resolve_model(meta["model"], dtype=meta["dtype"]))
+        heads = top_heads(ranking, a.top_p, cfg.num_hidden_layers * cfg.num_attention_heads)
+        rand = random.Random(a.seed + 1).sample([(r["block"], r["head"]) for r in ranking], len(heads))
+        harmful, harmless = _split_rows(read_jsonl(a.data), "heldout")
+        harmful, harmless = harmful[:a.n_eval], harmless[:a.n_eval]
+        fp32, _ = load_model(meta["model"], "fp32")  # the reference NLL is computed in fp32
+        engine = make_trace_engine(a.engine, meta["model"], fp32 if a.engine == "hf" else None, tok,
+                                   dtype=meta["dtype"], temperature=0.0, max_model_len=a.max_model_len, seed=a.seed)
+        evals, base_traces = {}, None
+        for name, hs in (("none", []), (f"top {len(heads)}", heads), (f"random {len(heads)}", rand)):
+            with ablated_in_place(fp32, hs, a.scale):
+                engine.update_weights(fp32.state_dict().items())
+                evals[name], traces = evaluate_model(engine, fp32, harmful, harmless, max_think_tokens=a.max_think,
+                                                     max_answer_tokens=a.max_answer, seed=a.seed)
+            base_traces = base_traces or traces
+            evals[name]["changed_vs_none"] = _changed(traces, base_traces)
+            print(f"  ablate {name:10s} {_fmt_eval(evals[name])}", flush=True)
+            result.update(ablated_heads=heads, random_heads=rand, ablation=evals)
+            _write_json(result, Path(a.out))
+    _write_json(result, Path(a.out))
+    print(f"wrote {a.out}")
+    return 0
+
+
+def _attribute(a: argparse.Namespace, probe: Any, meta: dict) -> tuple[list[dict], dict[str, Any], Any]:
+    """Head attribution on --n-traces harmful traces; the model is dropped before the ablation loads its own."""
+    import random
+    from rlreason.probes.data import read_jsonl
+    from rlreason.probes.heads import head_attribution, head_attribution_linear, rerank_exact
     model, tok = load_model(meta["model"], meta["dtype"])
     pool = [t for t in read_jsonl(a.traces) if t["harmful"] and t["split"] == a.split]
     traces = random.Random(a.seed).sample(pool, min(a.n_traces, len(pool)))
     n_total = model.config.num_hidden_layers * model.config.num_attention_heads
     if a.method == "linear" and 0 < a.rerank < max(1, round(a.top_p * n_total)):
         raise ConfigError(f"probe heads: --rerank {a.rerank} measures fewer heads exactly than --top-p "
-                         f"{a.top_p} ablates ({max(1, round(a.top_p * n_total))}); raise --rerank or give 0")
+                          f"{a.top_p} ablates ({max(1, round(a.top_p * n_total))}); raise --rerank or give 0")
     seqs, finals = [t["ids"] for t in traces], [t["final_idx"] for t in traces]
     t0 = time.monotonic()
     if a.method == "linear":
@@ -313,32 +353,21 @@ def cmd_heads(a: argparse.Namespace) -> int:
         print(f"  block {r['block']:2d} head {r['head']}"
               + (f" delta {r['delta']:+.4f} (sd {r['delta_std']:.4f})" if "delta" in r else "")
               + (f" linear estimate {r['delta_lin']:+.4f}" if "delta_lin" in r else ""))
-    _write_json(result, Path(a.out))  # the ranking is kept even if the slower ablation below is cut short
-    if a.data and a.top_p > 0:
-        heads = top_heads(ranking, a.top_p, n_total)
-        rand = random.Random(a.seed + 1).sample([(r["block"], r["head"]) for r in ranking], len(heads))
-        harmful, harmless = _split_rows(read_jsonl(a.data), "heldout")
-        harmful, harmless = harmful[:a.n_eval], harmless[:a.n_eval]
-        fp32, _ = load_model(meta["model"], "fp32")  # the reference NLL is computed in fp32
-        engine = make_trace_engine(a.engine, meta["model"], fp32 if a.engine == "hf" else None, tok,
-                                   dtype=meta["dtype"], temperature=0.0, max_model_len=a.max_model_len, seed=a.seed)
-        base_sd = {k: v.clone() for k, v in fp32.state_dict().items()}
-        evals, base_traces = {}, None
-        for name, hs in (("none", []), (f"top {len(heads)}", heads), (f"random {len(heads)}", rand)):
-            sd = ablated_weights(fp32, hs, a.scale)
-            fp32.load_state_dict(sd)
-            engine.update_weights(sd.items())
-            evals[name], traces = evaluate_model(engine, fp32, harmful, harmless, max_think_tokens=a.max_think,
-                                                 max_answer_tokens=a.max_answer, seed=a.seed)
-            base_traces = base_traces or traces
-            evals[name]["changed_vs_none"] = _changed(traces, base_traces)
-            fp32.load_state_dict(base_sd)
-            print(f"  ablate {name:10s} {_fmt_eval(evals[name])}", flush=True)
-            result.update(ablated_heads=heads, random_heads=rand, ablation=evals)
-            _write_json(result, Path(a.out))
-    _write_json(result, Path(a.out))
-    print(f"wrote {a.out}")
-    return 0
+    del model
+    return ranking, result, tok
+
+
+def _read_ranking(path: str, layer: int) -> dict[str, Any]:
+    """An earlier heads.json (its ranking, without the ablation results); its probe layer must match."""
+    try:
+        result = json.loads(Path(path).read_text())
+        ranking = result["ranking"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"probe heads: --ranking-from {path}: not a heads.json with a ranking ({e})") from None
+    if result.get("layer") != layer:
+        raise ConfigError(f"probe heads: --ranking-from {path} ranks heads for a probe at layer "
+                          f"{result.get('layer')}, this probe reads layer {layer}")
+    return {k: v for k, v in result.items() if k not in ("ablated_heads", "random_heads", "ablation")}
 
 
 def _changed(traces: list[dict], base: list[dict]) -> float:
@@ -505,6 +534,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="ablate: one forward per head (exact, the paper's); linear: a first-order estimate of "
                         "every head from one forward+backward per trace, then --rerank heads measured exactly")
     p.add_argument("--rerank", type=int, default=32, help="with --method linear: heads measured exactly")
+    p.add_argument("--ranking-from", default="", help="an earlier heads.json: reuse its ranking (no attribution) "
+                                                      "and run only the ablation")
     p.add_argument("--top-p", type=float, default=0.03, help="share of all heads to ablate (0: skip)")
     p.add_argument("--data", default="", help="data.jsonl: evaluate the ablation on its heldout split")
     p.add_argument("--n-eval", type=int, default=64, help="held-out prompts per class")

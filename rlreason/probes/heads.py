@@ -81,6 +81,27 @@ def ablated_weights(model: Any, heads: Iterable[Head], scale: float = 1e-3) -> d
     return sd
 
 
+@contextlib.contextmanager
+def ablated_in_place(model: Any, heads: Iterable[Head], scale: float = 1e-3) -> Iterator[None]:
+    """The weight edit of `ablated_weights` made on the model itself while the context is open (only the
+    touched blocks' o_proj weights are copied, to restore them): for pushing into an engine without
+    holding two more copies of every weight."""
+    d = head_dim(model)
+    saved: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for b, h in heads:
+            w = o_proj(model, b).weight
+            if b not in saved:
+                saved[b] = w.detach().clone()
+            w[:, h * d:(h + 1) * d] *= scale
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, w in saved.items():
+                o_proj(model, b).weight.copy_(w)
+
+
 def head_attribution(model: Any, probe: LinearProbe, layer: int, seqs: Sequence[Sequence[int]],
                      final_idxs: Sequence[int], *, scale: float = 1e-3, blocks: Sequence[int] | None = None,
                      heads: Sequence[Head] | None = None, progress: bool = False,
