@@ -220,6 +220,20 @@ def test_study_steps_end_to_end_on_tiny_random(tiny, tmp_path):
     assert heads["method"] == "linear" and "delta" in heads["ranking"][0]
     assert len(heads["ranking"]) == 4 * min(heads["layer"], 2)  # 4 heads per block the probe can see
     assert set(heads["ablation"]) == {"none", "top 1", "random 1"}
+    # --ranking-from: the ablation alone on an earlier ranking; a ranking for another probe layer is refused
+    cli = [sys.executable, "-m", "rlreason.cli", "probe", "heads", "--probe", str(tmp_path / "probe_refusal"),
+           "--traces", str(tmp_path / "traces.jsonl"), "--engine", "hf", "--max-think", "4", "--max-answer", "2"]
+    again = subprocess.run(cli + ["--ranking-from", str(tmp_path / "heads.json"), "--data", str(tmp_path / "data.jsonl"),
+                                  "--n-eval", "1", "--out", str(tmp_path / "heads2.json")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    heads2 = json.loads((tmp_path / "heads2.json").read_text())
+    assert heads2["ranking"] == heads["ranking"] and heads2["ablated_heads"] == heads["ablated_heads"]
+    assert heads2["ablation"]["none"]["n_harmful"] == 1
+    (tmp_path / "other.json").write_text(json.dumps({**heads, "layer": heads["layer"] + 7}))
+    bad = subprocess.run(cli + ["--ranking-from", str(tmp_path / "other.json"), "--out", str(tmp_path / "h3.json")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "this probe reads layer" in bad.stderr and "Traceback" not in bad.stderr
     report = json.loads((tmp_path / "res" / "study.json").read_text())
     assert set(report) == {"refusals", "probes", "scores", "heads"}
     assert set(report["probes"]) == {"refusal", "refused-vs-answered"}
