@@ -20,6 +20,8 @@ for longer N than training saw (`pick_terms`).
     rlreason data source=running_sum split=train size=8 min_terms=14 max_terms=18
     python -m rlreason.data.running_sum sft --out runs/delethink/warm_start.jsonl --size 500 \
         --config configs/delethink_small_cpu.yaml     # {prompt, completion}: the run's prompt, the trace
+    python -m rlreason.data.running_sum sft --out FILE --size 64 --config configs/delethink_vs_longcot_cpu.yaml \
+        --min-terms 10 --max-terms 12 --chunks        # + each trace's Delethink chunk lines (token ids)
     python -m rlreason.data.running_sum table             # N ranges for C in {64, 128, 256}, m = C/2
 
 `pick_terms` sizes N for a chunk size C and carryover m from an exact token count of a trace under the
@@ -243,7 +245,7 @@ def sft_train_rows(lines: list[dict[str, Any]], tokenizer: Any, env_args: dict[s
     """{prompt, completion} lines as the rows `algorithm: sft` trains on (`rlreason.trainer.sft.sft_row`):
     prompt ids as the environment encodes them for the policy (so the warm start sees the RL run's exact
     context), response = the completion's tokens then EOS (the model must learn to stop), every response
-    token trained. A trace is one LongCoT row; Markovian RL then learns to continue from its chunk prompts."""
+    token trained. A trace is one LongCoT row; `chunk_lines` gives the rows a Markovian policy sees."""
     from rlreason.environments.single_turn import SingleTurn
     from rlreason.trainer.sft import sft_row
 
