@@ -51,9 +51,22 @@ if [ ! -f "$RUNS/warm_eval.json" ]; then
     "${EXTRA[@]}" --out "$RUNS/warm_eval.json"
 fi
 
+rww() {  # (b) for seed $1: the warm start's answers to (a)'s questions, wrong ones refused; one SFT pass; held-out
+  local s=$1
+  [ -f "$RUNS/rww_s${s}_eval.json" ] && return 0
+  "$PY" benchmarks/autocei_comparison.py rww-data "$CFG" output_dir="$RUNS/scratch" "${common[@]}" --out "$RUNS/rww_s$s.jsonl"
+  "$PY" -m rlreason.cli train "$SFT" name="rww_s$s" output_dir="$RUNS/rww_s$s" seed="$s" model.name="$WARM" \
+    data.train.path="$RUNS/rww_s$s.jsonl" trainer.lr="$RWW_LR" "${EXTRA[@]}" --overwrite
+  "$PY" benchmarks/autocei_comparison.py eval "$CFG" output_dir="$RUNS/scratch" seed="$s" \
+    model.name="$(latest "$RUNS/rww_s$s")" "${EXTRA[@]}" --out "$RUNS/rww_s${s}_eval.json"
+  drop_checkpoints "$RUNS/rww_s$s"
+}
+
+# per seed, the ablation (d) last: a run cut short by the clock loses the least informative arm first
 for s in $SEEDS; do
   common=(seed="$s" model.name="$WARM" "${EXTRA[@]}")
-  for arm in ei cei frozen; do
+  for arm in ei cei rww frozen; do
+    [ "$arm" = rww ] && { rww "$s"; continue; }
     [ -f "$RUNS/${arm}_s$s/summary.txt" ] && continue
     case $arm in
       ei) extra=('rewards=[{name: idk, args: {refusal: -1.0}}]' env.args.freeze_c1=true) ;;  # c1 is moot; frozen it cannot end the run early
@@ -63,14 +76,6 @@ for s in $SEEDS; do
     "$PY" -m rlreason.cli train "$CFG" name="${arm}_s$s" output_dir="$RUNS/${arm}_s$s" "${common[@]}" "${extra[@]}" --overwrite
     drop_checkpoints "$RUNS/${arm}_s$s"
   done
-  if [ ! -f "$RUNS/rww_s${s}_eval.json" ]; then
-    "$PY" benchmarks/autocei_comparison.py rww-data "$CFG" output_dir="$RUNS/scratch" "${common[@]}" --out "$RUNS/rww_s$s.jsonl"
-    "$PY" -m rlreason.cli train "$SFT" name="rww_s$s" output_dir="$RUNS/rww_s$s" seed="$s" model.name="$WARM" \
-      data.train.path="$RUNS/rww_s$s.jsonl" trainer.lr="$RWW_LR" "${EXTRA[@]}" --overwrite
-    "$PY" benchmarks/autocei_comparison.py eval "$CFG" output_dir="$RUNS/scratch" seed="$s" \
-      model.name="$(latest "$RUNS/rww_s$s")" "${EXTRA[@]}" --out "$RUNS/rww_s${s}_eval.json"
-    drop_checkpoints "$RUNS/rww_s$s"
-  fi
 done
 rm -rf "$RUNS/scratch"
 "$PY" benchmarks/autocei_comparison.py report --runs "$RUNS" --out "$OUT"
