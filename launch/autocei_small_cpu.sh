@@ -12,7 +12,7 @@
 #
 #   launch/autocei_small_cpu.sh [RUNS_DIR]          default runs/autocei_small_cpu
 # Environment: PY (python), SEEDS ("0 1"), BASE (the model the warm start fine-tunes, smollm2-135m-instruct), WARM_SIZE (mixture rows for the warm start, default 274),
-# IDK_FRACTION (share of the warm start's unsolvable rows written as refusals after k lines, default 0.3), RWW_LR (2e-5, expert iteration's), OUT (report prefix, default RUNS_DIR/autocei_small_cpu),
+# IDK_FRACTION (share of the warm start's unsolvable rows written as refusals after k lines, default 0.6: 0.3 refused 2/120 held-out), RWW_LR (2e-5, expert iteration's), OUT (report prefix, default RUNS_DIR/autocei_small_cpu),
 # EXTRA (overrides added to every step, e.g. the CI smoke's sizes; tests/test_autocei_launch.py), KEEP_CHECKPOINTS=1
 # keeps the arms' checkpoints (deleted after each run otherwise; the warm start is kept).
 # Steps already done (their output exists) are skipped, so an interrupted launch can be re-run.
@@ -23,7 +23,7 @@ PY=${PY:-python}
 SEEDS=${SEEDS:-"0 1"}
 BASE=${BASE:-smollm2-135m-instruct}
 WARM_SIZE=${WARM_SIZE:-274}
-IDK_FRACTION=${IDK_FRACTION:-0.3}
+IDK_FRACTION=${IDK_FRACTION:-0.6}
 RWW_LR=${RWW_LR:-2.0e-5}
 OUT=${OUT:-$RUNS/autocei_small_cpu}
 read -r -a EXTRA <<< "${EXTRA:-}"
