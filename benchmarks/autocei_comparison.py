@@ -143,6 +143,9 @@ def collect(runs: Path) -> dict[str, Any]:
                        "refusal_rate": stats["samples/refusal_rate"]}] if stats else []
             arms["rww"][int(m[1])] = {"initial": None, "final": final, "rounds": rounds, "c1": [],
                                       "rewritten": stats.get("rewritten"), "lines": stats.get("lines")}
+    w = runs / "warm_eval.json"  # the launch script's measurement of the warm start, before any arm
+    if w.exists():
+        warm.insert(0, json.loads(w.read_text()))
     return {"arms": arms, "warm": warm}
 
 

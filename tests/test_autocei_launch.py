@@ -1,5 +1,5 @@
 """launch/autocei_small_cpu.sh end to end on tiny-random (the CI smoke of the Auto-CEI comparison's pipeline):
-warm-start SFT, the three expert-iteration arms, the refuse-when-wrong data / SFT / eval, and the report."""
+warm-start SFT (with worked refusals on part of the unsolvable rows) and its held-out measurement, the three expert-iteration arms, the refuse-when-wrong data / SFT / eval, and the report."""
 
 import json
 import os
@@ -24,6 +24,9 @@ def test_launch_script_smoke(tmp_path):
     res = subprocess.run(["bash", str(REPO / "launch/autocei_small_cpu.sh"), str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-3000:]
+    warm = [json.loads(x) for x in (tmp_path / "warm_start.jsonl").read_text().splitlines()]
+    assert len(warm) == 8 and sum(x["response"].endswith("\\boxed{I don't know}") for x in warm) == 1  # 2 unsolvable x 0.3
+    assert "eval/refusal_rate" in json.loads((tmp_path / "warm_eval.json").read_text())  # measured before the arms
     for arm in ("ei", "cei", "frozen"):
         assert (tmp_path / f"{arm}_s0" / "summary.txt").exists()
         assert not (tmp_path / f"{arm}_s0" / "checkpoints").exists()  # dropped after the run

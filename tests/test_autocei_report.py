@@ -44,7 +44,8 @@ def test_report_table_and_plot(tmp_path):
     text = ac.report(tmp_path, tmp_path / "out" / "cmp")
     lines = text.splitlines()
     cei0 = next(x for x in lines if x.startswith("| (c) Auto-CEI, curriculum | 0 | 2 |"))
-    assert "| 0.500 | 0.700 | 0.300 | 0.700 | 0.600 |"  # f = 0.8 * 0.7 + 0.2 * 0.7 in cei0 and cei0.endswith("| 1.50 -> 2.00 -> 1.50 |")
+    # f = 0.8 * 0.7 + 0.2 * 0.7
+    assert "| 0.500 | 0.700 | 0.300 | 0.700 | 0.600 |" in cei0 and cei0.endswith("| 1.50 -> 2.00 -> 1.50 |")
     mean = next(x for x in lines if x.startswith("| (c) Auto-CEI, curriculum | mean | |"))
     assert "| 0.450 | 0.600 | 0.250 |" in mean  # (0.5 + 0.4) / 2, (0.7 + 0.5) / 2, (0.3 + 0.2) / 2
     assert any(x.startswith("| (b) refuse-when-wrong SFT | 0 | 1 (SFT) | 0.100 | 0.800 | 0.900 |") for x in lines)
@@ -54,3 +55,10 @@ def test_report_table_and_plot(tmp_path):
     assert not any(x.startswith("| (d)") for x in lines)  # no runs, no rows
     for ext in (".md", ".json", ".png"):
         assert (tmp_path / "out" / f"cmp{ext}").stat().st_size > 0
+
+
+def test_warm_row_is_the_launch_scripts_warm_start_measurement_when_there_is_one(tmp_path):
+    write_ei(tmp_path / "cei_s0", [1.5, 2.0], held_out(0.5, 0.7, 0.3, 0.6))
+    assert ac.table(ac.collect(tmp_path)).splitlines()[2].startswith("| warm start | - | 0 | 0.200 | 0.250 | 0.200 |")
+    (tmp_path / "warm_eval.json").write_text(json.dumps({"model": "w", "seed": 0, **held_out(0.4, 0.45, 0.11, 0.6)}))
+    assert ac.table(ac.collect(tmp_path)).splitlines()[2].startswith("| warm start | - | 0 | 0.400 | 0.450 | 0.110 |")

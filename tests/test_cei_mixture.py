@@ -199,3 +199,48 @@ def test_sft_command_names_the_config_key_a_bad_value_came_from(tmp_path, capsys
         main(["sft", "--out", str(tmp_path / "w.jsonl"), "--config", str(bad)])
     assert e.value.code == 2
     assert capsys.readouterr().err == f"config error: {bad}: data.train.min_terms: must be an integer >= 2, got 1.\n"
+
+
+def test_sft_rows_with_idk_fraction_refuse_on_a_seeded_share_of_the_unsolvable_rows_after_k_lines():
+    cfg = load_config(CONFIG)
+    ds = build_cei_mixture("train", 60, 0.5, **SMALL)  # 30 unsolvable, 2- or 3-digit b: 3 or 4 reasoning lines
+    by_id = {r["id"]: r for r in ds}
+    rows = sft_rows(ds, dict(cfg.env.args), idk_fraction=0.3, seed=0)
+    assert [r["id"] for r in rows] == list(ds["id"])  # every row, in the mixture's order
+    assert sft_rows(ds, dict(cfg.env.args), idk_fraction=0.3, seed=0) == rows  # seeded
+    assert sft_rows(ds, dict(cfg.env.args), idk_fraction=0.3, seed=1) != rows
+    refusals, ks = [], []
+    for row in rows:
+        ex = by_id[row["id"]]
+        info = loads_info(ex["info"])
+        lines = info["solution"].split("\n")
+        if not row["response"].endswith(IDK_ANSWER):
+            assert row["response"] == worked_solution(ex)  # solvable rows and the other unsolvable ones: full
+            continue
+        assert info["difficulty"] == "unsolvable"  # a solvable row never refuses
+        body = row["response"].split("\n")
+        k = len(body) - 1
+        assert 1 <= k <= info["steps"] and body == lines[:k] + [IDK_ANSWER]  # the first k lines, then IDK
+        verdict = judge(row["response"], ex)
+        assert verdict.refused and verdict.steps == k  # d = k for the environment's step counter
+        refusals.append(row["id"])
+        ks.append(k)
+    assert len(refusals) == round(30 * 0.3) == 9
+    assert len(set(ks)) > 1  # the amount of reasoning before the refusal varies
+    assert sum(r["response"].endswith(IDK_ANSWER) for r in sft_rows(ds, None, 1.0)) == 30
+    assert sum(r["response"].endswith(IDK_ANSWER) for r in sft_rows(ds, None, 0.0)) == 0
+    assert len(sft_rows(ds, None, 0.0)) == 60 and len(sft_rows(ds, None)) == 30  # None: solvable rows only
+    with pytest.raises(ConfigError, match="idk_fraction: must be in"):
+        sft_rows(ds, None, 1.5)
+
+
+def test_sft_command_idk_fraction(tmp_path, capsys):
+    from rlreason.data.cei_mixture import main
+    out = tmp_path / "w.jsonl"
+    main(["sft", "--out", str(out), "--size", "20", "--config", CONFIG, "--idk-fraction", "0.5"])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 20 and sum(x["response"].endswith(IDK_ANSWER) for x in lines) == 3  # 6 unsolvable
+    with pytest.raises(SystemExit) as e:
+        main(["sft", "--out", str(out), "--config", CONFIG, "--idk-fraction", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("config error: --idk-fraction: must be in [0, 1]") and err.count("\n") == 1

@@ -25,6 +25,15 @@ same split whatever `size` is); no problem is in both splits, none twice in one.
     rlreason data source=cei_mixture split=train size=8
     python -m rlreason.data.cei_mixture sft --out runs/cei/warm_start.jsonl --size 500 \
         --config configs/curriculum_ei_mixture_cpu.yaml    # {id, prompt, response}, solvable rows only
+    ... sft ... --idk-fraction 0.3     # also the unsolvable rows: 30% of them refuse after k lines
+
+Warm start that can say "I don't know": Auto-CEI initialises c1 and c2 from the initial model's refusals and
+expert iteration can only keep what the model samples, so an initial model that never refuses leaves the
+curriculum nothing to work on (the paper starts from instruct models that do refuse at times). With
+`idk_fraction` the SFT rows also cover the unsolvable rows: that share of them (a seeded choice, exactly
+round(n x idk_fraction) rows) is written as an attempt that stops after k of its reasoning lines, k uniform
+on 1..steps, and answers `\\boxed{I don't know}` (d = k for the `lines` counter); the rest are full worked
+attempts. Solvable rows stay full worked solutions.
 """
 
 from __future__ import annotations
@@ -147,34 +156,75 @@ def worked_solution(row: dict[str, Any]) -> str:
     return f"{loads_info(row['info'])['solution']}\n\\boxed{{{row['answer']}}}"
 
 
-def sft_rows(ds: Any, env_args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Warm-start SFT rows {id, prompt, response} of the solvable rows of `ds`: `prompt` is what the
-    curriculum_ei environment with `env_args` shows the model (a string for style raw, chat messages
-    otherwise), `response` the worked solution, the text the model should continue the prompt with
-    (the format of rlreason.probes.repair.sft; encode the prompt with the environment's `encode_prompt`)."""
+def refusal_attempt(row: dict[str, Any], k: int) -> str:
+    """An attempt that gives up: the first k reasoning lines of the row's worked solution, then
+    `\\boxed{I don't know}` on its own line (the `lines` step counter reads d = k)."""
+    from rlreason.rewards.idk import IDK_ANSWER
+
+    lines = loads_info(row["info"])["solution"].split("\n")
+    if not 0 <= k <= len(lines):
+        raise ValueError(f"k = {k} reasoning lines asked of a solution with {len(lines)}")
+    return "\n".join(lines[:k] + [IDK_ANSWER])
+
+
+def _check_idk_fraction(idk_fraction: float | None) -> None:
+    if idk_fraction is not None and (isinstance(idk_fraction, bool) or not isinstance(idk_fraction, (int, float))
+                                     or not 0.0 <= idk_fraction <= 1.0):
+        raise ConfigError(f"idk_fraction: must be in [0, 1] or null (solvable rows only), got {idk_fraction!r}.")
+
+
+def sft_rows(ds: Any, env_args: dict[str, Any] | None = None, idk_fraction: float | None = None,
+             seed: int = 0) -> list[dict[str, Any]]:
+    """Warm-start SFT rows {id, prompt, response} of `ds`: `prompt` is what the curriculum_ei environment
+    with `env_args` shows the model (a string for style raw, chat messages otherwise), `response` the text
+    the model should continue the prompt with (the format of rlreason.probes.repair.sft; encode the prompt
+    with the environment's `encode_prompt`). Solvable rows: the worked solution. Unsolvable rows only when
+    `idk_fraction` is given: round(n_unsolvable x idk_fraction) of them, chosen with `seed`, refuse after
+    k lines (`refusal_attempt`, k uniform on 1..steps), the others are full worked attempts. Rows keep the
+    order of `ds`."""
     from rlreason.environments.curriculum_ei import CurriculumEI
 
+    _check_idk_fraction(idk_fraction)
     env = CurriculumEI(None, **(env_args or {}))
-    return [{"id": r["id"], "prompt": env.prompt(r), "response": worked_solution(r)}
-            for r in ds if loads_info(r["info"])["difficulty"] == "solvable"]
+    unsolvable = [i for i, r in enumerate(ds) if loads_info(r["info"])["difficulty"] == "unsolvable"]
+    rng = _rng(SOURCE, "idk", seed, len(ds))
+    refuse = set(rng.sample(unsolvable, round(len(unsolvable) * idk_fraction))) if idk_fraction else set()
+    out = []
+    for i, r in enumerate(ds):
+        if loads_info(r["info"])["difficulty"] == "solvable":
+            response = worked_solution(r)
+        elif idk_fraction is None:
+            continue
+        elif i in refuse:
+            response = refusal_attempt(r, rng.randint(1, loads_info(r["info"])["steps"]))
+        else:
+            response = worked_solution(r)
+        out.append({"id": r["id"], "prompt": env.prompt(r), "response": response})
+    return out
 
 
-def write_sft(out: str | Path, *, env_args: dict[str, Any] | None = None, **build: Any) -> dict[str, Any]:
-    """Build the mixture (`build`: build_cei_mixture's arguments) and write its solvable rows' SFT jsonl."""
-    rows = sft_rows(build_cei_mixture(**build), env_args)
+def write_sft(out: str | Path, *, env_args: dict[str, Any] | None = None, idk_fraction: float | None = None,
+              **build: Any) -> dict[str, Any]:
+    """Build the mixture (`build`: build_cei_mixture's arguments) and write its SFT jsonl (`sft_rows`)."""
+    rows = sft_rows(build_cei_mixture(**build), env_args, idk_fraction, build.get("seed", 0))
     write_jsonl(Path(out), rows)
-    return {"rows": len(rows), "path": str(out)}
+    from rlreason.rewards.idk import IDK_ANSWER
+    return {"rows": len(rows), "refusals": sum(r["response"].endswith(IDK_ANSWER) for r in rows), "path": str(out)}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m rlreason.data.cei_mixture")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("sft", help="write warm-start SFT lines ({id, prompt, response}) of the solvable rows")
+    s = sub.add_parser("sft", help="write warm-start SFT lines ({id, prompt, response}) of the solvable rows "
+                                   "(and, with --idk-fraction, of the unsolvable ones)")
     s.add_argument("--out", required=True)
     s.add_argument("--split", default="train", choices=SPLITS)
     s.add_argument("--size", type=int, default=500, help="rows of the mixture; the solvable share is written")
     s.add_argument("--unsolvable-fraction", type=float, help="default: the config's, else 0.5")
     s.add_argument("--seed", type=int, help="default: the config's, else 0")
+    s.add_argument("--idk-fraction", type=float, help="also write the unsolvable rows, this share of them as "
+                                                      "attempts that stop after k lines with \\boxed{I don't know} "
+                                                      "(default: solvable rows only)")
     s.add_argument("--config", help="take the data.train mixture settings and the curriculum_ei env args "
                                      "(template, style, ...) from this config")
     a = ap.parse_args(argv)
@@ -197,10 +247,12 @@ def main(argv: list[str] | None = None) -> None:
         build.update(split=a.split, size=a.size)
         build.update({k: v for k, v in (("unsolvable_fraction", a.unsolvable_fraction), ("seed", a.seed))
                       if v is not None})
-        print(write_sft(a.out, env_args=env_args, **build))
+        _check_idk_fraction(a.idk_fraction)
+        print(write_sft(a.out, env_args=env_args, idk_fraction=a.idk_fraction, **build))
     except ConfigError as e:  # one line naming the setting (a flag or the config key), exit 2, as `rlreason data`
         key = str(e).split(":")[0]
-        flags = {"split": a.split, "size": a.size, "unsolvable_fraction": a.unsolvable_fraction, "seed": a.seed}
+        flags = {"split": a.split, "size": a.size, "unsolvable_fraction": a.unsolvable_fraction, "seed": a.seed,
+                 "idk_fraction": a.idk_fraction}
         msg = f"{where}{e}"
         if flags.get(key) is not None:
             msg = "--" + key.replace("_", "-") + str(e)[len(key):]
