@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_search_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,7 @@ def _launch(runs: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # 15 Python processes (~2 min on a quiet machine; 10 min at load 16 on 2 cores)
 def test_launch_script_smoke(tmp_path):
     res = _launch(tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -57,3 +57,14 @@ def test_sft_warm_start_on_tiny_random_ends_in_an_hf_directory(tmp_path):
     from transformers import AutoModelForCausalLM
     AutoModelForCausalLM.from_pretrained(run / "checkpoints" / latest)  # what the RL arms load as model.name
     assert load_config(RL, [f"model.name={run / 'checkpoints' / latest}"]).model.name.endswith(latest)
+
+
+def test_the_pay_per_search_configs_build_their_environment_and_rewards():
+    """Every shipped pay_per_search config gets as far as a run's rubric and environment (a reward argument the
+    code refuses, like a second hand-set max_searches, fails here rather than minutes into a launch)."""
+    from rlreason.registry import build_environment
+    from rlreason.rubric import Rubric
+    for path in ("configs/qa_world_cpu.yaml", "configs/pay_per_search_cpu.yaml", RL):
+        cfg = load_config(path)
+        Rubric(cfg.rewards)
+        build_environment(cfg.env.name, None, cfg.env.args)
