@@ -68,3 +68,14 @@ def test_the_pay_per_search_configs_build_their_environment_and_rewards():
         cfg = load_config(path)
         Rubric(cfg.rewards)
         build_environment(cfg.env.name, None, cfg.env.args)
+
+
+def test_warm_start_episodes_fit_the_rl_response_budget(tmp_path, tiny_tokenizer):
+    """An SFT search episode (thought, search, the injected passages, answer) longer than the RL run's
+    env.args.max_response_tokens would be cut before its answer in every RL rollout that imitates it."""
+    out = tmp_path / "warm.jsonl"
+    env_args = dict(load_config(RL).env.args)
+    write_sft(out, size=96, env_args=env_args)  # the RL world (200 entities): its real names and passages
+    lens = [len(tiny_tokenizer.encode(json.loads(x)["completion"], add_special_tokens=False)) + 1  # + EOS
+            for x in out.read_text().splitlines()]
+    assert max(lens) <= env_args["max_response_tokens"], max(lens)
