@@ -147,7 +147,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
                        label="warm start, held-out")
         ax.set_title({"must_search": "must-search questions (facts only in the corpus)",
                       "no_search": "no-search-needed questions (facts in the question)"}[t], fontsize=9)
-        ax.set_xlabel("RL step (searches/question of the step's 64 rollouts)")
+        ax.set_xlabel("RL step (mean searches over the step's rollouts of this type)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("searches per question")
     axes[1].legend(fontsize=6, loc="best")
