@@ -140,8 +140,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
                 h = r["history"]
                 if not h:
                     continue
-                ax.plot([x["step"] for x in h], [x[f"searches/{t}"] for x in h], styles[si % 4], marker="o", ms=3,
-                        color=f"C{ci}", alpha=0.8, label=f"{label}, seed {seed}")
+                dx = (ci - 1.5) * 0.05  # a small offset per arm: equal counts stay visible, not hidden under one line
+                ax.plot([x["step"] + dx for x in h], [x[f"searches/{t}"] for x in h], styles[si % 4],
+                        marker="osD^"[ci % 4], ms=4, color=f"C{ci}", alpha=0.8, label=f"{label}, seed {seed}")
         if data["warm"]:
             ax.axhline(data["warm"]["final"][f"searches/{t}"], color="k", lw=0.8, alpha=0.5,
                        label="warm start, held-out")
