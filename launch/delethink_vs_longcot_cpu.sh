@@ -4,15 +4,20 @@
 # both get more budget at test time than in training?
 #
 #   1. warm start: SFT of SmolLM2-135M-Instruct on code-written running-sum traces (configs/running_sum_sft_cpu.yaml),
-#      exported as a Hugging Face directory
-#   2. RL from that warm start, per seed: the Markovian arm (configs/delethink_vs_longcot_cpu.yaml) and the
+#      exported as a Hugging Face directory: per trace one whole-trace line (what LongCoT sees) and its
+#      Delethink chunk lines (what the Markovian arm sees at chunks 2, 3, ...: the chunk prompt the RL
+#      config's wrapper builds, as token ids, and the next chunk), one shared warm start for both arms
+#   2. benchmarks/delethink_chunk_continuation.py: from a correct state, does the warm start write each next
+#      chunk right from the Delethink chunk prompt, and from the whole context so far (LongCoT's view)?
+#   3. RL from that warm start, per seed: the Markovian arm (configs/delethink_vs_longcot_cpu.yaml) and the
 #      LongCoT arm (the same file with env.name=longcot, nothing else changed): same data, steps, seeds and
 #      budget C + (I-1)(C-m) = 192 tokens
-#   3. `rlreason eval --chunked` of each final checkpoint at 1x, 2x, 4x that budget (I = 5, 11, 23) on
-#      held-out problems longer than any trained (14-16 terms instead of 10-12), both as LongCoT and Markovian
-#   4. benchmarks/delethink_vs_longcot.py: one table (markdown) and one PNG
+#   4. after all seeds' RL, `rlreason eval --chunked` of each final checkpoint at 1x, 2x, 4x that budget
+#      (I = 5, 11, 23) on held-out problems longer than any trained (14-16 terms instead of 10-12), both as
+#      LongCoT and Markovian
+#   5. benchmarks/delethink_vs_longcot.py: one table (markdown) and one PNG
 #
-#   bash launch/delethink_vs_longcot_cpu.sh                       # everything: 80 min on 2 busy CPU cores
+#   bash launch/delethink_vs_longcot_cpu.sh                       # everything: ~1 h on 2 busy CPU cores
 #   SEEDS="0" bash launch/delethink_vs_longcot_cpu.sh                  # one seed
 #
 # Every stage skips what a previous invocation finished (a run with summary.txt, an eval with its json), so
@@ -29,7 +34,7 @@ RUNS=${RUNS:-runs/delethink_vs_longcot}
 OUT=${OUT:-benchmarks/results/delethink_vs_longcot_cpu}
 SEEDS=${SEEDS:-"0 1"}
 EVAL_SEEDS=${EVAL_SEEDS:-0}
-SFT_ROWS=${SFT_ROWS:-192}
+SFT_ROWS=${SFT_ROWS:-64}     # traces; each also gives its 3-4 chunk lines (64 -> ~275 lines)
 NICE=${NICE:-5}
 CFG=configs/delethink_vs_longcot_cpu.yaml
 SFT_CFG=configs/running_sum_sft_cpu.yaml
@@ -45,7 +50,7 @@ mkdir -p "$RUNS"
 if [ ! -f "$RUNS/warm_start.jsonl" ]; then
   say "SFT lines -> $RUNS/warm_start.jsonl"
   "$PY" -m rlreason.data.running_sum sft --out "$RUNS/warm_start.jsonl" --size "$SFT_ROWS" \
-    --min-terms 10 --max-terms 12 --seed 1 --config "$CFG"
+    --min-terms 10 --max-terms 12 --seed 1 --config "$CFG" --chunks
 fi
 if [ ! -f "$WARM/config.json" ]; then
   say "SFT -> $RUNS/sft"
@@ -54,8 +59,15 @@ if [ ! -f "$WARM/config.json" ]; then
   rm -rf "$RUNS/sft/checkpoints"   # the exported directory is what the RL runs load
 fi
 
-# 2. RL, both arms per seed (seed by seed, so a cut-short session still has matched pairs), then
-# 3. test-time scaling of that seed's final checkpoints (for the seeds in EVAL_SEEDS)
+# 2. where the warm start stands: from a correct state, does it write each next chunk right, given the
+# Delethink chunk prompt vs the whole context so far (benchmarks/delethink_chunk_continuation.py)
+if [ ! -f "$RUNS/continuation.json" ]; then
+  say "chunk continuation of the warm start -> $RUNS/continuation.json"
+  nice -n "$NICE" "$PY" benchmarks/delethink_chunk_continuation.py --model "$WARM" --config "$CFG" \
+    --out "$RUNS/continuation.json" > "$RUNS/continuation.log" 2>&1
+fi
+
+# 3. RL, both arms per seed (seed by seed, so a cut-short session still has matched pairs)
 for seed in $SEEDS; do
   for arm in markovian longcot; do
     run="$RUNS/${arm}_s$seed"
@@ -64,7 +76,11 @@ for seed in $SEEDS; do
     rl train "$CFG" output_dir="$run" seed="$seed" env.name="$arm" model.name="$WARM" "$@" \
       > "$RUNS/${arm}_s$seed.log" 2>&1
   done
-  case " $EVAL_SEEDS " in *" $seed "*) ;; *) continue ;; esac
+done
+
+# 4. test-time scaling of the final checkpoints of the seeds in EVAL_SEEDS
+for seed in $EVAL_SEEDS; do
+  case " $SEEDS " in *" $seed "*) ;; *) continue ;; esac
   for arm in markovian longcot; do
     run="$RUNS/${arm}_s$seed"
     [ -f "$run/chunked_eval.json" ] && continue
@@ -74,6 +90,6 @@ for seed in $SEEDS; do
   done
 done
 
-# 4. one table, one PNG
+# 5. one table, one PNG
 say "results -> $OUT.{md,png,json}"
 "$PY" benchmarks/delethink_vs_longcot.py --runs "$RUNS" --out "$OUT"

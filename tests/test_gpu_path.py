@@ -283,6 +283,31 @@ def test_setup_checks_gpu_memory_before_loading_the_model(tmp_path, monkeypatch,
         loop.setup(cfg(tmp_path))
 
 
+@pytest.mark.parametrize("extra, ref_bytes, lora", [
+    ((), 0, False),
+    (("algo.kl_coef=0.05",), 4, False),  # tiny config is fp32: a 4-byte reference copy
+    (("algorithm=expert_iteration", "env.name=curriculum_ei", "ei.lora_rank=4", "data.eval_size=2"), 0, True),
+])
+def test_setup_asks_the_algorithm_what_the_memory_check_counts(tmp_path, monkeypatch, registered, extra,
+                                                                ref_bytes, lora):
+    """The check counts a reference model and LoRA-only training from the algorithm's own answers, so a
+    plug-in algorithm is counted right without the loop naming it."""
+    from rlreason.registry import REWARDS
+    from rlreason.trainer import loop
+    from test_trainer import _tiny_len, cfg  # tests/ is on sys.path
+    registered(REWARDS, "_tiny_len", _tiny_len)
+    seen = {}
+
+    def check(n, device, **kw):
+        seen.update(kw)
+        raise ConfigError("stop here")
+    monkeypatch.setattr(loop, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(gpu_memory, "check", check)
+    with pytest.raises(ConfigError, match="stop here"):
+        loop.setup(cfg(tmp_path, *extra))
+    assert (seen["ref_bytes"], seen["lora"]) == (ref_bytes, lora)
+
+
 def test_count_parameters_without_loading_weights(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

@@ -181,3 +181,62 @@ def test_the_two_configs_validate_and_share_one_thinking_budget():
     a, b = to_dict(delethink), to_dict(longcot)
     assert a.pop("name") != b.pop("name") and a["env"].pop("name") == "markovian" and b["env"].pop("name") == "longcot"
     assert a == b  # same data, model, rewards, steps, seed: only the environment differs
+
+
+# ---- Delethink chunk lines of the shared warm start -------------------------------------------------------
+
+VS_CONFIG = "configs/delethink_vs_longcot_cpu.yaml"
+
+
+def _chunk_reference(q: list[int], t: list[int], C: int, m: int, k: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt, chunk) for chunks l >= 2 of a policy writing the tokens t after query q, from the paper's
+    description alone: chunk 1 writes t[:C]; chunk l >= 2 sees q + t[:k] + the last m - k tokens written
+    after the head, and writes the next C - m tokens."""
+    out, pos = [], C
+    while pos < len(t):
+        out.append((q + t[:k] + t[k:pos][-(m - k):], t[pos:pos + C - m]))
+        pos += C - m
+    return out
+
+
+def test_chunk_lines_are_the_wrappers_chunk_prompts_token_for_token(tok, tmp_path):
+    """Every chunk line of the warm-start file, as the SFT trainer turns it into a row, has exactly the
+    prompt the RL run's Markovian environment builds at that chunk (checked against the chunk prompts
+    worked out from the paper's rule, not the wrapper's code) and the next chunk of the trace as its
+    response; the last chunk ends in EOS; the whole-trace lines are still there, one per problem."""
+    from rlreason.trainer.sft import ids_row
+
+    cfg = load_config(VS_CONFIG)
+    env = build_environment(cfg.env.name, tok, cfg.env.args, cfg.env.markovian)  # as the trainer builds it
+    C, m, k = env.C, env.m, env.keep_head
+    out = tmp_path / "warm.jsonl"
+    info = rs.write_sft(out, size=6, min_terms=10, max_terms=12, seed=1, env_args=dict(cfg.env.args),
+                        chunk_env=env)
+    ds = build_dataset({"source": "sft_jsonl", "path": str(out)}, key="data.train")
+    by_id = {r["id"]: r for r in ds}
+    problems = rs.build_running_sum("train", 6, 10, 12, seed=1)
+    n_chunk_rows = 0
+    for ex in problems:
+        q = env.inner.encode_prompt(env.inner.prompt(dict(ex)))
+        t = tok(rs.trace(loads_info(ex["info"])["terms"]), add_special_tokens=False).input_ids + [tok.eos_token_id]
+        ref = _chunk_reference(q, t, C, m, k)
+        assert len(ref) >= 2  # these traces are 2-2.6x C: every problem has chunk lines
+        for chunk, (prompt, response) in enumerate(ref, 2):
+            row = ids_row(by_id[f"{ex['id']}/chunk{chunk}"], 0, len(tok))
+            assert row.prompt_ids == prompt and row.response_ids == response
+            assert row.response_mask == [1] * len(response)
+            n_chunk_rows += 1
+        assert row.response_ids[-1] == tok.eos_token_id and f"{ex['id']}/chunk{len(ref) + 2}" not in by_id
+    assert info["chunk_rows"] == n_chunk_rows and info["trace_rows"] == 6 == len(ds) - n_chunk_rows
+    whole = [r for r in ds if not r["prompt_ids"]]
+    assert sorted(r["prompt"] for r in whole) == sorted(env.inner.prompt(dict(ex)) for ex in problems)
+
+
+def test_chunk_lines_refuse_a_trace_longer_than_the_budget(tok):
+    cfg = load_config(VS_CONFIG)
+    args = dict(cfg.env.args) | {"max_chunks": 2}  # 64 + 32 = 96 tokens < a trace of 10 terms
+    env = build_environment("markovian", tok, args)
+    with pytest.raises(ConfigError, match=r"does not fit the Delethink budget C \+ \(I-1\)\(C-m\) = 96"):
+        rs.chunk_lines(rs.build_running_sum("train", 2, 10, 12), env)
+    with pytest.raises(ConfigError, match="chunk lines need a Delethink environment"):
+        rs.chunk_lines(rs.build_running_sum("train", 2, 10, 12), build_environment("longcot", tok, args))

@@ -142,3 +142,27 @@ def test_sft_refuses_rows_without_prompt_and_completion(tmp_path, sft_file):
         train(cfg(tmp_path, sft_file, "sft.batch_size=0", "output_dir=" + str(tmp_path / "x")))
     with pytest.raises(ConfigError, match="set data.eval"):
         train(cfg(tmp_path, sft_file, "eval.every=1", "output_dir=" + str(tmp_path / "y")))
+
+
+def test_token_id_lines_are_trained_verbatim_and_bad_ids_are_named(tmp_path):
+    """Lines with prompt_ids / completion_ids (Delethink chunk lines) become rows with exactly those ids:
+    no template, no EOS added; a line with one list and not the other, or a bad id, is refused naming it."""
+    from rlreason.trainer.sft import ids_row
+
+    f = _write(tmp_path / "ids.jsonl", [{"prompt": "a", "completion": "b"},
+                                        {"id": "c2", "prompt": "x y", "completion": "z", "prompt_ids": [5, 6, 7],
+                                         "completion_ids": [8, 9]}])
+    ds = build_dataset({"source": "sft_jsonl", "path": str(f)}, key="data.train")
+    assert ds[0]["prompt_ids"] == [] and ds[1]["prompt_ids"] == [5, 6, 7]
+    row = ids_row(ds[1], 3, 100)
+    assert (row.prompt_ids, row.response_ids, row.response_mask, row.trace_id) == ([5, 6, 7], [8, 9], [1, 1], 3)
+    with pytest.raises(ConfigError, match="line 'c2': completion_ids has id 9, outside the model's vocabulary of 9"):
+        ids_row(ds[1], 0, 9)
+    cases = [({"prompt": "q", "completion": "x", "prompt_ids": [1]}, "'prompt_ids' without 'completion_ids'"),
+             ({"prompt": "q", "completion": "x", "prompt_ids": [1], "completion_ids": []}, "'completion_ids' must be"),
+             ({"prompt": "q", "completion": "x", "prompt_ids": [-1], "completion_ids": [2]}, "'prompt_ids' must be")]
+    for i, (line, msg) in enumerate(cases):
+        bad = _write(tmp_path / f"bad_ids{i}.jsonl", [{"prompt": "ok", "completion": "fine"}, line])
+        with pytest.raises(DataError) as e:
+            build_dataset({"source": "sft_jsonl", "path": str(bad)}, key="data.train")
+        assert f"{bad}, line 2" in str(e.value) and msg in str(e.value)

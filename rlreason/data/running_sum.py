@@ -20,6 +20,8 @@ for longer N than training saw (`pick_terms`).
     rlreason data source=running_sum split=train size=8 min_terms=14 max_terms=18
     python -m rlreason.data.running_sum sft --out runs/delethink/warm_start.jsonl --size 500 \
         --config configs/delethink_small_cpu.yaml     # {prompt, completion}: the run's prompt, the trace
+    python -m rlreason.data.running_sum sft --out FILE --size 64 --config configs/delethink_vs_longcot_cpu.yaml \
+        --min-terms 10 --max-terms 12 --chunks        # + each trace's Delethink chunk lines (token ids)
     python -m rlreason.data.running_sum table             # N ranges for C in {64, 128, 256}, m = C/2
 
 `pick_terms` sizes N for a chunk size C and carryover m from an exact token count of a trace under the
@@ -243,7 +245,7 @@ def sft_train_rows(lines: list[dict[str, Any]], tokenizer: Any, env_args: dict[s
     """{prompt, completion} lines as the rows `algorithm: sft` trains on (`rlreason.trainer.sft.sft_row`):
     prompt ids as the environment encodes them for the policy (so the warm start sees the RL run's exact
     context), response = the completion's tokens then EOS (the model must learn to stop), every response
-    token trained. A trace is one LongCoT row; Markovian RL then learns to continue from its chunk prompts."""
+    token trained. A trace is one LongCoT row; `chunk_lines` gives the rows a Markovian policy sees."""
     from rlreason.environments.single_turn import SingleTurn
     from rlreason.trainer.sft import sft_row
 
@@ -252,11 +254,68 @@ def sft_train_rows(lines: list[dict[str, Any]], tokenizer: Any, env_args: dict[s
     return [sft_row(env, line["prompt"], line["completion"], i) for i, line in enumerate(lines)]
 
 
+class ReplayPolicy:
+    """A Policy that writes a given token stream: each call returns the stream's next `max_tokens` tokens,
+    finishing "stop" on the call that reaches its end (the stream ends in EOS, which an engine returns as a
+    generated token). Run through the Delethink wrapper it is a policy that writes exactly this trace, so
+    the wrapper's recorded Samples are the chunk prompts and chunks that trace gets during RL."""
+
+    def __init__(self, stream: list[int]) -> None:
+        self.stream, self.pos = list(stream), 0
+
+    async def generate(self, prompt_ids: list[int], *, max_tokens: int, stop: list[str] | None = None) -> Any:
+        from rlreason.types import Completion
+
+        y = self.stream[self.pos:self.pos + max(max_tokens, 0)]
+        self.pos += len(y)
+        return Completion(y, [0.0] * len(y), "stop" if y and self.pos == len(self.stream) else "length", "")
+
+
+def chunk_lines(ds: Dataset, env: Any) -> list[dict[str, Any]]:
+    """Warm-start lines that teach a policy to continue from Delethink chunk prompts: for each problem, its
+    worked trace (tokens, then EOS) replayed through `env` (a Delethink-wrapped environment, built from the
+    RL config as the trainer builds it), one line per chunk l >= 2 with the wrapper's own chunk prompt
+    (query + head + carry) as `prompt_ids` and chunk l as `completion_ids` (the last one ends in EOS). The
+    ids are the training row verbatim: decoding and re-encoding a carry that starts mid-line need not give
+    the same tokens. Chunk 1 (query, first C tokens) is the start of the whole-trace line, so it is left out.
+    A trace longer than the Delethink budget is an error: its chunk lines would teach a cut-off trace."""
+    import asyncio
+
+    from rlreason.delethink import Markovian
+
+    if not isinstance(env, Markovian):
+        raise ConfigError(f"env: chunk lines need a Delethink environment (env.name markovian, or env.markovian "
+                          f"around another), got '{getattr(env, 'name', type(env).__name__)}'.")
+    tok = env.tokenizer
+    lines = []
+    for r in ds:
+        stream = tok(trace(json.loads(r["info"])["terms"]), add_special_tokens=False).input_ids + [tok.eos_token_id]
+        ep = asyncio.run(env.rollout(dict(r), ReplayPolicy(stream)))
+        if [t for s in ep.samples for t in s.response_ids] != stream:
+            raise ConfigError(f"env.args: the trace of {r['id']} ({len(stream)} tokens with EOS) does not fit the "
+                              f"Delethink budget C + (I-1)(C-m) = {env.budget()}; raise max_chunks or use fewer terms.")
+        for chunk, s in enumerate(ep.samples[1:], 2):
+            lines.append({"id": f"{r['id']}/chunk{chunk}", "prompt": tok.decode(s.prompt_ids),
+                          "completion": tok.decode(s.response_ids), "prompt_ids": list(s.prompt_ids),
+                          "completion_ids": list(s.response_ids)})
+    return lines
+
+
 def write_sft(out: str | Path, *, split: str = "train", size: int = 500, min_terms: int = 15,
-              max_terms: int = 17, seed: int = 0, env_args: dict[str, Any] | None = None) -> dict:
-    rows = sft_rows(build_running_sum(split, size, min_terms, max_terms, seed), env_args)
+              max_terms: int = 17, seed: int = 0, env_args: dict[str, Any] | None = None,
+              chunk_env: Any = None) -> dict:
+    """One whole-trace line per problem; with `chunk_env` (a Delethink environment) also its chunk lines
+    (`chunk_lines`), in one shuffled file: one warm start for both the LongCoT and the Markovian arm."""
+    ds = build_running_sum(split, size, min_terms, max_terms, seed)
+    rows: list[dict[str, Any]] = sft_rows(ds, env_args)
+    n_chunks = 0
+    if chunk_env is not None:
+        chunks = chunk_lines(ds, chunk_env)
+        n_chunks = len(chunks)
+        rows = rows + chunks
+        _rng(SOURCE, "sft", seed).shuffle(rows)
     write_jsonl(Path(out), rows)
-    return {"rows": len(rows), "path": str(out)}
+    return {"rows": len(rows), "trace_rows": len(rows) - n_chunks, "chunk_rows": n_chunks, "path": str(out)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,16 +332,29 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--max-terms", type=int, default=17)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--config", help="take the environment's template and style from this config")
+    s.add_argument("--chunks", action="store_true",
+                   help="also write each trace's Delethink chunk lines, built by --config's environment")
     a = ap.parse_args(argv)
     if a.cmd == "table":
         print(table(tuple(int(c) for c in a.chunk_sizes.split(",")), a.keep_head))
         return
-    env_args = {}
+    env_args: dict[str, Any] = {}
+    chunk_env = None
+    if a.chunks and not a.config:
+        ap.error("--chunks needs --config (the RL run whose Delethink chunk prompts the lines must match)")
     if a.config:
         from rlreason.config import load_config
-        env_args = dict(load_config(a.config).env.args)
+        cfg = load_config(a.config)
+        env_args = dict(cfg.env.args)
+        if a.chunks:
+            from transformers import AutoTokenizer
+
+            from rlreason.models import resolve_model
+            from rlreason.registry import build_environment
+            tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.name, dtype="fp32"))  # as the trainer
+            chunk_env = build_environment(cfg.env.name, tok, cfg.env.args, cfg.env.markovian)
     print(write_sft(a.out, split=a.split, size=a.size, min_terms=a.min_terms, max_terms=a.max_terms,
-                    seed=a.seed, env_args=env_args))
+                    seed=a.seed, env_args=env_args, chunk_env=chunk_env))
 
 
 if __name__ == "__main__":

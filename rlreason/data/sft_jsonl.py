@@ -4,19 +4,27 @@ warm-start writers produce (`python -m rlreason.data.running_sum sft`, `qa_world
 `prompt` is the text the policy sees (raw style) or a list of chat messages {role, content} (chat style:
 the environment's chat template renders it); `completion` is the text to learn after it (the trainer adds
 EOS). `response` is accepted for `completion` (the spelling of the probe repair sets and cei_mixture's
-warm-start lines). A bad line stops the run before training with the file and line."""
+warm-start lines). A bad line stops the run before training with the file and line.
+
+Optional `prompt_ids` and `completion_ids` (both or neither; lists of token ids) are the training row
+verbatim: prompt and response tokens as given, no template and no EOS added (the ids carry it where the
+row ends the text). They are for rows whose exact tokens text cannot pin down, such as Delethink chunk
+prompts whose carry starts mid-line (`python -m rlreason.data.running_sum sft --chunks`); `prompt` and
+`completion` then stay as the readable text of the same row."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from datasets import Dataset, Features, Value
+from datasets import Dataset, Features, Sequence, Value
 
 from rlreason.data.jsonl import DataError, parse_line, read_lines
 
 FEATURES = Features({"id": Value("string"), "prompt": Value("string"), "completion": Value("string"),
-                     "chat": Value("bool")})
+                     "chat": Value("bool"), "prompt_ids": Sequence(Value("int64")),
+                     "completion_ids": Sequence(Value("int64"))})
+IDS = ("prompt_ids", "completion_ids")
 
 
 def _prompt(value: object, where: str) -> tuple[str, bool]:
@@ -31,6 +39,22 @@ def _prompt(value: object, where: str) -> tuple[str, bool]:
         return json.dumps(value, ensure_ascii=False), True
     raise DataError(f"{where}: 'prompt' must be a string or a list of {{role, content}} messages, "
                     f"got {type(value).__name__}")
+
+
+def _ids(row: dict, where: str) -> tuple[list[int], list[int]]:
+    """(prompt_ids, completion_ids), both empty when the line has neither."""
+    given = [k for k in IDS if k in row]
+    if not given:
+        return [], []
+    if len(given) == 1:
+        raise DataError(f"{where}: '{given[0]}' without '{(set(IDS) - set(given)).pop()}'; give both token id "
+                        f"lists or neither")
+    for k in IDS:
+        v = row[k]
+        if not (isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0
+                                                   for t in v)):
+            raise DataError(f"{where}: '{k}' must be a non-empty list of token ids (integers >= 0)")
+    return row["prompt_ids"], row["completion_ids"]
 
 
 def build_sft_jsonl(path: str) -> Dataset:
@@ -53,8 +77,9 @@ def build_sft_jsonl(path: str) -> Dataset:
         if not isinstance(completion, str) or not completion.strip():
             raise DataError(f"{where}: '{key}' must be a non-empty string, got {completion!r:.40}")
         prompt, chat = _prompt(row["prompt"], where)
+        prompt_ids, completion_ids = _ids(row, where)
         rows.append({"id": str(row.get("id", f"{file.stem}/{lineno}")), "prompt": prompt, "completion": completion,
-                     "chat": chat})
+                     "chat": chat, "prompt_ids": prompt_ids, "completion_ids": completion_ids})
     if not rows:
         raise DataError(f"{file}: no rows")
     return Dataset.from_list(rows, features=FEATURES)

@@ -64,6 +64,14 @@ class Algorithm:
     def attach(self, ctx: UpdateContext, model_dir: str) -> None:
         """Add modules to the update context before the optimizer is built over its parameters."""
 
+    def uses_reference_model(self) -> bool:
+        """Whether `attach` loads a frozen reference model (the GPU memory check counts its weights)."""
+        return False
+
+    def trains_adapters_only(self) -> bool:
+        """Whether only LoRA adapters train (the GPU memory check then counts no optimizer state)."""
+        return False
+
     def prepare(self, run: Run) -> None:
         """Adapt the Run before a resume restores it (LoRA adapters, tokenised training rows)."""
 

@@ -132,7 +132,7 @@ class ExpertIteration(Algorithm):
         return self.cfg.ei.rounds
 
     def prepare(self, run: Run) -> None:
-        if self.cfg.ei.lora_rank:
+        if self.trains_adapters_only():
             self._add_lora(run)
 
     def _add_lora(self, run: Run) -> None:
@@ -152,9 +152,12 @@ class ExpertIteration(Algorithm):
         # Unfused over the adapters (small tensors), as LoRA runs have always been: the same numbers on resume.
         run.ctx.optimizer, run.ctx.scheduler = build_optimizer(params, self.cfg, run.ctx.device, fused=False)
 
+    def trains_adapters_only(self) -> bool:
+        return bool(self.cfg.ei.lora_rank)
+
     def engine_weights(self, run: Run) -> Iterator[tuple[str, torch.Tensor]]:
         model = run.ctx.model
-        return engine_weights(model) if self.cfg.ei.lora_rank else model.state_dict().items()
+        return engine_weights(model) if self.trains_adapters_only() else model.state_dict().items()
 
     def state(self) -> dict[str, Any]:
         return {"ei": {"temperature": self.temperature, "initial": self.initial}}

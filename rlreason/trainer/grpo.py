@@ -44,12 +44,15 @@ class GRPO(Algorithm):
         fp32 (the CPU numerics, and exact resume, are unchanged)."""
         from rlreason.trainer.loop import load_policy
         cfg = self.cfg
-        if cfg.algo.kl_coef > 0:
+        if self.uses_reference_model():
             dtype = torch.bfloat16 if ctx.device.type == "cuda" and cfg.model.dtype == "bf16" else torch.float32
             ctx.ref_model = load_policy(model_dir, ctx.device, False, cfg.model.attn_implementation,
                                         dtype=dtype).eval().requires_grad_(False)
         if cfg.algo.advantage == "gae":
             ctx.value_head = ValueHead(ctx.model.config.hidden_size).to(ctx.device)
+
+    def uses_reference_model(self) -> bool:
+        return self.cfg.algo.kl_coef > 0
 
     def torch_state(self, run: Run) -> dict[str, Any]:
         return {"value_head": run.ctx.value_head.state_dict()} if run.ctx.value_head is not None else {}

@@ -158,9 +158,8 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
         gpu_memory.check(gpu_memory.count_parameters(model_dir), device,
                          gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                          sleep_mode=cfg.rollout.sleep_mode, vllm=cfg.rollout.engine == "vllm",
-                         ref_bytes=ref_bytes if cfg.algorithm == "grpo" and cfg.algo.kl_coef > 0 else 0,
-                         model_name=cfg.model.name,
-                         lora=cfg.algorithm == "expert_iteration" and bool(cfg.ei.lora_rank))
+                         ref_bytes=ref_bytes if algorithm.uses_reference_model() else 0,
+                         model_name=cfg.model.name, lora=algorithm.trains_adapters_only())
     model = load_policy(model_dir, device, cfg.model.gradient_checkpointing, cfg.model.attn_implementation)
     amp = torch.bfloat16 if cfg.model.dtype == "bf16" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -40,6 +40,18 @@ def sft_row(env: Environment, prompt: str | list[dict[str, str]], completion: st
     return Row(env.encode_prompt(prompt), response, [0.0] * len(response), [1] * len(response), 0.0, index, index)
 
 
+def ids_row(row: dict[str, Any], index: int, vocab_size: int) -> Row:
+    """A line given as token ids (sft_jsonl `prompt_ids` / `completion_ids`): the row verbatim, every
+    response token trained. An id outside the tokenizer's vocabulary names the line's id."""
+    for k in ("prompt_ids", "completion_ids"):
+        bad = [t for t in row[k] if t >= vocab_size]
+        if bad:
+            raise ConfigError(f"data.train: line '{row['id']}': {k} has id {bad[0]}, outside the model's "
+                              f"vocabulary of {vocab_size} tokens (ids written for another tokenizer?)")
+    response = list(row["completion_ids"])
+    return Row(list(row["prompt_ids"]), response, [0.0] * len(response), [1] * len(response), 0.0, index, index)
+
+
 def sft_batch(batch: list[Row], ctx: UpdateContext, tr: TrainerConfig, sums: dict, counts: dict) -> None:
     """One optimizer step on `batch` (split into trainer.micro_batch_size rows); accumulates the loss and
     gradient norm into `sums` / `counts` as `update._step` does."""
@@ -132,7 +144,8 @@ class SFT(Algorithm):
             raise ConfigError(f"data.train: algorithm=sft trains on rows with 'prompt' and 'completion' columns "
                               f"(source: sft_jsonl); source '{self.cfg.data.train.get('source')}' has "
                               f"{', '.join(sorted(columns))}")
-        self.rows = [sft_row(run.env, prompt_of(r), r["completion"], i) for i, r in enumerate(run.train_rows)]
+        self.rows = [sft_row(run.env, prompt_of(r), r["completion"], i) if not r.get("prompt_ids")
+                     else ids_row(r, i, len(run.env.tokenizer)) for i, r in enumerate(run.train_rows)]
         self.steps_per_epoch = math.ceil(len(self.rows) / self.cfg.sft.batch_size)
 
     def total_steps(self) -> int:
