@@ -60,6 +60,7 @@ FAILED_MSG = "\n<warning>SEARCH FAILED</warning>\n"
 EMPTY_MSG = "\n<warning>EMPTY SEARCH QUERY</warning>\n"
 NO_RESULTS_MSG = "\n<document>\nNo results.\n</document>\n"
 INVALID_MSG = "\n<warning>INVALID SEARCH: put the query between <search> and </search></warning>\n"
+GROUP_METRICS = ("searches", "answered", "abstained")  # also logged per info[split_by] value when it is set
 TAG = re.compile(r"</?(?:think|search|answer|document|warning)>")
 
 
@@ -103,14 +104,16 @@ class PayPerSearch(SingleTurn):
                  search_enabled: bool = True, max_turn_tokens: int = 512, max_response_tokens: int = 4096,
                  max_turns: int | None = None, max_doc_words: int | None = None, timeout_s: float = 5.0,
                  retries: int = 2, template: str = MASH_TEMPLATE, style: str = "chat",
-                 system_prompt: str | None = None) -> None:
+                 system_prompt: str | None = None, split_by: str | None = None) -> None:
         super().__init__(tokenizer, template=template, style=style, system_prompt=system_prompt,
                          max_tokens=max_turn_tokens, stop=STOP)
         for key, v, lo in (("topk", topk, 1), ("max_searches", max_searches, 0),
                            ("max_turn_tokens", max_turn_tokens, 1), ("max_response_tokens", max_response_tokens, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ConfigError(f"env.args.{key}: must be an integer >= {lo}, got {v!r}.")
-        self.max_searches, self.search_enabled = max_searches, search_enabled
+        if split_by is not None and (not isinstance(split_by, str) or not split_by):
+            raise ConfigError(f"env.args.split_by: must be an info key (e.g. type) or null, got {split_by!r}.")
+        self.max_searches, self.search_enabled, self.split_by = max_searches, search_enabled, split_by
         self.max_response_tokens, self.max_doc_words = max_response_tokens, max_doc_words
         self.max_turns = max_turns if max_turns is not None else max_searches + 2
         self.client = SearchClient(server_url, topk=topk, timeout_s=timeout_s, retries=retries)
@@ -180,5 +183,10 @@ class PayPerSearch(SingleTurn):
             mask += [0] * len(inject)
         else:
             m["truncated"] = float(not m["answered"] and not m["abstained"])
+        if self.split_by is not None:
+            group = (example.get("info") or {}).get(self.split_by)
+            if group is None:
+                raise ValueError(f"env.args.split_by: question {example.get('id')!r} has no info.{self.split_by}")
+            m.update({f"{group}/{k}": m[k] for k in GROUP_METRICS})
         return Episode([Sample(prompt_ids, ids, logprobs, mask)], transcript=self.decode(ids), metrics=m,
                        info={"queries": queries, FINAL_ANSWER: answer, MAX_SEARCHES: self.max_searches})

@@ -42,6 +42,9 @@ SKIP: dict[str, str] = {
         "opt-in study: downloads the 491 MB Qwen model; tens of minutes on CPU",
     r"launch/autocei_small_cpu\.sh": "the Auto-CEI experiment with SmolLM2 (an hour on CPU); "
                                        "tests/test_autocei_launch.py runs the same script on tiny-random",
+    r"(?:\w+=(?:\"[^\"]*\"|\S+) )*bash launch/mash_small_cpu\.sh":
+        "the MASH comparison with SmolLM2 (tens of minutes on CPU); tests/test_mash_launch.py runs the same "
+        "script on tiny-random",
 }
 
 _TRAIN = ("model.name=tiny-random trainer.steps=1 trainer.prompts_per_step=2 trainer.samples_per_prompt=2 "

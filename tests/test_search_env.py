@@ -327,3 +327,31 @@ def test_undefined_rates_are_null_and_env_is_named(tok, server):
     assert out["abstention/abs_always"] is None and out["abstention/delta"] is None
     assert out["abstention/abs_never"] == 1.0
     assert env(tok).name == "pay_per_search"  # metrics are logged as env/pay_per_search/...
+
+
+def test_split_by_reports_env_metrics_and_the_abstention_read_off_per_group(tok, server):
+    """env.args.split_by=type: the episode's searches / answered / abstained also under `<type>/`, and the
+    read-off per type (the QA world's must_search / no_search), hand-computed from the FakeEngine's script:
+    Japan is answered at once, Everest is searched then answered right."""
+    examples = [dict(EX, info={"type": "no_search"}),
+                {"id": "q2", "question": "How high is Mount Everest?", "answer": "8,849 m", "data_source": "t",
+                 "info": {"type": "must_search"}}]
+    out = abstention_eval(FakeEngine(tok), {"server_url": server, "split_by": "type"}, tok, examples, k=2)
+    p = "abstention/by_type/"
+    assert out[p + "must_search/searches"] == 1.0 and out[p + "no_search/searches"] == 0.0
+    assert out[p + "must_search/accuracy"] == 1.0 and out[p + "no_search/accuracy"] == 1.0
+    assert out[p + "must_search/tool_productivity"] == 0.5 and out[p + "no_search/tool_productivity"] == 1.0
+    assert out[p + "must_search/abstention_rate"] == 1.0 and out[p + "no_search/abstention_rate"] == 0.0
+    assert out[p + "must_search/answered_rate"] == 0.0 and out[p + "no_search/precision"] == 1.0
+    assert out[p + "must_search/precision"] is None  # nothing answered: undefined, null
+    assert out[p + "must_search/questions"] == 1
+    assert out["abstention/tool/searches"] == 0.5  # the overall numbers are unchanged
+
+    e = env(tok, server, split_by="type")
+    ep = asyncio.run(e.rollout(examples[1], ScriptedPolicy(tok, ["<search> Everest </search>", "<answer> x </answer>"])))
+    assert ep.metrics["must_search/searches"] == 1.0 and ep.metrics["must_search/answered"] == 1.0
+    assert "no_search/searches" not in ep.metrics
+    with pytest.raises(ValueError, match="info.type"):
+        asyncio.run(e.rollout(EX, ScriptedPolicy(tok, ["<answer> Tokyo </answer>"])))
+    with pytest.raises(ConfigError, match="split_by"):
+        env(tok, split_by="")

@@ -222,6 +222,9 @@ def write_sft(out: str | Path, *, split: str = "train", size: int = 300, must_se
             build_warm_start_sft(by_type[t], path, index=index, direct_fraction=direct,
                                  max_searches=max_searches, seed=seed, env_args=env_args)
             rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+            for line in rows:  # a prompt that opens the thought (configs/qa_world_cpu.yaml's) is not reopened
+                if line["prompt"].endswith("<think>") and line["completion"].startswith("<think>"):
+                    line["completion"] = line["completion"][len("<think>"):]
             lines += [(r["id"], line) for r, line in zip(by_type[t], rows)]
     order = {r["id"]: i for i, r in enumerate(ds)}  # the dataset's own seeded order
     lines.sort(key=lambda x: order[x[0]])

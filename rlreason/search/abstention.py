@@ -13,6 +13,11 @@ Three passes of k samples per question through the same engine:
                                                   difference, higher is better), precision = right / answered
 
 A model that abstains exactly when it does not know has abs_never = 1, abs_always = 0, precision 1.
+
+With `env.args.split_by` set (e.g. `type` on the QA world, whose questions are must-search or answerable from
+the question by construction), the with-tool and tool-removed numbers are also reported per value of that
+info key: `abstention/by_<split_by>/<value>/{accuracy, searches, tool_productivity, abstention_rate,
+answered_rate, precision, questions}`.
 """
 
 from __future__ import annotations
@@ -103,6 +108,22 @@ def abstention_eval(engine: Engine, env_args: dict[str, Any], tokenizer: Any, ex
         "abstention/by_answerability": {b: _mean(v) for b, v in sorted(buckets.items())},  # never empty
         "abstention/env_errors": errors,
     }
+    split_by = args.get("split_by")
+    if split_by:
+        for g in sorted({str((ex.get("info") or {}).get(split_by)) for ex in examples}):
+            sel = [i for i, ex in enumerate(examples) if str((ex.get("info") or {}).get(split_by)) == g]
+            t = [(examples[i], ep) for i in sel for ep in with_tool[i]]
+            nt = [(examples[i], ep) for i in sel for ep in no_tool[i]]
+            ans = [(ex, ep) for ex, ep in nt if ep is not None and ep.metrics["answered"] > 0]
+            g_acc = _mean([_correct(ex, ep) for ex, ep in t])
+            g_searches = _mean([ep.metrics["searches"] if ep else 0.0 for _, ep in t])
+            p = f"abstention/by_{split_by}/{g}/"
+            out.update({p + "questions": len(sel), p + "accuracy": g_acc, p + "searches": g_searches,
+                        p + "tool_productivity": g_acc / (1.0 + g_searches),
+                        p + "abstention_rate": _mean([float(ep is not None and ep.metrics["abstained"] > 0)
+                                                      for _, ep in nt]),
+                        p + "answered_rate": len(ans) / len(nt),
+                        p + "precision": _mean([_correct(ex, ep) for ex, ep in ans])})
     # A rate over no questions (e.g. no always-answerable one) is undefined: null in the JSON, not NaN.
     return {key: (None if isinstance(v, float) and v != v else v) for key, v in out.items()}
 
