@@ -45,20 +45,9 @@ latest() {  # the newest complete checkpoint of a run directory: an HF model dir
 
 # the world's corpus, served by BM25 for the whole launch (stopped on exit, errors and Ctrl-C included)
 [ -f "$RUNS/corpus.jsonl" ] || "$PY" -m rlreason.data.qa_world corpus --out "$RUNS/corpus.jsonl"
-if curl -sf "$BASE_URL/health" >/dev/null 2>&1; then
-  echo "launch: something already answers on $BASE_URL; set SEARCH_PORT to a free port" >&2
-  exit 1
-fi
-"$PY" -m rlreason.cli serve-search --port "$PORT" --corpus "$RUNS/corpus.jsonl" >"$RUNS/serve-search.log" 2>&1 &
-SERVER=$!
-stop_server() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
-trap stop_server EXIT INT TERM
-for _ in $(seq 1 300); do
-  curl -sf "$BASE_URL/health" >/dev/null 2>&1 && break
-  kill -0 "$SERVER" 2>/dev/null || { echo "launch: serve-search exited; its log:" >&2; cat "$RUNS/serve-search.log" >&2; exit 1; }
-  sleep 1
-done
-curl -sf "$BASE_URL/health" >/dev/null || { echo "launch: serve-search not healthy after 300 s" >&2; exit 1; }
+# shellcheck source=launch/_search_server.sh
+. launch/_search_server.sh
+serve_search "$BASE_URL" "$RUNS/serve-search.log" "$PY" -m rlreason.cli serve-search --port "$PORT" --corpus "$RUNS/corpus.jsonl"
 
 # warm start: SFT on rows that show both behaviours, in the RL runs' prompt
 if [ ! -f "$RUNS/warm/summary.txt" ]; then

@@ -21,22 +21,10 @@ RUN_DIR=${RUN_DIR:-runs/pay_per_search_cpu}   # must match the config's name/out
 mkdir -p "$RUN_DIR"
 LOG="$RUN_DIR/serve-search.log"
 
-if curl -sf "$BASE/health" >/dev/null 2>&1; then
-  echo "launch: something already answers on $BASE; set SEARCH_PORT to a free port" >&2
-  exit 1
-fi
-rlreason serve-search --port "$PORT" ${SEARCH_CORPUS:+--corpus "$SEARCH_CORPUS"} >"$LOG" 2>&1 &
-SERVER=$!
-stop_server() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
-trap stop_server EXIT INT TERM
-
-# The first start builds the BM25 index (a few seconds); later starts load it from the cache.
-for _ in $(seq 1 300); do
-  curl -sf "$BASE/health" >/dev/null 2>&1 && break
-  kill -0 "$SERVER" 2>/dev/null || { echo "launch: serve-search exited; its log:" >&2; cat "$LOG" >&2; exit 1; }
-  sleep 1
-done
-curl -sf "$BASE/health" || { echo "launch: serve-search not healthy after 300 s" >&2; exit 1; }
+# shellcheck source=launch/_search_server.sh
+. launch/_search_server.sh
+serve_search "$BASE" "$LOG" rlreason serve-search --port "$PORT" ${SEARCH_CORPUS:+--corpus "$SEARCH_CORPUS"}
+curl -sf "$BASE/health"
 echo
 
 URL_OVERRIDE="env.args.server_url=$BASE/retrieve"
