@@ -19,6 +19,11 @@ The PNG plots searches per question of each training step's rollouts, must-searc
 panels, one line per arm and seed.
 
     python benchmarks/mash_comparison.py report --runs /work/runs_mash --out benchmarks/results/mash_small_cpu
+
+`--include EARLIER.json` adds the arm/seed runs of an earlier report (its .json) that the runs directory does
+not hold, e.g. the seeds of a launch whose run directories are gone. Seeds can only be pooled from one warm
+start, so the earlier report's warm-start read-off must equal this directory's, number for number; otherwise
+the report stops with a one-line error naming the file.
 """
 
 from __future__ import annotations
@@ -99,6 +104,33 @@ def collect(runs: Path) -> dict[str, Any]:
     return {"arms": arms, "warm": {"final": flat(warm), "eval": warm} if warm else None}
 
 
+class ReportError(Exception):
+    """A report input that cannot be used (printed as one line, exit status 2)."""
+
+
+def include(data: dict[str, Any], earlier: Path) -> list[str]:
+    """Add the runs of an earlier report (`report`'s .json) that `data` lacks; returns "arm seed" of each added.
+    Both must come from the same warm start: its held-out read-off is compared number for number."""
+    try:
+        old = json.loads(earlier.read_text())
+        old_arms, old_warm = old["arms"], old["warm"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReportError(f"{earlier}: not a mash_comparison report .json ({type(e).__name__}: {e})") from None
+    here = data["warm"]["eval"] if data["warm"] else None
+    if old_warm is None or here is None or old_warm.get("eval") != here:
+        raise ReportError(f"{earlier}: its warm-start read-off differs from this runs directory's warm_eval.json; "
+                          f"seeds from different warm starts are not pooled")
+    added = []
+    for arm, seeds in old_arms.items():
+        if arm not in ARMS:
+            raise ReportError(f"{earlier}: unknown arm '{arm}' (known: {', '.join(ARMS)})")
+        for seed, rec in seeds.items():
+            if int(seed) not in data["arms"][arm]:
+                data["arms"][arm][int(seed)] = rec
+                added.append(f"{arm} {seed}")
+    return added
+
+
 def _fmt(v: float) -> str:
     return "n/a" if v is None or math.isnan(v) else f"{v:.3f}"
 
@@ -159,8 +191,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def report(runs: Path, out: Path) -> str:
+def report(runs: Path, out: Path, earlier: list[Path] = ()) -> str:
     data = collect(runs)
+    for e in earlier:
+        include(data, e)
     text = table(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
@@ -175,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="one table (.md, .json) and one PNG from a launch's runs directory")
     r.add_argument("--runs", required=True)
     r.add_argument("--out", required=True, help="path prefix: .md, .json and .png are written")
+    r.add_argument("--include", action="append", default=[], metavar="EARLIER.json",
+                   help="also the arm/seed runs of an earlier report of the same warm start (repeatable)")
     a = ap.parse_args(argv)
-    print(report(Path(a.runs), Path(a.out)))
+    try:
+        print(report(Path(a.runs), Path(a.out), [Path(p) for p in a.include]))
+    except ReportError as e:
+        print(f"mash_comparison: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -60,3 +60,34 @@ def test_report_table_json_and_png(tmp_path):
     assert [h["step"] for h in data["arms"]["em"]["0"]["history"]] == [1, 2]
     assert math.isclose(data["arms"]["em"]["0"]["history"][1]["searches/no_search"], 0.25)
     assert (tmp_path / "out" / "mash.png").stat().st_size > 0
+
+
+def test_include_pools_an_earlier_reports_seeds_only_from_the_same_warm_start(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d in (first, second):
+        d.mkdir()
+        (d / "warm_eval.json").write_text(json.dumps(_eval(0.5, 0.1, 0.5)))
+    _run(first, "em_s0", _eval(0.25, 0.5, 1.0), [(1, 0.5)])
+    _run(first, "em_s1", _eval(0.0, 0.5, 1.0), [(1, 0.5)])  # also in the second directory: that one wins
+    mc.report(first, tmp_path / "out" / "first")
+    _run(second, "em_s1", _eval(0.75, 0.0, 0.5), [(1, 0.0), (1, 0.0)])
+    text = mc.report(second, tmp_path / "out" / "both", [tmp_path / "out" / "first.json"])
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:-1]]
+            for line in text.splitlines()[2:]}
+    acc_must = [h for h, _ in mc.COLUMNS].index("acc must")
+    em = "(a) Search-R1, EM only"
+    assert rows[(em, "0", "1")][acc_must] == "0.250"  # from the earlier report, with its one training step
+    assert rows[(em, "1", "2")][acc_must] == "0.750"  # from the runs directory
+    assert rows[(em, "mean", "")][acc_must] == "0.500"
+    both = json.loads((tmp_path / "out" / "both.json").read_text())
+    assert sorted(both["arms"]["em"]) == ["0", "1"]
+
+    (second / "warm_eval.json").write_text(json.dumps(_eval(0.5, 0.2, 0.5)))  # another warm start
+    rc = mc.main(["report", "--runs", str(second), "--out", str(tmp_path / "out" / "x"),
+                  "--include", str(tmp_path / "out" / "first.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "first.json" in err and "warm start" in err
+    (tmp_path / "bad.json").write_text("{}")
+    assert mc.main(["report", "--runs", str(second), "--out", str(tmp_path / "out" / "y"),
+                    "--include", str(tmp_path / "bad.json")]) == 2
+    assert "bad.json: not a mash_comparison report" in capsys.readouterr().err
