@@ -62,11 +62,11 @@ def test_report_table_json_and_png(tmp_path):
     assert (tmp_path / "out" / "mash.png").stat().st_size > 0
 
 
-def test_include_pools_an_earlier_reports_seeds_only_from_the_same_warm_start(tmp_path, capsys):
+def test_include_pools_an_earlier_reports_seeds_and_keeps_each_launchs_warm_start(tmp_path, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
-    for d in (first, second):
+    for d, searches in ((first, 0.1), (second, 0.2)):  # the second launch's warm start read off differently
         d.mkdir()
-        (d / "warm_eval.json").write_text(json.dumps(_eval(0.5, 0.1, 0.5)))
+        (d / "warm_eval.json").write_text(json.dumps(_eval(0.5, searches, 0.5)))
     _run(first, "em_s0", _eval(0.25, 0.5, 1.0), [(1, 0.5)])
     _run(first, "em_s1", _eval(0.0, 0.5, 1.0), [(1, 0.5)])  # also in the second directory: that one wins
     mc.report(first, tmp_path / "out" / "first")
@@ -74,20 +74,21 @@ def test_include_pools_an_earlier_reports_seeds_only_from_the_same_warm_start(tm
     text = mc.report(second, tmp_path / "out" / "both", [tmp_path / "out" / "first.json"])
     rows = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:-1]]
             for line in text.splitlines()[2:]}
-    acc_must = [h for h, _ in mc.COLUMNS].index("acc must")
+    col = {h: i for i, (h, _) in enumerate(mc.COLUMNS)}
     em = "(a) Search-R1, EM only"
-    assert rows[(em, "0", "1")][acc_must] == "0.250"  # from the earlier report, with its one training step
-    assert rows[(em, "1", "2")][acc_must] == "0.750"  # from the runs directory
-    assert rows[(em, "mean", "")][acc_must] == "0.500"
+    assert rows[(em, "0", "1")][col["acc must"]] == "0.250"  # from the earlier report, with its one training step
+    assert rows[(em, "1", "2")][col["acc must"]] == "0.750"  # from the runs directory
+    assert rows[(em, "mean", "")][col["acc must"]] == "0.500"
+    assert rows[("warm start (SFT)", "1", "0")][col["searches/q no-search"]] == "0.200"
+    assert rows[("warm start (SFT), earlier launch", "0", "0")][col["searches/q no-search"]] == "0.100"
     both = json.loads((tmp_path / "out" / "both.json").read_text())
-    assert sorted(both["arms"]["em"]) == ["0", "1"]
+    assert sorted(both["arms"]["em"]) == ["0", "1"] and both["earlier_warm"][0]["seeds"] == [0]
 
-    (second / "warm_eval.json").write_text(json.dumps(_eval(0.5, 0.2, 0.5)))  # another warm start
-    rc = mc.main(["report", "--runs", str(second), "--out", str(tmp_path / "out" / "x"),
-                  "--include", str(tmp_path / "out" / "first.json")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and len(err.splitlines()) == 1 and "first.json" in err and "warm start" in err
+    same = mc.report(first, tmp_path / "out" / "same", [tmp_path / "out" / "first.json"])
+    assert "earlier launch" not in same and "| warm start (SFT) | - | 0 |" in same  # one warm start: one row
+
     (tmp_path / "bad.json").write_text("{}")
     assert mc.main(["report", "--runs", str(second), "--out", str(tmp_path / "out" / "y"),
                     "--include", str(tmp_path / "bad.json")]) == 2
-    assert "bad.json: not a mash_comparison report" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.json: not a mash_comparison report" in err
