@@ -18,7 +18,11 @@ hits all alike; the speed ratios are per round, and the printout gives their med
 
 Per system it prints the median s/step of steps 2-6 (median over rounds of each round's median), the phase
 split (rollout = generation, sync = weight transfer to vLLM, rest = reward, log-probs, forward/backward and
-optimizer), generated tokens per step, and the peak RSS of the process tree (polled every 0.2 s).
+optimizer), generated tokens per step, and the peak RSS of the process tree (polled every 0.2 s). Against the
+machine's own limits, probed once before the first round (memory-copy bandwidth, bf16 matmul peak at the
+model's shapes): rlreason's rollout as a fraction of the bandwidth bound (all bf16 weights read once per decode
+step; decode steps = the step's longest response) and its update's MFU (the run's perf/update_tflops over
+that peak).
 
     bash scripts/setup_trl_venv.sh                         # once: .venv-trl
     python benchmarks/vs_trl.py --rounds 2                 # ~25 minutes on 2 cores
@@ -142,6 +146,47 @@ def phase_line(rnd: int, system: str, r: dict[str, Any]) -> str:
         f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in r["phases"].items())
 
 
+PERF = re.compile(r"^round (\d+) (\S+)\s+perf (.*)$")
+LIMITS = re.compile(r"^machine limits: memory copy ([\d.]+) GB/s; bf16 matmul peak ([\d.]+) TFLOP/s at the model's "
+                    r"shapes; bf16 weights read per decode step ([\d.]+) GB")
+
+
+def perf_line(rnd: int, system: str, r: dict[str, Any]) -> str:
+    """rlreason's per-step update TFLOP/s and decode steps (its longest response), for the targets."""
+    return f"round {rnd} {system:9s} perf " + "; ".join(
+        f"{k} " + ", ".join(f"{t:.4f}" for t in v) for k, v in r["perf"].items())
+
+
+def limits_line(lim: dict[str, float]) -> str:
+    return (f"machine limits: memory copy {lim['bandwidth'] / 1e9:.2f} GB/s; bf16 matmul peak "
+            f"{lim['peak_flops'] / 1e12:.3f} TFLOP/s at the model's shapes; bf16 weights read per decode step "
+            f"{lim['weight_bytes'] / 1e9:.4f} GB (probed in this run, before the first round)")
+
+
+def parse_limits(text: str) -> dict[str, float] | None:
+    for line in text.splitlines():
+        if m := LIMITS.match(line):
+            return {"bandwidth": float(m[1]) * 1e9, "peak_flops": float(m[2]) * 1e12, "weight_bytes": float(m[3]) * 1e9}
+    return None
+
+
+def machine_limits(model_dir: str) -> dict[str, float]:
+    """What the targets are measured against, probed once in this process: the copy bandwidth, the bf16
+    matmul peak at the model's linear shapes (rlreason.trainer.perf, fresh, not the cached figure), and the
+    bytes of the model's bf16 weights (each decode step reads them all)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rlreason.trainer.perf import device_peak_flops, model_shape, probe_copy_bandwidth
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    dev = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        peak, _ = device_peak_flops(model_shape(model), dev, torch.bfloat16, cache_dir=Path(tmp))
+    return {"bandwidth": probe_copy_bandwidth(dev), "peak_flops": peak,
+            "weight_bytes": 2.0 * sum(p.numel() for p in model.parameters())}  # tied weights counted once
+
+
 def parse_rounds(text: str) -> dict[str, list[dict[str, Any]]]:
     """The runs in a printed output: its `round N system steps ...` lines and, where present, their
     `round N system phases ...` lines (an output cut short keeps every round that finished)."""
@@ -153,6 +198,8 @@ def parse_rounds(text: str) -> dict[str, list[dict[str, Any]]]:
                                               "peak_rss_gb": float(m[5]), "phases": {}})
         elif (m := PHASES.match(line)) and runs.get(m[2]):
             runs[m[2]][-1]["phases"] = {k: nums(v) for k, v in (p.split(" ", 1) for p in m[3].split("; "))}
+        elif (m := PERF.match(line)) and runs.get(m[2]):
+            runs[m[2]][-1]["perf"] = {k: nums(v) for k, v in (p.split(" ", 1) for p in m[3].split("; "))}
     return runs
 
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -227,6 +274,8 @@ def part_rlreason(data_path: str) -> dict[str, Any]:
                        "update": [m["time/update"] for m in ms],
                        "rest": [m["time/step"] - m["time/rollout"] - m["time/sync"] - m["time/update"] for m in ms]},
             "tokens": [m["rollout/response_tokens"] * m["rollout/episodes"] for m in ms],
+            "perf": {"update_tflops": [m["perf/update_tflops"] for m in ms],
+                     "decode_steps": [m["rollout/response_tokens_max"] for m in ms]},
             "reward": [m["reward/total"] for m in ms]}
 
 
@@ -380,7 +429,22 @@ def run_part(python: Path, system: str, model_dir: str, data_path: Path, log: Pa
     return res
 
 
-def report(runs: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
+def limit_fractions(runs: dict[str, list[dict[str, Any]]], lim: dict[str, float]) -> dict[str, list[float]]:
+    """Per rlreason round, the median over steps 2-6 of (a) the rollout's fraction of the bandwidth bound and
+    (b) the update's MFU against the probed bf16 matmul peak."""
+    from rlreason.trainer.perf import decode_bandwidth_fraction
+    out: dict[str, list[float]] = {"rollout_bw": [], "mfu": []}
+    for r in runs.get("rlreason", []):
+        if not r.get("perf"):
+            continue
+        steps = zip(timed(r["phases"]["rollout"]), timed(r["perf"]["decode_steps"]))
+        out["rollout_bw"].append(median([decode_bandwidth_fraction(lim["weight_bytes"], lim["bandwidth"], t, int(n))
+                                         for t, n in steps]))
+        out["mfu"].append(median(timed(r["perf"]["update_tflops"])) * 1e12 / lim["peak_flops"])
+    return out
+
+
+def report(runs: dict[str, list[dict[str, Any]]], header: list[str], limits: dict[str, float] | None = None) -> str:
     s = summarize(runs)
     lines = [*header, "",
              f"{'system':10s}{'s/step':>8s}{'rounds (median of steps 2-6)':>32s}{'rollout':>9s}{'sync':>7s}"
@@ -403,6 +467,13 @@ def report(runs: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
         rss = s["rlreason"]["peak_rss_gb"] / s["trl-vllm"]["peak_rss_gb"]
         lines.append(f"issue-20 targets vs trl-vllm: >= 2.5x faster -> {'met' if med >= 2.5 else 'NOT met'} "
                      f"({med:.2f}x); peak RSS <= 0.5x -> {'met' if rss <= 0.5 else 'NOT met'} ({rss:.2f}x)")
+    f = limit_fractions(runs, limits) if limits else {}
+    if f.get("mfu"):
+        bw, mfu = median(f["rollout_bw"]), median(f["mfu"])
+        rng = lambda xs: f"rounds {min(xs):.1%}-{max(xs):.1%}"  # noqa: E731
+        lines.append(f"issue-20 targets vs this machine: rollout >= 40% of the bandwidth bound -> "
+                     f"{'met' if bw >= 0.4 else 'NOT met'} ({bw:.1%}, {rng(f['rollout_bw'])}); "
+                     f"update MFU >= 40% -> {'met' if mfu >= 0.4 else 'NOT met'} ({mfu:.1%}, {rng(f['mfu'])})")
     return "\n".join(lines)
 
 
@@ -417,7 +488,8 @@ def main() -> None:
                     help="summarise a printed output (e.g. one cut short) instead of running anything")
     a = ap.parse_args()
     if a.summarize:
-        print(report(parse_rounds(a.summarize.read_text()), [f"summary of {a.summarize}"]))
+        text = a.summarize.read_text()
+        print(report(parse_rounds(text), [f"summary of {a.summarize}"], parse_limits(text)))
         return
     systems = [x.strip() for x in a.systems.split(",") if x.strip()]
     bad = [x for x in systems if x not in SYSTEMS]
@@ -451,6 +523,8 @@ def main() -> None:
             a.out.write_text("\n".join(printed) + "\n")
 
     say("\n".join(header))
+    limits = machine_limits(model_dir)
+    say(limits_line(limits))
     runs: dict[str, list[dict[str, Any]]] = {x: [] for x in systems}
     failed: dict[str, str] = {}
     for rnd in range(a.rounds):
@@ -466,8 +540,10 @@ def main() -> None:
             runs[x].append(r)
             say(round_line(rnd + 1, x, r))
             say(phase_line(rnd + 1, x, r))
+            if r.get("perf"):
+                say(perf_line(rnd + 1, x, r))
     runs = {x: rs for x, rs in runs.items() if x not in failed}
-    say(report(runs, [f"{x}: no result ({why})" for x, why in failed.items()]))
+    say(report(runs, [f"{x}: no result ({why})" for x, why in failed.items()], limits))
     import shutil
     shutil.rmtree(work, ignore_errors=True)
 

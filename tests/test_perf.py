@@ -164,3 +164,14 @@ def test_grpo_step_logs_perf_metrics(tmp_path):
         assert row[k] > 0, k
     assert row["perf/mfu"] == pytest.approx(row["perf/update_tflops"] / row["perf/peak_tflops"])
     assert row["perf/mfu"] < 1.0
+
+
+def test_decode_bandwidth_fraction_is_the_bound_over_the_achieved_step_time():
+    # 0.27 GB of weights at 27 GB/s: 10 ms per decode step at best; 128 steps in 2.56 s is 20 ms each -> 50%
+    assert perf.decode_bandwidth_fraction(0.27e9, 27e9, 2.56, 128) == pytest.approx(0.5)
+    assert perf.decode_bandwidth_fraction(0.27e9, 27e9, 0.0, 128) == 0.0
+
+
+def test_copy_bandwidth_probe_counts_read_and_write():
+    bw = perf.probe_copy_bandwidth(torch.device("cpu"), mib=8, repeats=2)
+    assert 1e8 < bw < 1e13  # bytes/s: a plausible range for any machine

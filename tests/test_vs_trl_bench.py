@@ -108,3 +108,25 @@ def test_printed_rounds_summarise_again(vs_trl):
     # an older output without phase lines still gives s/step, tokens and RSS
     bare = vs_trl.parse_rounds("\n".join(line for line in text.splitlines() if " phases " not in line))
     assert vs_trl.summarize(bare)["trl-vllm"]["s_per_step"] == 2 * 33 and bare["trl-vllm"][0]["phases"] == {}
+
+
+def test_machine_limit_targets_from_the_runs_perf_and_the_probed_limits(vs_trl):
+    """Rollout: bound (weights / bandwidth) over achieved seconds per decode step; MFU: update TFLOP/s over the
+    probed peak; each the median of steps 2-6 per round, and the printed output gives them back."""
+    lim = {"bandwidth": 27e9, "peak_flops": 2e12, "weight_bytes": 0.27e9}  # 10 ms per decode step at best
+    r = _run([50, 10, 11, 12, 13, 30])
+    # 128 decode steps each; steps 2-6 take 20, 20, 40, 20, 70 ms per decode step: 0.5, 0.5, 0.25, 0.5, 0.14
+    r["phases"]["rollout"] = [1.0, 2.56, 2.56, 5.12, 2.56, 8.96]
+    r["perf"] = {"update_tflops": [9.0, 0.4, 0.5, 0.6, 0.7, 0.1], "decode_steps": [128.0] * 6}
+    f = vs_trl.limit_fractions({"rlreason": [r]}, lim)
+    assert f["rollout_bw"] == pytest.approx([0.5])
+    assert f["mfu"] == pytest.approx([0.5 / 2])  # median of steps 2-6 (step 1's 9.0 never counts)
+    runs = {"rlreason": [r], "trl-vllm": [_run([90, 30, 30, 33, 36, 90], 2.0)]}
+    text = vs_trl.report(runs, [], lim)
+    assert "rollout >= 40% of the bandwidth bound -> met (50.0%" in text and "update MFU >= 40% -> NOT met (25.0%" in text
+    printed = "\n".join([vs_trl.limits_line(lim), vs_trl.round_line(1, "rlreason", r), vs_trl.phase_line(1, "rlreason", r),
+                         vs_trl.perf_line(1, "rlreason", r)])
+    assert vs_trl.parse_limits(printed) == pytest.approx(lim)
+    back = vs_trl.parse_rounds(printed)
+    again = vs_trl.limit_fractions(back, vs_trl.parse_limits(printed))
+    assert again["rollout_bw"] == pytest.approx(f["rollout_bw"]) and again["mfu"] == pytest.approx(f["mfu"])

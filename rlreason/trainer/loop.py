@@ -270,7 +270,7 @@ def env_metric_means(env_name: str, episodes: list[Episode]) -> dict[str, float]
 
 def rollout_metrics(run: Run, episodes: list[Episode], env_errors: int) -> dict[str, float]:
     """reward/* (total, each component, reward-function errors), rollout/episodes, env_errors,
-    response_tokens and env/<name>/* over the episodes a step generated."""
+    response_tokens (mean and max) and env/<name>/* over the episodes a step generated."""
     return {
         "reward/total": float(np.mean([ep.reward for ep in episodes])) if episodes else float("nan"),
         **component_means(episodes),
@@ -279,6 +279,7 @@ def rollout_metrics(run: Run, episodes: list[Episode], env_errors: int) -> dict[
         "rollout/env_errors": float(env_errors),
         "rollout/response_tokens": float(np.mean([ep.num_trained_tokens for ep in episodes]))
         if episodes else 0.0,
+        "rollout/response_tokens_max": float(max((ep.num_trained_tokens for ep in episodes), default=0)),
         **env_metric_means(run.env.name, episodes),
     }
 

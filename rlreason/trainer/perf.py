@@ -179,6 +179,35 @@ def probe_flops(linear_shapes: Sequence[tuple[int, int, int]], device: torch.dev
     return flops / sum(best[(i, o)] * c for i, o, c in linear_shapes)
 
 
+def probe_copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = PROBE_REPEATS) -> float:
+    """Bytes per second of one large copy on `device` (bytes read + bytes written), the best of `repeats`
+    after one warm-up: what a decode step that streams every weight once can at most move. A tensor well
+    beyond the CPU's caches keeps the figure a DRAM one."""
+    n = mib * 2**20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for r in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if r > 0:
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n * 4 / best
+
+
+def decode_bandwidth_fraction(weight_bytes: float, bandwidth: float, rollout_s: float, decode_steps: int) -> float:
+    """How close generation came to the memory-bandwidth bound: every decode step reads all the weights at least
+    once, so a step cannot take less than weight_bytes / bandwidth; the fraction is that bound over the
+    achieved seconds per decode step (rollout_s / decode_steps, prefill included, so a lower bound on it)."""
+    if rollout_s <= 0 or decode_steps <= 0 or bandwidth <= 0:
+        return 0.0
+    return (weight_bytes / bandwidth) / (rollout_s / decode_steps)
+
+
 def device_peak_flops(shape: ModelShape, device: torch.device, dtype: torch.dtype,
                       cache_dir: Path | None = None) -> tuple[float, str]:
     """(FLOP/s, where it came from: 'datasheet' or 'probe'). Probes are cached; the key holds everything
