@@ -19,8 +19,8 @@ hits all alike; the speed ratios are per round, and the printout gives their med
 Per system it prints the median s/step of steps 2-6 (median over rounds of each round's median), the phase
 split (rollout = generation, sync = weight transfer to vLLM, rest = reward, log-probs, forward/backward and
 optimizer), generated tokens per step, and the peak RSS of the process tree (polled every 0.2 s). Against the
-machine's own limits, probed once before the first round (memory-copy bandwidth, bf16 matmul peak at the
-model's shapes): rlreason's rollout as a fraction of the bandwidth bound (all bf16 weights read once per decode
+machine's own limits, probed once before the first round in a subprocess set up as rlreason's part
+(memory-copy bandwidth, bf16 matmul peak at the model's shapes): rlreason's rollout as a fraction of the bandwidth bound (all bf16 weights read once per decode
 step; decode steps = the step's longest response) and its update's MFU (the run's perf/update_tflops over
 that peak).
 
@@ -523,7 +523,8 @@ def main() -> None:
             a.out.write_text("\n".join(printed) + "\n")
 
     say("\n".join(header))
-    limits = machine_limits(model_dir)
+    # probed in a part of its own: the same preloaded allocator and OpenMP runtime as rlreason's training part
+    limits = run_part(ours, "limits", model_dir, data, work / "limits.log")
     say(limits_line(limits))
     runs: dict[str, list[dict[str, Any]]] = {x: [] for x in systems}
     failed: dict[str, str] = {}
@@ -551,11 +552,13 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--part":
         p = argparse.ArgumentParser()
-        p.add_argument("--part", choices=SYSTEMS)
+        p.add_argument("--part", choices=[*SYSTEMS, "limits"])
         p.add_argument("--model-dir")
         p.add_argument("--data")
         pa = p.parse_args()
-        if pa.part == "rlreason":
+        if pa.part == "limits":
+            res = machine_limits(pa.model_dir)
+        elif pa.part == "rlreason":
             res = part_rlreason(pa.data)
         else:
             res = part_trl(pa.model_dir, pa.data, vllm=pa.part == "trl-vllm")
