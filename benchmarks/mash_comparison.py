@@ -141,14 +141,18 @@ def _row(label: str, seed: str, steps: str, rec: dict[str, float] | None) -> str
     return f"| {label} | {seed} | {steps} | " + " | ".join(cells) + " |"
 
 
+def _own_seeds(data: dict[str, Any]) -> str:
+    """The seeds the runs directory's own warm start began (those not taken from an earlier report)."""
+    theirs = {s for w in data.get("earlier_warm", []) for s in w["seeds"]}
+    return ", ".join(map(str, sorted({int(s) for runs in data["arms"].values() for s in runs} - theirs)))
+
+
 def table(data: dict[str, Any]) -> str:
     rows = ["| arm | seed | RL steps | " + " | ".join(h for h, _ in COLUMNS) + " |",
             "|" + "---|" * (len(COLUMNS) + 3)]
     earlier = data.get("earlier_warm", [])
     if data["warm"]:
-        theirs = {s for w in earlier for s in w["seeds"]}
-        own = sorted({int(s) for runs in data["arms"].values() for s in runs} - theirs)
-        rows.append(_row("warm start (SFT)", ", ".join(map(str, own)) if earlier else "-", "0", data["warm"]["final"]))
+        rows.append(_row("warm start (SFT)", _own_seeds(data) if earlier else "-", "0", data["warm"]["final"]))
     for w in earlier:
         rows.append(_row("warm start (SFT), earlier launch", ", ".join(map(str, w["seeds"])), "0", w["final"]))
     for arm, label in ARMS.items():
@@ -182,8 +186,9 @@ def plot(data: dict[str, Any], path: Path) -> None:
                 ax.plot([x["step"] + dx for x in h], [x[f"searches/{t}"] for x in h], styles[si % 4],
                         marker="osD^"[ci % 4], ms=4, color=f"C{ci}", alpha=0.8, label=f"{label}, seed {seed}")
         if data["warm"]:
+            own = f" of seed(s) {_own_seeds(data)}" if data.get("earlier_warm") else ""
             ax.axhline(data["warm"]["final"][f"searches/{t}"], color="k", lw=0.8, alpha=0.5,
-                       label="warm start, held-out")
+                       label=f"warm start{own}, held-out")
         for w in data.get("earlier_warm", []):
             ax.axhline(w["final"][f"searches/{t}"], color="k", ls="--", lw=0.8, alpha=0.5,
                        label=f"warm start of seed(s) {', '.join(map(str, w['seeds']))}, held-out")
