@@ -26,9 +26,12 @@ from rlreason.probes.traces import build_prompt_ids, generate_traces
 
 
 def sft_example(tokenizer: Any, row: dict, max_len: int) -> tuple[list[int], list[int]]:
-    """(ids, labels) with labels = -100 on the prompt; the response ends with the end-of-turn token."""
+    """(ids, labels) with labels = -100 on the prompt; the response ends with the end-of-turn token unless
+    the row says `eos: false` (a retain answer cut by the token budget: teaching the end of turn there
+    would teach the model to stop mid-answer)."""
     p = build_prompt_ids(tokenizer, row["prompt"])
-    r = tokenizer.encode(row["response"], add_special_tokens=False) + [tokenizer.eos_token_id]
+    r = tokenizer.encode(row["response"], add_special_tokens=False) + ([tokenizer.eos_token_id]
+                                                                       if row.get("eos", True) else [])
     ids = (p + r)[:max_len]
     labels = ([-100] * len(p) + r)[:max_len]
     return ids, labels
