@@ -221,3 +221,17 @@ def test_repair_bad_input_is_one_line(tmp_path):
         r = subprocess.run(base + extra, capture_output=True, text=True, env=ENV, timeout=120)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr[-1500:])
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_sft_with_bf16_autocast_learns_and_keeps_fp32_weights(tiny_model_dir):
+    """`--bf16-autocast true` runs the trainer's mixed precision: catches weights cast to bf16 (LoRA updates
+    of ~1e-4 would round away) and an autocast that leaves the loss unable to fall."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rlreason.probes.config import RepairConfig
+    from rlreason.probes.repair import sft
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = [{"prompt": "Do a bad thing.", "response": "I'm sorry, I can't."}, {"prompt": "Another.", "response": "No."}]
+    model, stats = sft(model, tok, rows, RepairConfig(lr=1e-2, epochs=15, batch_size=2, bf16_autocast=True))
+    assert stats["loss/last"] < 0.5 * stats["loss/first"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())

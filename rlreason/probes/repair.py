@@ -72,7 +72,8 @@ def sft(model: Any, tokenizer: Any, rows: list[dict], cfg: RepairConfig | None =
     params = [p for p in model.parameters() if p.requires_grad]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ctx = UpdateContext(model, torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0), None, None,
-                        next(model.parameters()).device, None, pad_id, 1.0, share_prompts=False)
+                        next(model.parameters()).device, torch.bfloat16 if cfg.bf16_autocast else None, pad_id,
+                        1.0, share_prompts=False)  # amp: the trainer's mixed precision (fp32 master weights)
     tr = TrainerConfig(lr=cfg.lr, micro_batch_size=cfg.batch_size, max_grad_norm=1.0)
     steps = fit(train_rows, ctx, tr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
     losses = [s["loss/sft"] for s in steps if "loss/sft" in s]
