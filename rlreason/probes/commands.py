@@ -422,6 +422,8 @@ def _repair_sets(a: argparse.Namespace, heldout_prompts: list[str]) -> list[Any]
     pool = retain_pool(traces, splits=a.retain_split.split(","), exclude_prompts=heldout_prompts)
     if a.scores:
         candidates = [r for r in read_jsonl(a.scores) if r["harmful"] and r["split"] == a.candidate_split]
+        if a.max_candidates:  # the first N in file order: fixed before any score is looked at
+            candidates = candidates[:a.max_candidates]
         return build_sets(candidates, {t["id"]: t for t in traces}, pool, arms=a.arms, seeds=a.seeds,
                           top_p=a.top_p, retain_ratio=a.retain_ratio)
     sets = []
@@ -449,6 +451,7 @@ def cmd_repair(a: argparse.Namespace) -> int:
     base_cfg = {f.name: getattr(a, f.name) for f in dataclasses.fields(RepairConfig) if f.name != "seed"}
     results: dict[str, Any] = {"config": base_cfg, "n_eval": a.n_eval, "retain_ratio": a.retain_ratio,
                                "retain_split": a.retain_split, "top_p": a.top_p if a.scores else None,
+                               "max_candidates": a.max_candidates if a.scores else None,
                                "seeds": a.seeds, "arms": list(dict.fromkeys(s.arm for s in sets)), "runs": []}
     t0 = time.monotonic()
     results["before"], before_traces = evaluate_model(engine, model, harmful, harmless, **kw)
@@ -608,6 +611,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="cliff: top --top-p by cliff; random: as many, drawn by the seed; full: every candidate")
     r.add_argument("--top-p", type=float, default=0.25, help="share of the candidates the cliff/random arms keep")
     r.add_argument("--candidate-split", default="candidates", help="split of the harmful candidates")
+    r.add_argument("--max-candidates", type=int, default=0,
+                   help="keep only the first N candidates (file order; 0: all): the pool every arm, full "
+                        "included, is drawn from, for a smaller compute budget")
     r.add_argument("--retain-ratio", type=float, default=1.0,
                    help="harmless retain rows per safety row (0: refusals only)")
     r.add_argument("--retain-split", default="probe",
