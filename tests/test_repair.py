@@ -235,3 +235,21 @@ def test_sft_with_bf16_autocast_learns_and_keeps_fp32_weights(tiny_model_dir):
     model, stats = sft(model, tok, rows, RepairConfig(lr=1e-2, epochs=15, batch_size=2, bf16_autocast=True))
     assert stats["loss/last"] < 0.5 * stats["loss/first"]
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_restore_weights_undoes_training_exactly(tiny_model_dir):
+    """Catches a restore that misses a tensor (the next arm would start from the previous arm's weights) or
+    breaks the tied LM head."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from rlreason.probes.repair import restore_weights
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    restore_weights(model, tiny_model_dir)
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr() \
+        or not fresh.config.tie_word_embeddings

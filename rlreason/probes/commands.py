@@ -442,8 +442,10 @@ def cmd_repair(a: argparse.Namespace) -> int:
     all_harmful, all_harmless = _split_rows(read_jsonl(a.data), "heldout")
     sets = _repair_sets(a, [r["prompt"] for r in all_harmful + all_harmless])
     harmful, harmless = all_harmful[:a.n_eval], all_harmless[:a.n_eval]
+    from rlreason.models import resolve_model
+    from rlreason.probes.repair import restore_weights
     model, tok = load_model(a.model, "fp32")
-    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    base_dir = resolve_model(a.model, dtype="fp32")
     engine = make_trace_engine(a.engine, a.model, model if a.engine == "hf" else None, tok, dtype=a.dtype,
                                temperature=0.0, max_model_len=a.max_model_len, seed=a.seed)
     kw = dict(max_think_tokens=a.max_think, max_answer_tokens=a.max_answer, seed=a.seed)
@@ -458,7 +460,7 @@ def cmd_repair(a: argparse.Namespace) -> int:
     results["before"]["eval_seconds"] = round(time.monotonic() - t0, 1)
     print(f"before               {_fmt_eval(results['before'])}", flush=True)
     for s in sets:
-        model.load_state_dict(base_sd)
+        restore_weights(model, base_dir)
         t0 = time.monotonic()
         model, stats = sft(model, tok, s.rows, RepairConfig(**base_cfg, seed=s.seed))
         stats["seconds"] = round(time.monotonic() - t0, 1)

@@ -83,6 +83,30 @@ def sft(model: Any, tokenizer: Any, rows: list[dict], cfg: RepairConfig | None =
     return model, {"loss/first": losses[0], "loss/last": losses[-1], "steps": len(steps)}
 
 
+@torch.no_grad()
+def restore_weights(model: Any, model_dir: Any) -> None:
+    """Copy the weights saved in `model_dir` (*.safetensors) back into `model`, one tensor at a time.
+
+    Why not a state-dict clone: for a 0.5B model in fp32 that is 2 GB held for the whole comparison; the
+    files are read lazily, so restoring needs one tensor's memory. Tied weights (an LM head sharing the
+    embedding's storage) are restored through their one saved name; any other parameter or buffer the
+    files do not cover is an error, not silently left trained."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+    state = model.state_dict(keep_vars=True)
+    done: set[int] = set()
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for k in f.keys():
+                if k in state:
+                    state[k].data.copy_(f.get_tensor(k))
+                    done.add(state[k].data_ptr())
+    left = [k for k, v in state.items() if v.data_ptr() not in done and k.endswith("weight")]
+    if left:
+        raise RuntimeError(f"restore_weights: {model_dir} has no saved value for {', '.join(left[:3])}")
+
+
 _NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
