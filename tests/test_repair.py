@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlreason.probes import data as D
-from rlreason.probes.compare import build_sets, comparison_markdown, spread, summarize, write_report
+from rlreason.probes.compare import build_sets, candidate_rows, comparison_markdown, spread, summarize, write_report
 from rlreason.probes.retain import draw_retain, mix_retain, n_retain, retain_pool, retain_row
 from rlreason.probes.select import REFUSAL_RESPONSE
 from rlreason.probes.traces import THINK_CLOSE
@@ -138,6 +138,16 @@ def test_arms_cliff_random_full_with_the_same_retain_rows():
         build_sets(cands, by_id, pool, arms=["cliff", "full"], seeds=[0], top_p=0.25, retain_ratio=2.0)
     with pytest.raises(ConfigError, match="each seed once"):
         build_sets(cands, by_id, pool, arms=["cliff"], seeds=[0, 0], top_p=0.25, retain_ratio=1.0)
+
+
+def test_candidate_cap_is_taken_in_file_order_before_ranking():
+    """Catches a cap applied after the cliff ranking (the cliff arm would then be the top of all candidates
+    while full is a smaller, unranked pool) and harmless or other-split rows among the candidates."""
+    scores = _scores(_traces())
+    assert [r["id"] for r in candidate_rows(scores, max_n=4)] == ["h0", "h1", "h2", "h3"]
+    assert [r["id"] for r in candidate_rows(scores)] == [f"h{i}" for i in range(8)]
+    with pytest.raises(ConfigError, match="--max-candidates: a count >= 0"):
+        candidate_rows(scores, max_n=-1)
 
 
 # --- the summary ----------------------------------------------------------------------------------------

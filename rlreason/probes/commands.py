@@ -408,7 +408,7 @@ def _repair_sets(a: argparse.Namespace, heldout_prompts: list[str]) -> list[Any]
     --sft FILE...: each file is an arm (named by its stem) trained once per seed.
     --scores + --traces: the arms of `compare.build_sets` (cliff / random / full) from the scored candidates.
     A retain ratio > 0 needs --traces (the harmless traces the retain rows come from)."""
-    from rlreason.probes.compare import RepairSet, build_sets
+    from rlreason.probes.compare import RepairSet, build_sets, candidate_rows
     from rlreason.probes.data import read_jsonl
     from rlreason.probes.retain import mix_retain, n_retain, retain_pool
     if bool(a.sft) == bool(a.scores):
@@ -421,9 +421,7 @@ def _repair_sets(a: argparse.Namespace, heldout_prompts: list[str]) -> list[Any]
     traces = read_jsonl(a.traces) if a.traces else []
     pool = retain_pool(traces, splits=a.retain_split.split(","), exclude_prompts=heldout_prompts)
     if a.scores:
-        candidates = [r for r in read_jsonl(a.scores) if r["harmful"] and r["split"] == a.candidate_split]
-        if a.max_candidates:  # the first N in file order: fixed before any score is looked at
-            candidates = candidates[:a.max_candidates]
+        candidates = candidate_rows(read_jsonl(a.scores), a.candidate_split, a.max_candidates)
         return build_sets(candidates, {t["id"]: t for t in traces}, pool, arms=a.arms, seeds=a.seeds,
                           top_p=a.top_p, retain_ratio=a.retain_ratio)
     sets = []

@@ -39,6 +39,15 @@ class RepairSet:
     n_retain: int
 
 
+def candidate_rows(scores: list[dict], split: str = "candidates", max_n: int = 0) -> list[dict]:
+    """The harmful `probe score` rows of `split`, the first `max_n` in file order when max_n > 0. The cap is
+    taken before any ranking, so it cannot favour an arm: it only shrinks the pool all of them share."""
+    if max_n < 0:
+        raise ConfigError(f"repair --max-candidates: a count >= 0 (0: all), got {max_n}")
+    rows = [r for r in scores if r["harmful"] and r["split"] == split]
+    return rows[:max_n] if max_n else rows
+
+
 def arm_safety_rows(candidates: list[dict], traces: dict[str, dict], arm: str, *, top_p: float,
                     seed: int) -> list[dict]:
     """The refusal rows of `arm` (candidates: `probe score` rows with cliff and final_score; traces by id)."""
