@@ -158,7 +158,7 @@ def test_spread_and_summary_by_hand(tmp_path):
     s = spread([0.5, 1.0, 0.75])
     assert s["mean"] == pytest.approx(0.75) and s["std"] == pytest.approx(0.25)
     assert (s["min"], s["max"], s["n"]) == (0.5, 1.0, 3)
-    assert spread([0.4])["std"] == 0.0 and spread([])["mean"] is None
+    assert spread([0.4])["std"] is None and spread([])["mean"] is None  # one seed: no spread, not a spread of 0
     runs = [{"arm": a, "seed": k, "n_safety": 2, "n_retain": 2, "attack_success": x, "over_refusal": 0.0,
              "gsm8k_acc": math.nan if k == 0 else 0.5, "ref_nll": 1.0, "loss/first": 2.0, "loss/last": 1.0,
              "seconds": 3.0} for a, xs in (("cliff", (1.0, 0.5, 0.0)), ("random", (1.0, 1.0, 1.0)))
@@ -173,6 +173,8 @@ def test_spread_and_summary_by_hand(tmp_path):
                "retain_ratio": 1.0, "top_p": 0.25, "seeds": [0, 1, 2], "runs": runs, "summary": summ}
     md = comparison_markdown(results)
     assert "| cliff | 2 + 2 | 0.500 ± 0.500 [0.000, 1.000] |" in md and "| before (no repair) | 0 | 1.000 |" in md
+    one = comparison_markdown({**results, "summary": summarize(runs[:1])})
+    assert "| cliff | 2 + 2 | 1.000 (1 seed, no spread) |" in one
     js, md_path = write_report(results, tmp_path / "res" / "rep")
     assert json.loads(js.read_text())["runs"][0]["gsm8k_acc"] is None and md_path.read_text() == md
 

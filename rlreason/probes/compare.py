@@ -86,12 +86,13 @@ def build_sets(candidates: list[dict], traces: dict[str, dict], retain_pool: lis
 
 
 def spread(xs: list[float]) -> dict[str, float | int | None]:
-    """mean, sample std (n-1; 0 for one value), min, max of the finite values."""
+    """mean, sample std (n-1; None for one value: one seed says nothing about the spread), min, max of the
+    finite values."""
     xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     if not xs:
         return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
     mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
     return {"n": len(xs), "mean": mean, "std": std, "min": min(xs), "max": max(xs)}
 
 
@@ -109,6 +110,8 @@ def summarize(runs: list[dict], metrics: tuple[str, ...] = METRICS) -> dict[str,
 def _cell(s: dict) -> str:
     if not s or s.get("mean") is None:
         return "-"
+    if s["n"] < 2:
+        return f"{s['mean']:.3f} (1 seed, no spread)"
     return f"{s['mean']:.3f} ± {s['std']:.3f} [{s['min']:.3f}, {s['max']:.3f}]"
 
 
@@ -160,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--header", default="", help="text above the tables (Markdown)")
     a = p.parse_args(argv)
     results = json.loads(Path(a.json).read_text())
-    if "summary" not in results:
-        print(f"error: {a.json}: no 'summary' (not written by a repair comparison)")
+    if "runs" not in results:
+        print(f"error: {a.json}: no 'runs' (not written by `rlreason repair`)")
         return 2
+    results["summary"] = summarize(results["runs"])  # recomputed: the file may predate a change to the summary
     for path in write_report(results, a.out, a.header):
         print(f"wrote {path}")
     return 0
