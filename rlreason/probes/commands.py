@@ -434,14 +434,13 @@ def _repair_sets(a: argparse.Namespace, heldout_prompts: list[str]) -> list[Any]
 
 
 def cmd_repair(a: argparse.Namespace) -> int:
+    from rlreason.models import resolve_model
     from rlreason.probes.compare import summarize, write_report
     from rlreason.probes.data import read_jsonl
-    from rlreason.probes.repair import evaluate_model, sft
+    from rlreason.probes.repair import evaluate_model, restore_weights, sft
     all_harmful, all_harmless = _split_rows(read_jsonl(a.data), "heldout")
-    sets = _repair_sets(a, [r["prompt"] for r in all_harmful + all_harmless])
+    sets = _repair_sets(a, [r["prompt"] for r in all_harmful + all_harmless])  # every check before the model loads
     harmful, harmless = all_harmful[:a.n_eval], all_harmless[:a.n_eval]
-    from rlreason.models import resolve_model
-    from rlreason.probes.repair import restore_weights
     model, tok = load_model(a.model, "fp32")
     base_dir = resolve_model(a.model, dtype="fp32")
     engine = make_trace_engine(a.engine, a.model, model if a.engine == "hf" else None, tok, dtype=a.dtype,
