@@ -24,6 +24,12 @@
 #             on held-out prompts with the think-then-answer template
 #             (RANKING_FROM=an earlier heads.json: reuse its ranking and run the ablation only)
 #   report    $RESULTS.md/.json + plots (python -m rlreason.probes.report)
+#   repair    Cliff-as-a-Judge against its controls (rlreason repair --scores): LoRA SFT from the same base on
+#             the top REPAIR_TOP_P of the first REPAIR_CANDIDATES harmful candidates (0: all) by the paper-label
+#             probe's cliff, as many drawn at random, and all of them (full), each mixed with RETAIN_RATIO harmless retain rows per safety row
+#             (the model's own answers to probe-split prompts), once per seed in REPAIR_SEEDS; attack success,
+#             over-refusal and GSM8K accuracy on REPAIR_N_EVAL held-out prompts per class;
+#             $REPAIR_RESULTS.md/.json (mean, std, min/max over seeds per arm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
@@ -41,7 +47,17 @@ N_EVAL=${N_EVAL:-32}
 SCORE_HARMLESS=${SCORE_HARMLESS:-75}
 RESULTS=${RESULTS:-$OUT/refusal_cliff_qwen_cpu}
 LOCK=${LOCK:-/tmp/rlreason-heavy.lock}
-STEPS=${STEPS:-prepare data traces plain capture train score heads report}
+STEPS=${STEPS:-prepare data traces plain capture train score heads report repair}
+REPAIR_SEEDS=${REPAIR_SEEDS:-0 1 2}
+REPAIR_TOP_P=${REPAIR_TOP_P:-0.25}
+REPAIR_CANDIDATES=${REPAIR_CANDIDATES:-8}
+RETAIN_RATIO=${RETAIN_RATIO:-1.0}
+REPAIR_N_EVAL=${REPAIR_N_EVAL:-8}
+REPAIR_LR=${REPAIR_LR:-3e-4}
+REPAIR_EPOCHS=${REPAIR_EPOCHS:-2}
+REPAIR_BATCH=${REPAIR_BATCH:-1}
+REPAIR_MAX_LEN=${REPAIR_MAX_LEN:-320}
+REPAIR_RESULTS=${REPAIR_RESULTS:-$OUT/refusal_repair_qwen_cpu}
 RLREASON=${RLREASON:-rlreason}
 PY=${PY:-python}
 ENGINE=${ENGINE:-vllm}
@@ -78,4 +94,13 @@ want heads && heavy $RLREASON probe heads --traces "$OUT/traces.jsonl" --probe "
   --method linear --rerank "$RERANK" --n-traces "$HEAD_TRACES" --top-p 0.03 --n-eval "$N_EVAL" "${GEN[@]:2}" \
   ${RANKING_FROM:+--ranking-from "$RANKING_FROM"} --out "$OUT/heads.json" | tee "$OUT/heads.txt"
 want report && $PY -m rlreason.probes.report --dir "$OUT" --out "$RESULTS"
+if want repair; then
+  # shellcheck disable=SC2086  # REPAIR_SEEDS is a list
+  heavy $RLREASON repair --scores "$OUT/score_refusal/scores.jsonl" --traces "$OUT/traces.jsonl" \
+    --data "$OUT/data.jsonl" --arms cliff random full --top-p "$REPAIR_TOP_P" --max-candidates "$REPAIR_CANDIDATES" --seeds $REPAIR_SEEDS \
+    --retain-ratio "$RETAIN_RATIO" --n-eval "$REPAIR_N_EVAL" --lora true --bf16-autocast true --lr "$REPAIR_LR" \
+    --epochs "$REPAIR_EPOCHS" --batch-size "$REPAIR_BATCH" --max-len "$REPAIR_MAX_LEN" "${GEN[@]}" \
+    --out "$OUT/repair" | tee "$OUT/repair.txt"
+  $PY -m rlreason.probes.compare --json "$OUT/repair/repair.json" --out "$REPAIR_RESULTS"
+fi
 echo "launch: done; outputs in $OUT"

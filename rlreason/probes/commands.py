@@ -9,7 +9,8 @@ Each step reads the previous step's files and writes its own (default folder run
     rlreason probe score   --traces ... --probe runs/probes/probe             -> scores.jsonl, cliff.png
     rlreason probe heads   --traces ... --probe ... --data ...                -> heads.json (+ ablation)
     rlreason probe select  --scores runs/probes/scores.jsonl --by cliff       -> sft_cliff.jsonl
-    rlreason repair        --sft runs/probes/sft_cliff.jsonl runs/probes/sft_random.jsonl --data ...
+    rlreason repair        --scores runs/probes/scores.jsonl --traces runs/probes/traces.jsonl --seeds 0 1 2
+                                                                              -> repair/repair.{json,md}
 
 Heavy steps (traces, capture, score, heads, repair) should run one at a time on a shared CPU box.
 """
@@ -401,40 +402,84 @@ def cmd_select(a: argparse.Namespace) -> int:
 
 # --- repair ---------------------------------------------------------------------------------------------
 
-def cmd_repair(a: argparse.Namespace) -> int:
+def _repair_sets(a: argparse.Namespace, heldout_prompts: list[str]) -> list[Any]:
+    """The (arm, seed) SFT sets of `rlreason repair`, each with its retain rows; checked before any model loads.
+
+    --sft FILE...: each file is an arm (named by its stem) trained once per seed.
+    --scores + --traces: the arms of `compare.build_sets` (cliff / random / full) from the scored candidates.
+    A retain ratio > 0 needs --traces (the harmless traces the retain rows come from)."""
+    from rlreason.probes.compare import RepairSet, build_sets, candidate_rows
     from rlreason.probes.data import read_jsonl
-    from rlreason.probes.repair import evaluate_model, sft
-    cfg = RepairConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(RepairConfig)})
-    harmful, harmless = _split_rows(read_jsonl(a.data), "heldout")
-    harmful, harmless = harmful[:a.n_eval], harmless[:a.n_eval]
+    from rlreason.probes.retain import mix_retain, n_retain, retain_pool
+    if bool(a.sft) == bool(a.scores):
+        raise ConfigError("repair: give either --sft FILE... (ready SFT sets) or --scores (arms selected from the "
+                          "scored candidates), not both or neither")
+    n_retain(1, a.retain_ratio)  # the ratio's own check, before any file is read
+    if (a.scores or a.retain_ratio > 0) and not a.traces:
+        raise ConfigError(f"repair --traces: needed with --scores and with --retain-ratio > 0 (got "
+                          f"{a.retain_ratio}); the think-then-answer traces.jsonl of the probe data")
+    traces = read_jsonl(a.traces) if a.traces else []
+    pool = retain_pool(traces, splits=a.retain_split.split(","), exclude_prompts=heldout_prompts)
+    if a.scores:
+        candidates = candidate_rows(read_jsonl(a.scores), a.candidate_split, a.max_candidates)
+        return build_sets(candidates, {t["id"]: t for t in traces}, pool, arms=a.arms, seeds=a.seeds,
+                          top_p=a.top_p, retain_ratio=a.retain_ratio)
+    sets = []
+    for seed in a.seeds:
+        for path in a.sft:
+            safety = read_jsonl(path)
+            rows = mix_retain(safety, pool, a.retain_ratio, seed) if a.retain_ratio > 0 else safety
+            sets.append(RepairSet(Path(path).stem, seed, rows, len(safety), len(rows) - len(safety)))
+    return sets
+
+
+def cmd_repair(a: argparse.Namespace) -> int:
+    from rlreason.models import resolve_model
+    from rlreason.probes.compare import summarize, write_report
+    from rlreason.probes.data import read_jsonl
+    from rlreason.probes.repair import evaluate_model, restore_weights, sft
+    all_harmful, all_harmless = _split_rows(read_jsonl(a.data), "heldout")
+    sets = _repair_sets(a, [r["prompt"] for r in all_harmful + all_harmless])  # every check before the model loads
+    harmful, harmless = all_harmful[:a.n_eval], all_harmless[:a.n_eval]
     model, tok = load_model(a.model, "fp32")
-    base_sd = {k: v.clone() for k, v in model.state_dict().items()}
+    base_dir = resolve_model(a.model, dtype="fp32")
     engine = make_trace_engine(a.engine, a.model, model if a.engine == "hf" else None, tok, dtype=a.dtype,
                                temperature=0.0, max_model_len=a.max_model_len, seed=a.seed)
     kw = dict(max_think_tokens=a.max_think, max_answer_tokens=a.max_answer, seed=a.seed)
     out = Path(a.out)
-    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "n_eval": a.n_eval}
+    base_cfg = {f.name: getattr(a, f.name) for f in dataclasses.fields(RepairConfig) if f.name != "seed"}
+    results: dict[str, Any] = {"config": base_cfg, "n_eval": a.n_eval, "retain_ratio": a.retain_ratio,
+                               "retain_split": a.retain_split, "top_p": a.top_p if a.scores else None,
+                               "max_candidates": a.max_candidates if a.scores else None,
+                               "seeds": a.seeds, "arms": list(dict.fromkeys(s.arm for s in sets)), "runs": []}
+    t0 = time.monotonic()
     results["before"], before_traces = evaluate_model(engine, model, harmful, harmless, **kw)
-    print(f"before           {_fmt_eval(results['before'])}")
-    for path in a.sft:
-        rows = read_jsonl(path)
-        name = Path(path).stem
-        model.load_state_dict(base_sd)
+    results["before"]["eval_seconds"] = round(time.monotonic() - t0, 1)
+    print(f"before               {_fmt_eval(results['before'])}", flush=True)
+    for s in sets:
+        restore_weights(model, base_dir)
         t0 = time.monotonic()
-        model, stats = sft(model, tok, rows, cfg)
+        model, stats = sft(model, tok, s.rows, RepairConfig(**base_cfg, seed=s.seed))
         stats["seconds"] = round(time.monotonic() - t0, 1)
+        t0 = time.monotonic()
         engine.update_weights(model.state_dict().items())
         m, traces = evaluate_model(engine, model, harmful, harmless, **kw)
+        m["eval_seconds"] = round(time.monotonic() - t0, 1)
         m["changed_vs_before"] = _changed(traces, before_traces)
-        results[name] = {"sft_set": path, "n_sft": len(rows), **stats, **m,
-                         "samples": [{"prompt": t["prompt"], "answer": t["answer"][:200]} for t in traces[:4]]}
-        print(f"after {name:10s} {_fmt_eval(m)}  (SFT on {len(rows)} rows, loss {stats['loss/first']:.2f} -> "
-              f"{stats['loss/last']:.2f}, {stats['seconds']:.0f} s)")
+        results["runs"].append({"arm": s.arm, "seed": s.seed, "n_safety": s.n_safety, "n_retain": s.n_retain,
+                                "sft_ids": [r["id"] for r in s.rows], **stats, **m,
+                                "samples": [{"prompt": t["prompt"], "answer": t["answer"][:200]}
+                                            for t in traces[:2] + traces[len(harmful):len(harmful) + 2]]})
+        results["summary"] = summarize(results["runs"])
+        _write_json(results, out / "repair.json")  # after every run: a run cut short keeps what finished
+        print(f"after {s.arm:8s} seed {s.seed} {_fmt_eval(m)}  (SFT on {s.n_safety} + {s.n_retain} rows, loss "
+              f"{stats['loss/first']:.2f} -> {stats['loss/last']:.2f}, {stats['seconds']:.0f} s)", flush=True)
         if a.save_models:
-            model.save_pretrained(out / f"model_{name}")
-            tok.save_pretrained(out / f"model_{name}")
-    _write_json(results, out / "repair.json")
-    print(f"wrote {out / 'repair.json'}")
+            model.save_pretrained(out / f"model_{s.arm}_seed{s.seed}")
+            tok.save_pretrained(out / f"model_{s.arm}_seed{s.seed}")
+    results["summary"] = summarize(results["runs"])
+    for path in write_report(results, out / "repair"):
+        print(f"wrote {path}")
     return 0
 
 
@@ -553,15 +598,34 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=str(OUT / "sft.jsonl"))
     p.set_defaults(fn=cmd_select)
 
-    r = sub.add_parser("repair", help="safety SFT on selected sets; attack success before/after")
-    r.add_argument("--sft", nargs="+", required=True, help="one or more SFT sets, each trained from the base")
+    r = sub.add_parser("repair", help="safety SFT (+ a retain set of harmless rows) on selected sets, over "
+                                      "seeds; attack success, over-refusal, GSM8K before/after")
+    r.add_argument("--sft", nargs="+", default=[], help="ready SFT sets (probe select), each an arm trained "
+                                                        "from the base")
+    r.add_argument("--scores", default="", help="instead of --sft: scores.jsonl of `probe score`; the arms "
+                                                "(--arms) are selected from its harmful --candidate-split rows")
+    r.add_argument("--traces", default="", help="think-then-answer traces.jsonl: the candidates' thinking (with "
+                                                "--scores) and the retain rows' harmless answers")
+    r.add_argument("--arms", nargs="+", default=["cliff", "random", "full"], choices=["cliff", "random", "full"],
+                   help="cliff: top --top-p by cliff; random: as many, drawn by the seed; full: every candidate")
+    r.add_argument("--top-p", type=float, default=0.25, help="share of the candidates the cliff/random arms keep")
+    r.add_argument("--candidate-split", default="candidates", help="split of the harmful candidates")
+    r.add_argument("--max-candidates", type=int, default=0,
+                   help="keep only the first N candidates (file order; 0: all): the pool every arm, full "
+                        "included, is drawn from, for a smaller compute budget")
+    r.add_argument("--retain-ratio", type=float, default=1.0,
+                   help="harmless retain rows per safety row (0: refusals only)")
+    r.add_argument("--retain-split", default="probe",
+                   help="split(s) the retain rows come from (comma list; never heldout, the evaluation split)")
+    r.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="each set is trained once per seed (data order, random arm, retain draw)")
     r.add_argument("--data", default=str(OUT / "data.jsonl"), help="prompts; the heldout split is evaluated")
     r.add_argument("--n-eval", type=int, default=64, help="held-out prompts per class")
     r.add_argument("--out", default=str(OUT / "repair"))
     r.add_argument("--save-models", action="store_true")
     _model_args(r)
     _gen_args(r)
-    _config_args(r, RepairConfig, skip=("seed",))  # --seed comes with the generation options
+    _config_args(r, RepairConfig, skip=("seed",))  # the SFT seed is --seeds; --seed is the generation seed
     r.set_defaults(fn=cmd_repair)
 
 

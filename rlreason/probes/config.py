@@ -28,6 +28,7 @@ class RepairConfig:
     lora: bool = False        # train a LoRA adapter (peft) instead of all weights, merged at the end
     lora_r: int = 16          # LoRA rank
     lora_alpha: int = 32      # LoRA scale numerator (scale = alpha / r)
+    bf16_autocast: bool = False  # forward in bf16 autocast, weights + optimizer fp32 (fast on CPUs with AMX)
     seed: int = 0             # data order
 
 
