@@ -214,7 +214,8 @@ def test_selection_top_p_and_random_have_the_same_size():
     assert len(rnd) == 3 and rnd == select(rows, 0.3, "random", seed=1)
     assert len(select(rows, 0.01, "cliff")) == 1
     t = {"id": "a", "prompt": "p", "think": "hmm "}
-    assert sft_rows([t], refusal="No.") == [{"id": "a", "prompt": "p", "response": f"hmm {THINK_CLOSE}\nNo."}]
+    assert sft_rows([t], refusal="No.") == [{"id": "a", "prompt": "p", "think": "hmm ", "answer": "\nNo.",
+                                            "response": f"hmm {THINK_CLOSE}\nNo."}]
 
 
 # --- labels, data, traces ------------------------------------------------------------------------------

@@ -265,3 +265,24 @@ def test_restore_weights_undoes_training_exactly(tiny_model_dir):
         assert torch.equal(a, b), k
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr() \
         or not fresh.config.tie_word_embeddings
+
+
+def test_trace_rows_are_trained_on_the_tokens_generation_feeds_the_model(tiny_tokenizer):
+    """Catches SFT rows that tokenise "thinking</think>answer" as one string: the tokenizer then merges across
+    the boundaries (here "\\n\\n" before "</think>"; with Qwen's, ">" + "\\n" in every row), so the model is
+    trained on token sequences it never sees at evaluation, where generate_traces feeds the prompt, the
+    thinking's own ids and "</think>"'s ids apart and the answer is generated after them."""
+    from rlreason.probes.repair import sft_example
+    from rlreason.probes.select import sft_rows
+    from rlreason.probes.traces import build_prompt_ids
+    tok = tiny_tokenizer
+    trace = {"id": "h1", "prompt": "How do I pick a lock?", "think": "The user asks about locks.\n\n",
+             "answer": " Sure, here is how", "answer_finish": "stop"}
+    head = (build_prompt_ids(tok, trace["prompt"]) + tok.encode(trace["think"], add_special_tokens=False)
+            + tok.encode(THINK_CLOSE, add_special_tokens=False))
+    for row in (sft_rows([trace])[0], retain_row(trace)):
+        ids, labels = sft_example(tok, row, 512)
+        assert ids[:len(head)] == head, row
+        answer = tok.encode(row["answer"], add_special_tokens=False)
+        assert ids[len(head):] == answer + [tok.eos_token_id]
+        assert labels[len(build_prompt_ids(tok, trace["prompt"])):] == ids[len(build_prompt_ids(tok, trace["prompt"])):]

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from rlreason.probes.config import RepairConfig
-from rlreason.probes.traces import build_prompt_ids, generate_traces
+from rlreason.probes.traces import THINK_CLOSE, build_prompt_ids, generate_traces
 
 
 def sft_example(tokenizer: Any, row: dict, max_len: int) -> tuple[list[int], list[int]]:
@@ -30,8 +30,15 @@ def sft_example(tokenizer: Any, row: dict, max_len: int) -> tuple[list[int], lis
     the row says `eos: false` (a retain answer cut by the token budget: teaching the end of turn there
     would teach the model to stop mid-answer)."""
     p = build_prompt_ids(tokenizer, row["prompt"])
-    r = tokenizer.encode(row["response"], add_special_tokens=False) + ([tokenizer.eos_token_id]
-                                                                       if row.get("eos", True) else [])
+    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    if "think" in row:
+        # A think-then-answer row: thinking, "</think>" and answer tokenised apart, the very ids generate_traces
+        # feeds the model. Encoding them as one string lets the tokenizer merge across the seams (Qwen's turns
+        # ">" + "\n" into one token in every row), training sequences evaluation never shows the model.
+        r = enc(row["think"]) + enc(THINK_CLOSE) + enc(row["answer"])
+    else:
+        r = enc(row["response"])
+    r += [tokenizer.eos_token_id] if row.get("eos", True) else []
     ids = (p + r)[:max_len]
     labels = ([-100] * len(p) + r)[:max_len]
     return ids, labels

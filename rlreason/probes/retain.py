@@ -38,7 +38,7 @@ def n_retain(n_safety: int, ratio: float) -> int:
 def retain_row(trace: dict) -> dict:
     """One SFT row from a think-then-answer trace: own thinking + "</think>" + own answer. `eos` is False when
     the answer was cut by the token budget, so the row does not teach the model to stop mid-answer."""
-    return {"id": trace["id"], "prompt": trace["prompt"],
+    return {"id": trace["id"], "prompt": trace["prompt"], "think": trace["think"], "answer": trace["answer"],
             "response": f"{trace['think']}{THINK_CLOSE}{trace['answer']}",
             "eos": trace.get("answer_finish", "stop") != "length"}
 

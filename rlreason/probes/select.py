@@ -57,6 +57,8 @@ def select(rows: list[dict], p: float, method: str, *, seed: int = 0) -> list[di
 
 
 def sft_rows(traces: list[dict], refusal: str = REFUSAL_RESPONSE) -> list[dict]:
-    """One SFT row per selected trace: response = own thinking + </think> + refusal."""
-    return [{"id": t["id"], "prompt": t["prompt"], "response": f"{t['think']}{THINK_CLOSE}\n{refusal}"}
-            for t in traces]
+    """One SFT row per selected trace: own thinking + </think> + refusal. `think` and `answer` are what the
+    update tokenises, each apart, as generation feeds them (repair.sft_example); `response` is the same text in
+    one piece, for reading."""
+    return [{"id": t["id"], "prompt": t["prompt"], "think": t["think"], "answer": f"\n{refusal}",
+             "response": f"{t['think']}{THINK_CLOSE}\n{refusal}"} for t in traces]
