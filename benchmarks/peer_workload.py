@@ -50,3 +50,19 @@ def pair_ratios(base: list[float], ours: list[float]) -> tuple[float, float, flo
     """(median, min, max) of the per-pair ratios ours/base of interleaved runs."""
     r = [o / b for b, o in zip(base, ours)]
     return median(r), min(r), max(r)
+
+
+def update_rows() -> list:
+    """The update benchmarks' batch (update_step.py, update_levers.py): 32 rows = 8 prompts x 4 samples, prompts
+    of 80-200 random tokens, 128-token responses, advantages +-1, seeded (the time does not depend on the ids)."""
+    import random
+
+    from rlreason.trainer.batch import Row
+    rng = random.Random(0)
+    rows = []
+    for i in range(32):
+        if i % 4 == 0:
+            prompt = [rng.randrange(100, 40_000) for _ in range(rng.randint(80, 200))]
+        rows.append(Row(prompt, [rng.randrange(100, 40_000) for _ in range(128)], [-2.0] * 128, [1] * 128,
+                        rng.choice([-1.0, 1.0]), i, i // 4))
+    return rows

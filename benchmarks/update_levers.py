@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import resource
 import sys
 import tempfile
@@ -33,23 +32,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlreason.config import AlgoConfig, TrainerConfig, load_config
 from rlreason.cpu import apply_cpu_optimizations
-from rlreason.trainer.batch import Row
 from rlreason.trainer.fused_rms_norm import fuse_rms_norms
 from rlreason.trainer.perf import device_peak_flops, model_shape, pass_flops, sequences
 from rlreason.trainer.update import UpdateContext, policy_update
 
-from peer_workload import median
-
-
-def workload() -> list[Row]:
-    random.seed(0)
-    rows = []
-    for i in range(32):
-        if i % 4 == 0:
-            prompt = [random.randrange(100, 40_000) for _ in range(random.randint(80, 200))]
-        rows.append(Row(prompt, [random.randrange(100, 40_000) for _ in range(128)], [-2.0] * 128, [1] * 128,
-                        random.choice([-1.0, 1.0]), i, i // 4))
-    return rows
+from peer_workload import median, update_rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     shared = opts.share_prompts
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     fuse_rms_norms(bf16)  # routes nothing for bf16 inputs: transformers' own RMSNorm runs
-    rows = workload()
+    rows = update_rows()
     flops = pass_flops(model_shape(model), sequences(rows), backward=True, share_prompts=shared)
     with tempfile.TemporaryDirectory() as tmp:  # probed now, not read from a cache another load measured
         peak, source = device_peak_flops(model_shape(model), dev, torch.bfloat16, cache_dir=Path(tmp))

@@ -11,7 +11,6 @@ where the packaged model is not installed. tcmalloc + Intel OpenMP are preloaded
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 
@@ -20,11 +19,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlreason.config import AlgoConfig, TrainerConfig, load_config
 from rlreason.cpu import apply_cpu_optimizations
-from rlreason.trainer.batch import Row
 from rlreason.trainer.fused_rms_norm import fuse_rms_norms
 from rlreason.trainer.update import UpdateContext, policy_update
 
-from peer_workload import median
+from peer_workload import median, update_rows
 
 REPEATS = 4
 
@@ -40,13 +38,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="sdpa").to(dev)
     # What the trainer's default config uses here: rlreason_cpu on CPU, sdpa on GPU.
     grouped = apply_cpu_optimizations(load_config(None, []), dev, []).attention or "sdpa"
-    random.seed(0)
-    rows = []
-    for i in range(32):
-        if i % 4 == 0:
-            prompt = [random.randrange(100, 40_000) for _ in range(random.randint(80, 200))]
-        rows.append(Row(prompt, [random.randrange(100, 40_000) for _ in range(128)], [-2.0] * 128, [1] * 128,
-                        random.choice([-1.0, 1.0]), i, i // 4))
+    rows = update_rows()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=dev.type in ("cpu", "cuda"))
 
     def once(share: bool, attn: str = "sdpa", fused_norm: bool = False) -> float:
