@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     results = json.loads(Path(a.json).read_text())
     if "runs" not in results:
-        print(f"error: {a.json}: no 'runs' (not written by `rlreason repair`)")
+        print(f"error: {a.json}: no 'runs' (not written by `rlreason repair`)", file=sys.stderr)
         return 2
     results["summary"] = summarize(results["runs"])  # recomputed: the file may predate a change to the summary
     for path in write_report(results, a.out, a.header):

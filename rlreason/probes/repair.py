@@ -96,8 +96,9 @@ def restore_weights(model: Any, model_dir: Any) -> None:
 
     Why not a state-dict clone: for a 0.5B model in fp32 that is 2 GB held for the whole comparison; the
     files are read lazily, so restoring needs one tensor's memory. Tied weights (an LM head sharing the
-    embedding's storage) are restored through their one saved name; any other parameter or buffer the
-    files do not cover is an error, not silently left trained."""
+    embedding's storage) are restored through their one saved name; a parameter the files do not cover is an
+    error, not silently left trained (buffers the files never hold, such as rotary frequencies, are not
+    trained either)."""
     from pathlib import Path
 
     from safetensors import safe_open
@@ -109,7 +110,7 @@ def restore_weights(model: Any, model_dir: Any) -> None:
                 if k in state:
                     state[k].data.copy_(f.get_tensor(k))
                     done.add(state[k].data_ptr())
-    left = [k for k, v in state.items() if v.data_ptr() not in done and k.endswith("weight")]
+    left = [k for k, v in model.named_parameters() if v.data_ptr() not in done]
     if left:
         raise RuntimeError(f"restore_weights: {model_dir} has no saved value for {', '.join(left[:3])}")
 

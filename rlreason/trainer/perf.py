@@ -152,6 +152,12 @@ def datasheet_flops(device_name: str, dtype: torch.dtype) -> float | None:
     return None
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock timing covers it (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def probe_flops(linear_shapes: Sequence[tuple[int, int, int]], device: torch.device, dtype: torch.dtype,
                 tokens: int = PROBE_TOKENS, repeats: int = PROBE_REPEATS) -> float:
     """FLOP/s of the model's matmul mix: each distinct linear layer as a [tokens, in] x [in, out] matmul,
@@ -160,19 +166,14 @@ def probe_flops(linear_shapes: Sequence[tuple[int, int, int]], device: torch.dev
     x = {i: torch.randn(tokens, i, device=device, dtype=dtype, generator=gen) for i, _, _ in linear_shapes}
     w = {(i, o): torch.randn(o, i, device=device, dtype=dtype, generator=gen) for i, o, _ in linear_shapes}
     flops = sum(2.0 * tokens * i * o * c for i, o, c in linear_shapes)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     best = {(i, o): float("inf") for i, o, _ in linear_shapes}
     with torch.no_grad():
         for r in range(repeats + 1):
             for i, o, _ in linear_shapes:
-                sync()
+                _sync(device)
                 t0 = time.perf_counter()
                 torch.nn.functional.linear(x[i], w[(i, o)])
-                sync()
+                _sync(device)
                 if r > 0:  # the first round warms up kernels and caches
                     best[(i, o)] = min(best[(i, o)], time.perf_counter() - t0)
     # Each shape's fastest time: on a shared machine the minimum is the least disturbed measurement.
@@ -188,12 +189,10 @@ def probe_copy_bandwidth(device: torch.device, mib: int = 512, repeats: int = PR
     dst = torch.empty_like(src)
     best = float("inf")
     for r in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync(device)
         if r > 0:
             best = min(best, time.perf_counter() - t0)
     return 2 * n * 4 / best
