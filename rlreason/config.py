@@ -19,7 +19,9 @@ from rlreason.registry import ConfigError, import_modules, suggest
 @dataclass
 class ModelConfig:
     name: str = "smollm2-135m-instruct"  # a name from `rlreason models list`, a local HF dir or a hub id
-    dtype: Literal["bf16", "fp32"] = "bf16"  # engine weights and training autocast (fp32 master weights)
+    # Engine weights and training autocast (fp32 master weights either way). auto = bf16 where bf16 matmuls run
+    # in hardware (GPUs, CPUs with AVX512-BF16/AMX), fp32 elsewhere; resolved once per run (models.compute_dtype).
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     gradient_checkpointing: bool = False  # trade compute for activation memory on long sequences
     # Trainer attention: auto = rlreason_cpu on CPU (grouped bf16 matmuls for short contexts, SDPA otherwise;

@@ -269,6 +269,20 @@ MODELS: dict[str, ModelSpec] = {
 
 # --- cache mechanics -----------------------------------------------------------------------------------
 
+def compute_dtype(setting: str, device: Any) -> str:
+    """model.dtype for this device: `auto` is bf16 where bf16 matmuls run in hardware (a CUDA GPU with bf16,
+    a CPU with AVX512-BF16 or AMX) and fp32 elsewhere. On an AVX2-only CPU torch multiplies bf16 with a scalar
+    fallback, 6-90x slower than fp32 (docs/cpu.md), so bf16 there would buy nothing but a slower run.
+    `device` is a torch.device."""
+    import torch
+    if setting != "auto":
+        return check_dtype(setting)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    from rlreason.cpu import native_bf16_matmuls
+    return "bf16" if device.type == "cpu" and native_bf16_matmuls() else "fp32"
+
+
 def check_dtype(dtype: str) -> str:
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype: unknown dtype '{dtype}'. Allowed: {', '.join(DTYPES)}.")

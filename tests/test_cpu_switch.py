@@ -112,3 +112,56 @@ def test_update_context_picks_the_forward(monkeypatch, share):
     rows = _rows(2)
     update.compute_logprobs(model, rows, ctx, micro=len(rows))
     assert bool(calls) == share
+
+
+@pytest.mark.parametrize("dtype,native,warns", [("bf16", False, True), ("bf16", True, False), ("fp32", False, False)])
+def test_bf16_on_a_cpu_without_native_bf16_matmuls_says_so_once(monkeypatch, caplog, dtype, native, warns):
+    """On an AVX2-only CPU torch's bf16 matmuls are scalar fallbacks (1-16 GFLOP/s against ~100 for float32):
+    the default model.dtype=bf16 then trains many times slower. The switch says so in one line naming the key
+    and the fix; it does not change the dtype behind the user's back."""
+    import logging
+
+    from rlreason import cpu
+    from rlreason.cpu import apply_cpu_optimizations
+    monkeypatch.setattr(cpu, "native_bf16_matmuls", lambda: native)
+    with caplog.at_level(logging.WARNING, logger="rlreason.cpu"):
+        apply_cpu_optimizations(load_config(None, [f"model.dtype={dtype}"]), CPU, [_model()])
+    lines = [r.getMessage() for r in caplog.records if r.name == "rlreason.cpu"]
+    assert len(lines) == int(warns)
+    if warns:
+        assert "model.dtype=bf16" in lines[0] and "model.dtype=fp32" in lines[0] and "\n" not in lines[0]
+
+
+def test_native_bf16_matmuls_is_torchs_own_answer():
+    from rlreason import cpu
+    assert cpu.native_bf16_matmuls() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_dtype_is_bf16_only_where_bf16_matmuls_run_in_hardware(monkeypatch, native, expected):
+    from rlreason import cpu
+    from rlreason.models import compute_dtype
+    assert load_config(None, []).model.dtype == "auto"
+    monkeypatch.setattr(cpu, "native_bf16_matmuls", lambda: native)
+    assert compute_dtype("auto", CPU) == expected
+    assert (compute_dtype("bf16", CPU), compute_dtype("fp32", CPU)) == ("bf16", "fp32")  # an explicit dtype stays
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert compute_dtype("auto", CUDA) == "bf16"
+
+
+def test_trainer_resolves_auto_dtype_once_for_the_whole_run(monkeypatch, tmp_path):
+    """The method (reference-model dtype), the engine, autocast and the logged config all see the resolved
+    dtype, never 'auto'."""
+    from rlreason import cpu
+    from rlreason.trainer.loop import setup
+    monkeypatch.setattr(cpu, "native_bf16_matmuls", lambda: False)
+    cfg = load_config(None, ["model.name=tiny-random", "rollout.engine=hf", "rollout.max_model_len=128",
+                             "logging.wandb=false", "logging.progress=false", f"output_dir={tmp_path}",
+                             "data.train={source: reasoning_gym, task: basic_arithmetic, size: 16, seed: 1}",
+                             "data.eval_size=0", "eval.every=0", "trainer.steps=1", "algo.kl_coef=0.1"])
+    run = setup(cfg)
+    try:
+        assert run.cfg.model.dtype == "fp32" and run.algorithm.cfg.model.dtype == "fp32"
+        assert run.ctx.amp_dtype is None and run.ctx.ref_model is not None
+    finally:
+        run.engine.close()

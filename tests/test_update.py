@@ -138,3 +138,23 @@ def test_trace_length_norm_with_mini_batches_uses_whole_traces():
                 for tok, w in got.items():
                     assert w == pytest.approx(1.0 / (length[trace_of[tok]] * G), rel=1e-6), (mini_batches, micro)
             assert seen == {g for g in length if length[g] > 0}
+
+
+def test_loss_metrics_are_token_means_of_the_mini_batch_whatever_the_micro_batch_split():
+    """A metric such as loss/engine_trainer_logprob_diff is a mean over the mini-batch's response tokens; averaging
+    per-micro-batch means instead would weigh a micro-batch of short rows like one of long rows and move the
+    logged value with trainer.micro_batch_size (or with the micro-batch layout)."""
+    rows = _rows(4, groups=3, G=4)
+
+    def metrics(micro: int) -> dict[str, float]:
+        model = _model().double()
+        ctx = UpdateContext(model, torch.optim.SGD(model.parameters(), lr=0.0), None, None, torch.device("cpu"),
+                            None, 0, 0.8)
+        random.seed(0)
+        return policy_update(rows, ctx, AlgoConfig(tis_cap=2.0), TrainerConfig(micro_batch_size=micro), None)
+
+    whole = metrics(len(rows))
+    for micro in (1, 5):
+        split = metrics(micro)
+        for k in ("engine_trainer_logprob_diff", "tis_weight", "ratio_mean", "approx_kl", "clipfrac"):
+            assert split[f"loss/{k}"] == pytest.approx(whole[f"loss/{k}"], rel=1e-6, abs=1e-9), (micro, k)

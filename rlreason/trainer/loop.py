@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -131,11 +131,14 @@ def setup(cfg: RunConfig, *, resume: bool = False) -> Run:
     from transformers import AutoTokenizer
 
     from rlreason.data import build_dataset, train_test_split
-    from rlreason.models import resolve_model
+    from rlreason.models import compute_dtype, resolve_model
 
+    device = pick_device(cfg.model.device)
+    if cfg.model.dtype == "auto":  # resolved once: the method, engine, autocast and recorded config all agree
+        cfg = replace(cfg, model=replace(cfg.model, dtype=compute_dtype("auto", device)))
+        log.info("model.dtype=auto -> %s on %s", cfg.model.dtype, device.type)
     algorithm = validate(cfg)
     seed_everything(cfg.seed)
-    device = pick_device(cfg.model.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model_dir = resolve_model(cfg.model.name, dtype="fp32")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

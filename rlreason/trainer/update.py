@@ -16,8 +16,8 @@ from rlreason.algos.kl import kl_estimate
 from rlreason.algos.losses import POLICY_LOSSES, PolicyLossFn, entropy_from_logits, logprobs_from_logits, \
     token_weights, truncated_is_weights, value_loss
 from rlreason.config import AlgoConfig, TrainerConfig
-from rlreason.trainer import shared_prefix
-from rlreason.trainer.batch import Batch, Row, collate, group_order, response_logits
+from rlreason.trainer import micro_batches, shared_prefix
+from rlreason.trainer.batch import Batch, Row, collate, response_logits
 from rlreason.trainer.critic import response_hidden
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,8 @@ def full_precision(ctx: UpdateContext) -> contextlib.AbstractContextManager:
 def compute_logprobs(model: torch.nn.Module, rows: list[Row], ctx: UpdateContext, micro: int) -> list[torch.Tensor]:
     """Per-row response logprobs (no grad): old policy for multi-update PPO, or the reference model."""
     out: list[torch.Tensor | None] = [None] * len(rows)
-    order = group_order(rows)
     with autocast(ctx):
-        for i in range(0, len(rows), micro):
-            chunk = order[i:i + micro]
+        for chunk in micro_batches.plan(rows, list(range(len(rows))), micro, share_prompts=ctx.share_prompts):
             b = collate([rows[k] for k in chunk], ctx.pad_id).to(ctx.device)
             logits = ctx.response_logits(model, b)
             with full_precision(ctx):
@@ -108,7 +106,8 @@ def minibatch_indices(rows: list[Row], mini_batches: int) -> list[list[int]]:
 
 def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: TrainerConfig,
                   ref_logprobs: list[torch.Tensor] | None) -> dict[str, float]:
-    """PPO-style update on one rollout batch; returns `loss/...` metrics averaged over micro-batches."""
+    """PPO-style update on one rollout batch; returns `loss/...` metrics: per-token terms as means over the
+    response tokens of every mini-batch, per-step ones (policy, grad_norm) as means over optimizer steps."""
     model = ctx.model
     model.train()
     updates = tr.ppo_epochs * tr.mini_batches
@@ -116,14 +115,15 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
     old_logprobs = compute_logprobs(model, rows, ctx, tr.micro_batch_size) if updates > 1 else None
     loss_fn = POLICY_LOSSES.get(algo.policy_loss, "algo.policy_loss")
     sums: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    counts: dict[str, float] = defaultdict(float)
     for _epoch in range(tr.ppo_epochs):
         for part in minibatch_indices(rows, tr.mini_batches):
-            # Inside one mini-batch, rows sharing a prompt go together (one prompt forward per group, less
-            # padding) -- the weighted loss sum does not depend on row order.
-            idx = group_order(rows, part)
-            if not idx:
+            if not part:
                 continue
+            # The weighted loss sum does not depend on how rows are dealt into micro-batches, only the
+            # padding does (micro_batches.py).
+            micros = micro_batches.plan(rows, part, tr.micro_batch_size, share_prompts=ctx.share_prompts)
+            idx = [i for m in micros for i in m]
             mb_rows = [rows[i] for i in idx]
             full = collate(mb_rows, ctx.pad_id)
             # Aggregation weights over the whole mini-batch make micro-batching exact.
@@ -131,8 +131,9 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
             ctx.optimizer.zero_grad(set_to_none=True)
             mb_loss, finite = 0.0, True
             with autocast(ctx):
-                for s in range(0, len(mb_rows), tr.micro_batch_size):
-                    sl = slice(s, s + tr.micro_batch_size)
+                s = 0
+                for m in micros:
+                    sl, s = slice(s, s + len(m)), s + len(m)
                     b = collate(mb_rows[sl], ctx.pad_id).to(ctx.device)
                     if ctx.value_head is not None:
                         logits, hidden = response_hidden(model, b)
@@ -145,7 +146,7 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                         ref = (_pad_rows([ref_logprobs[i] for i in idx[sl]], T).to(ctx.device)
                                if algo.kl_coef > 0 and not algo.kl_in_reward and ref_logprobs is not None else None)
                         loss = _micro_loss(ctx, algo, loss_fn, b, logits, hidden, weights[sl, :T].to(ctx.device),
-                                           old, ref, sums, counts, entropy_metric=s == 0)
+                                           old, ref, sums, counts, entropy_metric=sl.start == 0)
                         if not torch.isfinite(loss):
                             finite = False
                             break
@@ -167,36 +168,38 @@ def _micro_loss(ctx: UpdateContext, algo: AlgoConfig, loss_fn: PolicyLossFn, b: 
     pg, m_pg = loss_fn(logprobs, old, b.advantages, b.response_mask, eps_low=algo.eps_low,
                        eps_high=algo.eps_high, dual_clip_c=algo.dual_clip_c, is_weights=is_w)
     loss = (pg * w).sum()
-    tokens = b.response_mask.sum().clamp(min=1)
+    n = float(b.response_mask.sum())  # each metric is a token mean: micro-batches weigh by their tokens
+    tokens = max(n, 1.0)
 
     def masked_mean(x: torch.Tensor) -> float:
         return float((x.detach() * b.response_mask).sum() / tokens)
     if hidden is not None:
         vl = value_loss(ctx.value_head(hidden), b.old_values, b.returns, b.response_mask, clip=algo.value_clip)
         loss = loss + algo.value_coef * (vl * w).sum()
-        _acc(sums, counts, {"value": masked_mean(vl)})
+        _acc(sums, counts, {"value": masked_mean(vl)}, weight=n)
     if ref is not None:
         kl = kl_estimate(logprobs, ref, algo.kl_estimator)
         loss = loss + algo.kl_coef * (kl * w).sum()
-        _acc(sums, counts, {"kl": masked_mean(kl)})
+        _acc(sums, counts, {"kl": masked_mean(kl)}, weight=n)
     if algo.entropy_coef > 0:
         ent = entropy_from_logits(logits, ctx.temperature)
         loss = loss - algo.entropy_coef * (ent * w).sum()
-        _acc(sums, counts, {"entropy": masked_mean(ent)})
+        _acc(sums, counts, {"entropy": masked_mean(ent)}, weight=n)
     elif entropy_metric:  # as a metric only, one micro-batch per mini-batch is enough: it costs a [B,T,V] softmax
         with torch.no_grad():
-            _acc(sums, counts, {"entropy": masked_mean(entropy_from_logits(logits.detach(), ctx.temperature))})
-    _acc(sums, counts, m_pg)
+            ent = entropy_from_logits(logits.detach(), ctx.temperature)
+            _acc(sums, counts, {"entropy": masked_mean(ent)}, weight=n)
+    _acc(sums, counts, m_pg, weight=n)
     if is_w is not None:
-        _acc(sums, counts, {"tis_weight": masked_mean(is_w)})
-    _acc(sums, counts, {"engine_trainer_logprob_diff": masked_mean((logprobs - b.rollout_logprobs).abs())})
+        _acc(sums, counts, {"tis_weight": masked_mean(is_w)}, weight=n)
+    _acc(sums, counts, {"engine_trainer_logprob_diff": masked_mean((logprobs - b.rollout_logprobs).abs())}, weight=n)
     return loss
 
 
-def _acc(sums: dict, counts: dict, m: dict[str, float]) -> None:
+def _acc(sums: dict, counts: dict, m: dict[str, float], weight: float = 1.0) -> None:
     for k, v in m.items():
-        sums[k] += float(v)
-        counts[k] += 1
+        sums[k] += float(v) * weight
+        counts[k] += weight
 
 
 def _step(ctx: UpdateContext, tr: TrainerConfig, sums: dict, counts: dict, loss: float) -> None:

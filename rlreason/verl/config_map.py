@@ -121,10 +121,11 @@ def verl_overrides(cfg: RunConfig, *, nodes: int = 1, gpus_per_node: int = 8, ru
     if cfg.rewards and not isinstance(cfg.rewards, list):
         raise ConfigError("rewards: expected a list of {name, weight, args}")
     run_verl = Path(run_dir or cfg.run_dir) / "verl"
-    model = _model_path(cfg.model.name, cfg.model.dtype)
+    model_dtype = "bf16" if cfg.model.dtype == "auto" else cfg.model.dtype  # auto: verl's workers are GPUs
+    model = _model_path(cfg.model.name, model_dtype)
     prompt_len, response_len = env_row_bound(cfg)
     micro = micro_batch_per_gpu(cfg, nodes * gpus_per_node)
-    dtype = {"bf16": "bfloat16", "fp32": "float32"}[cfg.model.dtype]
+    dtype = {"bf16": "bfloat16", "fp32": "float32"}[model_dtype]
     ppo_clip = a.policy_loss == "ppo_clip"
     AR = "actor_rollout_ref"
     o: list[str] = [

@@ -126,3 +126,12 @@ def test_imports_reach_the_ray_workers_as_a_string(tmp_path, monkeypatch, capsys
     assert main(["--import", "vc_user_reward", "verl-config", "imports=[vc_user_env]", "logging.wandb=false",
                  f"output_dir={tmp_path / 'run'}"]) == 0
     assert f"{key}='vc_user_env,vc_user_reward'" in capsys.readouterr().out.splitlines()
+
+
+def test_auto_dtype_maps_to_bf16_for_verls_gpu_workers():
+    """model.dtype=auto resolves per device in the local trainer; verl's workers are GPUs, so a launch from a
+    CPU-only head node still trains in bf16 (the model files and verl's dtype both), as model.dtype=bf16 does."""
+    base = ["logging.wandb=false"]
+    assert load_config(None, base).model.dtype == "auto"
+    assert verl_overrides(load_config(None, base), **FIXED) == \
+        verl_overrides(load_config(None, [*base, "model.dtype=bf16"]), **FIXED)

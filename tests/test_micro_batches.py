@@ -1,0 +1,98 @@
+"""Dealing a mini-batch into micro-batches: every layout holds each row once, the plan runs the fewest padded
+tokens (prompt groups kept together on ties), and the update it trains is the one of the old grouped layout."""
+
+import random
+from unittest import mock
+
+import pytest
+import torch
+
+from rlreason.config import AlgoConfig, TrainerConfig
+from rlreason.trainer import micro_batches
+from rlreason.trainer.batch import Row, group_order
+from rlreason.trainer.update import UpdateContext, policy_update
+from test_shared_prefix import _model  # tests/ is on sys.path
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def _grpo_rows(lengths: list[list[int]], prompt_len: int = 6, seed: int = 0) -> list[Row]:
+    """One prompt group per entry of `lengths`, a sample per response length, random ids below 1000."""
+    rng = random.Random(seed)
+    rows = []
+    for g, group in enumerate(lengths):
+        prompt = [rng.randrange(5, 1000) for _ in range(prompt_len)]
+        for t in group:
+            rows.append(Row(prompt, [rng.randrange(5, 1000) for _ in range(t)], [-1.0] * t, [1] * t,
+                            rng.choice([-1.0, 1.0]), len(rows), g))
+    return rows
+
+
+def _padded(rows, micros, share):
+    return sum(micro_batches.padded_tokens(rows, m, share_prompts=share) for m in micros)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.lists(st.integers(1, 40), min_size=1, max_size=6), min_size=1, max_size=6),
+       size=st.integers(1, 9), share=st.booleans(), data=st.data())
+def test_every_layout_holds_each_row_once_and_the_plan_is_the_cheapest(lengths, size, share, data):
+    rows = _grpo_rows(lengths, prompt_len=data.draw(st.integers(1, 30)))
+    idx = data.draw(st.lists(st.sampled_from(range(len(rows))), unique=True, min_size=1))
+    cands = micro_batches.layouts(rows, idx, size)
+    for micros in cands.values():
+        assert sorted(i for m in micros for i in m) == sorted(idx)
+        assert all(1 <= len(m) <= size for m in micros)
+    chosen = micro_batches.plan(rows, idx, size, share_prompts=share)
+    assert _padded(rows, chosen, share) == min(_padded(rows, m, share) for m in cands.values())
+
+
+def test_padded_tokens_counts_what_collate_and_the_shared_forward_run():
+    rows = _grpo_rows([[3, 10], [7]], prompt_len=5)
+    rows[2].prompt_ids = rows[2].prompt_ids[:4]
+    assert micro_batches.padded_tokens(rows, [0, 1, 2], share_prompts=False) == 3 * (5 + 10)
+    assert micro_batches.padded_tokens(rows, [0, 1, 2], share_prompts=True) == 2 * 5 + 3 * 10
+    assert micro_batches.padded_tokens(rows, [0, 2], share_prompts=True) == 2 * (5 + 10 - 3)  # nothing repeats
+
+
+def test_one_long_sample_per_group_is_padded_alone_not_with_its_group():
+    """The vs_trl shape: short prompts, 4 samples per prompt, one of them at the 128-token cap. Groups kept
+    together pad every sample to 128; sorted by length, the capped samples share micro-batches."""
+    rows = _grpo_rows([[128, 40, 35, 30], [128, 50, 20, 25], [45, 30, 60, 20], [128, 33, 41, 38]], prompt_len=45)
+    grouped = [group_order(rows)[s:s + 8] for s in range(0, 16, 8)]
+    chosen = micro_batches.plan(rows, list(range(16)), 8, share_prompts=True)
+    assert _padded(rows, chosen, True) < 0.8 * _padded(rows, grouped, True)
+    assert chosen == micro_batches.layouts(rows, list(range(16)), 8)["by length"]
+
+
+def test_equal_lengths_keep_prompt_groups_together():
+    """Nothing to save on padding: each prompt runs once per micro-batch, as before."""
+    rows = _grpo_rows([[16] * 4] * 4, prompt_len=45)
+    random.Random(0).shuffle(rows)
+    order = group_order(rows)
+    assert micro_batches.plan(rows, list(range(16)), 8, share_prompts=True) == [order[:8], order[8:]]
+
+
+def test_update_with_the_planned_layout_equals_the_grouped_layout():
+    """float64, no autocast: the layout the plan picks (by length here) trains the same weights as the
+    grouped layout did, so the choice is a matter of speed only (the tolerance of test_update's micro-batch
+    split: +/- advantages cancel in the tiny random model, so summation order shows at ~1e-7 of the update)."""
+    rows = _grpo_rows([[9, 2, 3, 2], [2, 9, 3, 2], [3, 2, 2, 9]], prompt_len=4, seed=1)
+    assert micro_batches.plan(rows, list(range(12)), 4, share_prompts=True) != \
+        micro_batches.layouts(rows, list(range(12)), 4)["grouped"]
+
+    def update(plan) -> dict[str, torch.Tensor]:
+        model = _model().double()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ctx = UpdateContext(model, torch.optim.SGD(model.parameters(), lr=0.1), None, None, torch.device("cpu"),
+                            None, 0, 0.8, share_prompts=True)
+        random.seed(0)
+        with mock.patch.object(micro_batches, "plan", plan):
+            policy_update(rows, ctx, AlgoConfig(tis_cap=2.0), TrainerConfig(micro_batch_size=4), None)
+        return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+    planned = update(micro_batches.plan)
+    grouped = update(lambda rows_, idx, size, share_prompts: micro_batches.layouts(rows_, idx, size)["grouped"])
+    for n, d in grouped.items():
+        torch.testing.assert_close(planned[n], d, atol=1e-6 * float(d.abs().max()) + 1e-12, rtol=1e-6, msg=n)
+    assert any(float(d.abs().max()) > 0 for d in grouped.values())
