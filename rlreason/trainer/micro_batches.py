@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from rlreason.trainer.batch import Row, group_order
 from rlreason.trainer.perf import pass_tokens
+from rlreason.trainer.shared_prefix import worth_sharing
 
 
 def layouts(rows: list[Row], idx: list[int], size: int) -> dict[str, list[list[int]]]:
@@ -38,12 +39,12 @@ def layouts(rows: list[Row], idx: list[int], size: int) -> dict[str, list[list[i
 
 def padded_tokens(rows: list[Row], micro: list[int], *, share_prompts: bool) -> int:
     """Tokens one pass over a micro-batch runs as collated: every row padded to the longest prompt and the
-    longest response; with `share_prompts` each distinct prompt once when some prompt repeats (the condition
-    shared_prefix.shared_response_logits shares on)."""
+    longest response; with `share_prompts` each distinct prompt once where the shared forward would share
+    (shared_prefix.worth_sharing)."""
     P = max(len(rows[i].prompt_ids) for i in micro)
     T = max(len(rows[i].response_ids) for i in micro)
     keys = [tuple(rows[i].prompt_ids) for i in micro]
-    shared = share_prompts and len(set(keys)) < len(keys) and T >= 2
+    shared = share_prompts and worth_sharing(len(set(keys)), len(keys), T)
     return pass_tokens([(k, P, T) for k in keys], share_prompts=shared)
 
 

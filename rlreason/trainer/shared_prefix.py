@@ -44,14 +44,20 @@ def distinct_prompts(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return ids[first[order]], mask[first[order]], rank[inverse]
 
 
+def worth_sharing(n_prompts: int, n_rows: int, T: int) -> bool:
+    """Some prompt repeats and responses have >= 2 tokens (a one-token response has nothing after the prompt
+    pass). micro_batches.py costs layouts by the same rule."""
+    return n_prompts < n_rows and T >= 2
+
+
 def can_share(model: torch.nn.Module, n_prompts: int, n_rows: int, T: int) -> bool:
-    """Worth it and possible: some prompt repeats, responses have >= 2 tokens, the model keeps a cache in
-    training mode (gradient checkpointing drops it), and every layer attends to the full context (a
-    sliding-window cache is not rebuilt here, so such models take the per-row path)."""
+    """Worth it (`worth_sharing`) and possible: the model keeps a cache in training mode (gradient
+    checkpointing drops it), and every layer attends to the full context (a sliding-window cache is not
+    rebuilt here, so such models take the per-row path)."""
     cfg = model.config
     sliding = ("sliding_attention" in (getattr(cfg, "layer_types", None) or [])
                or (getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)))
-    return (n_prompts < n_rows and T >= 2 and not getattr(model, "is_gradient_checkpointing", False)
+    return (worth_sharing(n_prompts, n_rows, T) and not getattr(model, "is_gradient_checkpointing", False)
             and not getattr(cfg, "is_encoder_decoder", False) and not sliding)
 
 
