@@ -3,8 +3,11 @@
 Workload (both systems): SmolLM2-135M-Instruct (the model files rlreason resolves, `rlreason models`), 32 chat
 prompts "What is a + b? Put the final answer in \\boxed{}." (single digits, fixed seed), 8 prompts x 4 samples
 per step, at most 128 new tokens with EOS honoured, temperature 1, lr 1e-6, no KL, one optimizer step per batch
-(micro-batches of 8 sequences on both sides), fp32 master weights with bf16 autocast, bf16 eager vLLM; reward
+(micro-batches of 8 sequences on both sides), fp32 master weights, eager vLLM; reward
 = 1 for the right boxed sum + 0.1 for any \\boxed{}. Steps 2-6 are timed (step 1 includes warm-up).
+Compute dtype (--dtype, the same for both systems): bf16 = bf16 autocast over the fp32 weights and a bf16 vLLM,
+fp32 = fp32 throughout; `auto` (default) is rlreason's `model.dtype: auto` rule, bf16 where the device multiplies
+bf16 in hardware (AVX512-BF16/AMX), fp32 elsewhere (on an AVX2-only CPU torch's bf16 matmul is a scalar fallback).
 
 Systems, each in its own subprocess with tcmalloc + Intel OpenMP preloaded (as `rlreason train` does):
   rlreason   the trainer API (rlreason.trainer.loop.setup/train_step), vLLM engine in-process
@@ -20,13 +23,14 @@ Per system it prints the median s/step of steps 2-6 (median over rounds of each 
 split (rollout = generation, sync = weight transfer to vLLM, rest = reward, log-probs, forward/backward and
 optimizer), generated tokens per step, and the peak RSS of the process tree (polled every 0.2 s). Against the
 machine's own limits, probed once before the first round in a subprocess set up as rlreason's part
-(memory-copy bandwidth, bf16 matmul peak at the model's shapes): rlreason's rollout as a fraction of the bandwidth bound (all bf16 weights read once per decode
-step; decode steps = the step's longest response) and its update's MFU (the run's perf/update_tflops over
-that peak).
+(memory-copy bandwidth, the matmul peak at the model's shapes in the compute dtype): rlreason's rollout as a
+fraction of the bandwidth bound (all weights, in the compute dtype, read once per decode step; decode steps = the
+step's longest response) and its update's MFU (the run's perf/update_tflops over that peak).
 
     bash scripts/setup_trl_venv.sh                         # once: .venv-trl
     python benchmarks/vs_trl.py --rounds 2                 # ~25 minutes on 2 cores
     python benchmarks/vs_trl.py --systems rlreason,trl-hf  # a subset
+    python benchmarks/vs_trl.py --dtype bf16               # force the dtype (default: auto)
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ MICRO_BATCH = 8  # sequences per forward/backward on both sides (rlreason's defa
 LR, STEPS, TIMED_FROM = 1e-6, 6, 2  # steps 2..6 are timed
 MAX_MODEL_LEN, KV_CACHE_GB = 512, 1
 SEED = 0
+DTYPES = {"bf16": "bfloat16", "fp32": "float32"}  # rlreason's model.dtype -> torch / vLLM / TRL name
 SYSTEMS = ("rlreason", "trl-vllm", "trl-hf")
 PROMPT_SUFFIX = " Put the final answer in \\boxed{}."
 FORMAT_WEIGHT = 0.1
@@ -78,11 +83,11 @@ def write_jsonl(path: Path, qs: list[dict[str, str]]) -> None:
     path.write_text("".join(json.dumps(q) + "\n" for q in qs))
 
 
-def rlreason_overrides(data_path: Path, out_dir: Path) -> list[str]:
+def rlreason_overrides(data_path: Path, out_dir: Path, dtype: str) -> list[str]:
     """The rlreason config of the workload as `rlreason train` overrides (also printed, so a user can rerun
     it with `rlreason train`)."""
     return [f"output_dir={out_dir}", "name=vs_trl", f"seed={SEED}", "model.name=smollm2-135m-instruct",
-            "model.dtype=bf16", "rollout.engine=vllm", "rollout.temperature=1.0",
+            f"model.dtype={dtype}", "rollout.engine=vllm", "rollout.temperature=1.0",
             f"rollout.max_model_len={MAX_MODEL_LEN}", f"rollout.kv_cache_gb={KV_CACHE_GB}",
             f"data.train={{source: jsonl, path: {data_path}}}", "data.eval_size=0", "eval.every=0",
             "env.name=single_turn", "env.args.style=chat",
@@ -147,8 +152,9 @@ def phase_line(rnd: int, system: str, r: dict[str, Any]) -> str:
 
 
 PERF = re.compile(r"^round (\d+) (\S+)\s+perf (.*)$")
-LIMITS = re.compile(r"^machine limits: memory copy ([\d.]+) GB/s; bf16 matmul peak ([\d.]+) TFLOP/s at the model's "
-                    r"shapes; bf16 weights read per decode step ([\d.]+) GB")
+LIMITS = re.compile(r"^machine limits: memory copy ([\d.]+) GB/s; (bf16|fp32) matmul peak ([\d.]+) TFLOP/s at the "
+                    r"model's shapes; (?:bf16|fp32) weights read per decode step ([\d.]+) GB")
+WIDTH = {"bf16": 2, "fp32": 4}  # bytes per weight
 
 
 def perf_line(rnd: int, system: str, r: dict[str, Any]) -> str:
@@ -157,23 +163,25 @@ def perf_line(rnd: int, system: str, r: dict[str, Any]) -> str:
         f"{k} " + ", ".join(f"{t:.4f}" for t in v) for k, v in r["perf"].items())
 
 
-def limits_line(lim: dict[str, float]) -> str:
-    return (f"machine limits: memory copy {lim['bandwidth'] / 1e9:.2f} GB/s; bf16 matmul peak "
-            f"{lim['peak_flops'] / 1e12:.3f} TFLOP/s at the model's shapes; bf16 weights read per decode step "
+def limits_line(lim: dict[str, float], dtype: str) -> str:
+    return (f"machine limits: memory copy {lim['bandwidth'] / 1e9:.2f} GB/s; {dtype} matmul peak "
+            f"{lim['peak_flops'] / 1e12:.3f} TFLOP/s at the model's shapes; {dtype} weights read per decode step "
             f"{lim['weight_bytes'] / 1e9:.4f} GB (probed in this run, before the first round)")
 
 
 def parse_limits(text: str) -> dict[str, float] | None:
     for line in text.splitlines():
         if m := LIMITS.match(line):
-            return {"bandwidth": float(m[1]) * 1e9, "peak_flops": float(m[2]) * 1e12, "weight_bytes": float(m[3]) * 1e9}
+            weight_bytes = float(m[4]) * 1e9
+            return {"bandwidth": float(m[1]) * 1e9, "peak_flops": float(m[3]) * 1e12, "weight_bytes": weight_bytes,
+                    "flops_per_token": 2.0 * weight_bytes / WIDTH[m[2]]}
     return None
 
 
-def machine_limits(model_dir: str) -> dict[str, float]:
-    """What the targets are measured against, probed once in this process: the copy bandwidth, the bf16
-    matmul peak at the model's linear shapes (rlreason.trainer.perf, fresh, not the cached figure), and the
-    bytes of the model's bf16 weights (each decode step reads them all)."""
+def machine_limits(model_dir: str, dtype: str) -> dict[str, float]:
+    """What the targets are measured against, probed once in this process: the copy bandwidth, the matmul
+    peak in `dtype` at the model's linear shapes (rlreason.trainer.perf, fresh, not the cached figure), and the
+    bytes of the model's weights in `dtype` (each decode step reads them all)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -182,9 +190,10 @@ def machine_limits(model_dir: str) -> dict[str, float]:
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
     dev = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        peak, _ = device_peak_flops(model_shape(model), dev, torch.bfloat16, cache_dir=Path(tmp))
-    return {"bandwidth": probe_copy_bandwidth(dev), "peak_flops": peak,
-            "weight_bytes": 2.0 * sum(p.numel() for p in model.parameters())}  # tied weights counted once
+        peak, _ = device_peak_flops(model_shape(model), dev, getattr(torch, DTYPES[dtype]), cache_dir=Path(tmp))
+    params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    return {"bandwidth": probe_copy_bandwidth(dev), "peak_flops": peak, "weight_bytes": float(WIDTH[dtype] * params),
+            "flops_per_token": 2.0 * params}
 
 
 def parse_rounds(text: str) -> dict[str, list[dict[str, Any]]]:
@@ -259,12 +268,12 @@ class TreeRss:
 
 # ---------------------------------------------------------------- the parts (run in subprocesses)
 
-def part_rlreason(data_path: str) -> dict[str, Any]:
+def part_rlreason(data_path: str, dtype: str) -> dict[str, Any]:
     from rlreason.config import load_config
     from rlreason.trainer.loop import setup, train_step
 
     out = tempfile.mkdtemp(prefix="vs_trl-rlreason-")
-    cfg = load_config(None, rlreason_overrides(Path(data_path), Path(out)))
+    cfg = load_config(None, rlreason_overrides(Path(data_path), Path(out), dtype))
     run = setup(cfg)
     ms = [train_step(run) for _ in range(STEPS)]
     import shutil
@@ -280,10 +289,11 @@ def part_rlreason(data_path: str) -> dict[str, Any]:
 
 
 
-def patch_trl_for_cpu_vllm() -> None:
+def patch_trl_for_cpu_vllm(dtype: str) -> None:
     """What TRL's vLLM-colocate mode needs on CPU, nothing more:
-    - its LLM gets dtype bf16 and eager mode, as rlreason's engine (TRL passes neither: the fp32 model dir
-      would give an fp32 engine, and vLLM's CPU graph compile takes minutes and was slower, docs/cpu.md);
+    - its LLM gets the compute dtype and eager mode, as rlreason's engine (TRL passes neither: the fp32 model
+      dir would give an fp32 engine whatever the dtype, and vLLM's CPU graph compile takes minutes and was
+      slower, docs/cpu.md);
     - its weight sync pushes the training weights through vLLM's in-place `reload_weights`: TRL's colocate
       sync calls the model's `load_weights` per parameter, which fails on CPU (`Parameter` has no
       `weight_loader`). This is the path rlreason's engine uses (rlreason/rollout/vllm_engine.py)."""
@@ -292,7 +302,7 @@ def patch_trl_for_cpu_vllm() -> None:
     base_llm = vg.LLM
 
     def llm(*args: Any, **kw: Any) -> Any:
-        kw.update(dtype="bfloat16", enforce_eager=True)
+        kw.update(dtype=DTYPES[dtype], enforce_eager=True)
         return base_llm(*args, **kw)
 
     def sync_weights(self: Any) -> None:
@@ -304,14 +314,14 @@ def patch_trl_for_cpu_vllm() -> None:
     vg.VLLMGeneration.sync_weights = sync_weights
 
 
-def part_trl(model_dir: str, data_path: str, *, vllm: bool) -> dict[str, Any]:
+def part_trl(model_dir: str, data_path: str, dtype: str, *, vllm: bool) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     from trl.extras import profiling
 
     if vllm:
-        patch_trl_for_cpu_vllm()
+        patch_trl_for_cpu_vllm(dtype)
     phase_log: list[tuple[str, float]] = []
     log_metrics = profiling.ProfilingContext._log_metrics
 
@@ -361,7 +371,7 @@ def part_trl(model_dir: str, data_path: str, *, vllm: bool) -> dict[str, Any]:
         max_steps=STEPS, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
         per_device_train_batch_size=MICRO_BATCH, gradient_accumulation_steps=PROMPTS * SAMPLES // MICRO_BATCH,
         num_generations=SAMPLES, max_completion_length=NEW_TOKENS, temperature=1.0,
-        bf16=True, gradient_checkpointing=False,  # rlreason does not recompute activations either
+        bf16=dtype == "bf16", gradient_checkpointing=False,  # rlreason does not recompute activations either
         model_init_kwargs={"dtype": "float32"}, dataloader_num_workers=0,
         use_vllm=vllm, vllm_mode="colocate", vllm_max_model_length=MAX_MODEL_LEN, vllm_enable_sleep_mode=False)
     trainer = GRPOTrainer(model=model_dir, reward_funcs=sum_reward, args=cfg, train_dataset=ds,
@@ -412,8 +422,9 @@ def part_env(python: Path) -> dict[str, str]:
     return env
 
 
-def run_part(python: Path, system: str, model_dir: str, data_path: Path, log: Path) -> dict[str, Any]:
-    cmd = [str(python), __file__, "--part", system, "--model-dir", model_dir, "--data", str(data_path)]
+def run_part(python: Path, system: str, model_dir: str, data_path: Path, dtype: str, log: Path) -> dict[str, Any]:
+    cmd = [str(python), __file__, "--part", system, "--model-dir", model_dir, "--data", str(data_path),
+           "--dtype", dtype]
     t = time.perf_counter()
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, env=part_env(python), stdout=subprocess.PIPE, stderr=f, text=True)
@@ -431,9 +442,10 @@ def run_part(python: Path, system: str, model_dir: str, data_path: Path, log: Pa
 
 def limit_fractions(runs: dict[str, list[dict[str, Any]]], lim: dict[str, float]) -> dict[str, list[float]]:
     """Per rlreason round, the median over steps 2-6 of (a) the rollout's fraction of the bandwidth bound and
-    (b) the update's MFU against the probed bf16 matmul peak."""
-    from rlreason.trainer.perf import decode_bandwidth_fraction
-    out: dict[str, list[float]] = {"rollout_bw": [], "mfu": []}
+    (b) the update's MFU against the probed matmul peak in the compute dtype, and (c) the rollout's fraction of
+    its roofline (perf.decode_roofline_fraction)."""
+    from rlreason.trainer.perf import decode_bandwidth_fraction, decode_roofline_fraction
+    out: dict[str, list[float]] = {"rollout_bw": [], "mfu": [], "rollout_roofline": []}
     for r in runs.get("rlreason", []):
         if not r.get("perf"):
             continue
@@ -441,6 +453,10 @@ def limit_fractions(runs: dict[str, list[dict[str, Any]]], lim: dict[str, float]
         out["rollout_bw"].append(median([decode_bandwidth_fraction(lim["weight_bytes"], lim["bandwidth"], t, int(n))
                                          for t, n in steps]))
         out["mfu"].append(median(timed(r["perf"]["update_tflops"])) * 1e12 / lim["peak_flops"])
+        roof = zip(timed(r["phases"]["rollout"]), timed(r["perf"]["decode_steps"]), timed(r["tokens"]))
+        out["rollout_roofline"].append(median([decode_roofline_fraction(
+            lim["weight_bytes"], lim["bandwidth"], lim["flops_per_token"], lim["peak_flops"], t, int(n), tok)
+            for t, n, tok in roof]))
     return out
 
 
@@ -474,6 +490,11 @@ def report(runs: dict[str, list[dict[str, Any]]], header: list[str], limits: dic
         lines.append(f"issue-20 targets vs this machine: rollout >= 40% of the bandwidth bound -> "
                      f"{'met' if bw >= 0.4 else 'NOT met'} ({bw:.1%}, {rng(f['rollout_bw'])}); "
                      f"update MFU >= 40% -> {'met' if mfu >= 0.4 else 'NOT met'} ({mfu:.1%}, {rng(f['mfu'])})")
+        if f.get("rollout_roofline"):
+            roof = median(f["rollout_roofline"])
+            lines.append(f"rollout against its roofline, the larger of the bandwidth bound and the compute bound "
+                         f"(generated tokens x 2 x parameters / matmul peak): {roof:.1%} "
+                         f"({rng(f['rollout_roofline'])}); not an issue-20 target, which is the bandwidth bound alone")
     return "\n".join(lines)
 
 
@@ -483,6 +504,8 @@ def main() -> None:
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
     ap.add_argument("--trl-venv", type=Path, default=REPO / ".venv-trl")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                    help="compute dtype of both systems; auto: bf16 where bf16 matmuls run in hardware, else fp32")
     ap.add_argument("--note", default="", help="a line added to the header (e.g. that the machine was shared)")
     ap.add_argument("--summarize", type=Path, default=None,
                     help="summarise a printed output (e.g. one cut short) instead of running anything")
@@ -495,7 +518,10 @@ def main() -> None:
     bad = [x for x in systems if x not in SYSTEMS]
     if bad or not systems:
         raise SystemExit(f"vs_trl: --systems: unknown {bad}; allowed: {', '.join(SYSTEMS)}")
-    from rlreason.models import resolve_model
+    import torch
+
+    from rlreason.models import compute_dtype, resolve_model
+    dtype = compute_dtype(a.dtype, torch.device("cpu"))
     model_dir = str(resolve_model("smollm2-135m-instruct", dtype="fp32"))
     ours = Path(sys.executable)
     pythons = {x: ours if x == "rlreason" else trl_python(a.trl_venv) for x in systems}
@@ -506,12 +532,12 @@ def main() -> None:
     header = [f"vs_trl: SmolLM2-135M-Instruct ({model_dir}), {N_QUESTIONS} chat prompts 'What is a + b?"
               f"{PROMPT_SUFFIX}', {PROMPTS} prompts x {SAMPLES} samples, <= {NEW_TOKENS} new tokens (EOS honoured), "
               f"lr {LR}, no KL, one optimizer step per batch, micro-batch {MICRO_BATCH}, steps {TIMED_FROM}-{STEPS} "
-              f"timed", f"machine: {os.cpu_count()} CPUs; preload: "
+              f"timed; compute dtype {dtype} (--dtype {a.dtype})", f"machine: {os.cpu_count()} CPUs; preload: "
               f"{'off' if os.environ.get('RLREASON_NO_PRELOAD') else 'tcmalloc + iomp'}; {a.rounds} interleaved "
               f"rounds of {', '.join(systems)}; started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
               *[f"stack ({'rlreason' if py == ours else 'TRL'} venv): {v}" for py, v in vers.items()],
               "rlreason config: rlreason train with overrides " + " ".join(
-                  repr(o) for o in rlreason_overrides(Path("<questions.jsonl>"), Path("<out>")))]
+                  repr(o) for o in rlreason_overrides(Path("<questions.jsonl>"), Path("<out>"), dtype))]
     if a.note:
         header.append(a.note)
     printed: list[str] = []
@@ -524,8 +550,8 @@ def main() -> None:
 
     say("\n".join(header))
     # probed in a part of its own: the same preloaded allocator and OpenMP runtime as rlreason's training part
-    limits = run_part(ours, "limits", model_dir, data, work / "limits.log")
-    say(limits_line(limits))
+    limits = run_part(ours, "limits", model_dir, data, dtype, work / "limits.log")
+    say(limits_line(limits, dtype))
     runs: dict[str, list[dict[str, Any]]] = {x: [] for x in systems}
     failed: dict[str, str] = {}
     for rnd in range(a.rounds):
@@ -533,7 +559,7 @@ def main() -> None:
             if x in failed:
                 continue
             try:
-                r = run_part(pythons[x], x, model_dir, data, work / f"{x}-{rnd}.log")
+                r = run_part(pythons[x], x, model_dir, data, dtype, work / f"{x}-{rnd}.log")
             except SystemExit as e:  # report it and measure the others; no numbers for this system
                 failed[x] = str(e)
                 say(f"round {rnd + 1} {x:9s} FAILED: {e}")
@@ -555,13 +581,14 @@ if __name__ == "__main__":
         p.add_argument("--part", choices=[*SYSTEMS, "limits"])
         p.add_argument("--model-dir")
         p.add_argument("--data")
+        p.add_argument("--dtype", choices=list(DTYPES))
         pa = p.parse_args()
         if pa.part == "limits":
-            res = machine_limits(pa.model_dir)
+            res = machine_limits(pa.model_dir, pa.dtype)
         elif pa.part == "rlreason":
-            res = part_rlreason(pa.data)
+            res = part_rlreason(pa.data, pa.dtype)
         else:
-            res = part_trl(pa.model_dir, pa.data, vllm=pa.part == "trl-vllm")
+            res = part_trl(pa.model_dir, pa.data, pa.dtype, vllm=pa.part == "trl-vllm")
         print("RESULT " + json.dumps(res), flush=True)
     else:
         main()

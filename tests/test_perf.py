@@ -172,6 +172,17 @@ def test_decode_bandwidth_fraction_is_the_bound_over_the_achieved_step_time():
     assert perf.decode_bandwidth_fraction(0.27e9, 27e9, 0.0, 128) == 0.0
 
 
+def test_decode_roofline_fraction_takes_whichever_bound_binds():
+    """Reference by hand: 128 decode steps x 0.5 GB / 25 GB/s = 2.56 s to read the weights; 2000 tokens x
+    0.27 GFLOP / 0.135 TFLOP/s = 4.0 s of matmuls. The larger bound, over a 10 s rollout, is 40%."""
+    args = dict(weight_bytes=0.5e9, bandwidth=25e9, flops_per_token=0.27e9, decode_steps=128, rollout_s=10.0)
+    assert perf.decode_roofline_fraction(**args, peak_flops=0.135e12, generated_tokens=2000) == pytest.approx(0.4)
+    # fast matmuls: the bandwidth bound binds and the fraction is decode_bandwidth_fraction's
+    fast = perf.decode_roofline_fraction(**args, peak_flops=100e12, generated_tokens=2000)
+    assert fast == pytest.approx(perf.decode_bandwidth_fraction(0.5e9, 25e9, 10.0, 128)) == pytest.approx(0.256)
+    assert perf.decode_roofline_fraction(**{**args, "rollout_s": 0.0}, peak_flops=1e12, generated_tokens=1) == 0.0
+
+
 def test_copy_bandwidth_probe_counts_read_and_write():
     bw = perf.probe_copy_bandwidth(torch.device("cpu"), mib=8, repeats=2)
     assert 1e8 < bw < 1e13  # bytes/s: a plausible range for any machine

@@ -31,13 +31,15 @@ def test_questions_are_the_fixed_single_digit_sums(vs_trl):
     assert len({q["question"] for q in qs}) > 16  # not one repeated prompt
 
 
-def test_rlreason_config_renders_the_same_prompt(vs_trl, tmp_path):
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_rlreason_config_renders_the_same_prompt(vs_trl, tmp_path, dtype):
     from rlreason.config import load_config
     from rlreason.data import build_dataset
 
     data = tmp_path / "q.jsonl"
     vs_trl.write_jsonl(data, vs_trl.questions())
-    cfg = load_config(None, vs_trl.rlreason_overrides(data, tmp_path / "out"))
+    cfg = load_config(None, vs_trl.rlreason_overrides(data, tmp_path / "out", dtype))
+    assert cfg.model.dtype == dtype  # the dtype TRL's side gets too (bf16 autocast / a bf16 vLLM, or fp32)
     assert (cfg.trainer.prompts_per_step, cfg.trainer.samples_per_prompt, cfg.env.args["max_tokens"]) == (8, 4, 128)
     assert cfg.trainer.lr == 1e-6 and cfg.algo.kl_coef == 0.0 and cfg.env.args["style"] == "chat"
     ds = build_dataset(cfg.data.train, key="data.train")
@@ -113,7 +115,8 @@ def test_printed_rounds_summarise_again(vs_trl):
 def test_machine_limit_targets_from_the_runs_perf_and_the_probed_limits(vs_trl):
     """Rollout: bound (weights / bandwidth) over achieved seconds per decode step; MFU: update TFLOP/s over the
     probed peak; each the median of steps 2-6 per round, and the printed output gives them back."""
-    lim = {"bandwidth": 27e9, "peak_flops": 2e12, "weight_bytes": 0.27e9}  # 10 ms per decode step at best
+    # 10 ms per decode step at best; bf16 weights: 0.135e9 parameters, 0.27 GFLOP per token
+    lim = {"bandwidth": 27e9, "peak_flops": 2e12, "weight_bytes": 0.27e9, "flops_per_token": 0.27e9}
     r = _run([50, 10, 11, 12, 13, 30])
     # 128 decode steps each; steps 2-6 take 20, 20, 40, 20, 70 ms per decode step: 0.5, 0.5, 0.25, 0.5, 0.14
     r["phases"]["rollout"] = [1.0, 2.56, 2.56, 5.12, 2.56, 8.96]
@@ -121,12 +124,41 @@ def test_machine_limit_targets_from_the_runs_perf_and_the_probed_limits(vs_trl):
     f = vs_trl.limit_fractions({"rlreason": [r]}, lim)
     assert f["rollout_bw"] == pytest.approx([0.5])
     assert f["mfu"] == pytest.approx([0.5 / 2])  # median of steps 2-6 (step 1's 9.0 never counts)
+    # _run's tokens: 1000 per step, 0.135 s of matmuls at 2 TFLOP/s, far under the 1.28 s of weight reads: the
+    # roofline is the bandwidth bound here
+    assert f["rollout_roofline"] == pytest.approx(f["rollout_bw"])
     runs = {"rlreason": [r], "trl-vllm": [_run([90, 30, 30, 33, 36, 90], 2.0)]}
     text = vs_trl.report(runs, [], lim)
     assert "rollout >= 40% of the bandwidth bound -> met (50.0%" in text and "update MFU >= 40% -> NOT met (25.0%" in text
-    printed = "\n".join([vs_trl.limits_line(lim), vs_trl.round_line(1, "rlreason", r), vs_trl.phase_line(1, "rlreason", r),
+    printed = "\n".join([vs_trl.limits_line(lim, "bf16"), vs_trl.round_line(1, "rlreason", r), vs_trl.phase_line(1, "rlreason", r),
                          vs_trl.perf_line(1, "rlreason", r)])
     assert vs_trl.parse_limits(printed) == pytest.approx(lim)
     back = vs_trl.parse_rounds(printed)
     again = vs_trl.limit_fractions(back, vs_trl.parse_limits(printed))
     assert again["rollout_bw"] == pytest.approx(f["rollout_bw"]) and again["mfu"] == pytest.approx(f["mfu"])
+    assert again["rollout_roofline"] == pytest.approx(f["rollout_roofline"])
+
+
+def test_rollout_roofline_is_the_compute_bound_where_matmuls_are_slow(vs_trl):
+    """fp32 on an AVX2 CPU: 0.14 TFLOP/s. 2000 tokens x 0.27 GFLOP = 3.86 s of matmuls, against 128 x 0.54 GB /
+    34 GB/s = 2.03 s of weight reads; over a 12 s rollout: 32.1% of the roofline, 16.9% of the bandwidth bound."""
+    lim = {"bandwidth": 34e9, "peak_flops": 0.14e12, "weight_bytes": 0.54e9, "flops_per_token": 0.27e9}
+    r = _run([50, 30, 30, 30, 30, 30])
+    r["phases"]["rollout"] = [12.0] * 6
+    r["tokens"] = [2000.0] * 6
+    r["perf"] = {"update_tflops": [0.07] * 6, "decode_steps": [128.0] * 6}
+    f = vs_trl.limit_fractions({"rlreason": [r]}, lim)
+    assert f["rollout_roofline"] == pytest.approx([2000 * 0.27e9 / 0.14e12 / 12.0])
+    assert f["rollout_bw"] == pytest.approx([128 * 0.54e9 / 34e9 / 12.0])
+    text = vs_trl.report({"rlreason": [r]}, [], lim)
+    assert "rollout against its roofline" in text and "peak): 32.1% (rounds 32.1%-32.1%)" in text
+
+
+def test_limits_of_either_dtype_parse_back(vs_trl):
+    """--summarize reads the limits of an fp32 run and of the bf16 outputs committed before --dtype existed."""
+    lim = {"bandwidth": 25.37e9, "peak_flops": 1.796e12, "weight_bytes": 0.269e9}
+    for dtype, width in (("bf16", 2), ("fp32", 4)):  # the FLOPs per token come from the weights' bytes and width
+        want = {**lim, "flops_per_token": 2 * 0.269e9 / width}
+        assert vs_trl.parse_limits(vs_trl.limits_line(lim, dtype)) == pytest.approx(want)
+    old = (REPO / "benchmarks" / "results" / "vs_trl_cpu_2026-12-07.txt").read_text()
+    assert vs_trl.parse_limits(old) == pytest.approx({**lim, "flops_per_token": 0.269e9})

@@ -207,6 +207,20 @@ def decode_bandwidth_fraction(weight_bytes: float, bandwidth: float, rollout_s: 
     return (weight_bytes / bandwidth) / (rollout_s / decode_steps)
 
 
+def decode_roofline_fraction(weight_bytes: float, bandwidth: float, flops_per_token: float, peak_flops: float,
+                             rollout_s: float, decode_steps: int, generated_tokens: float) -> float:
+    """How close generation came to the machine's roofline: it can take no less than the bandwidth bound
+    (decode_steps x weight_bytes / bandwidth) nor the compute bound (generated_tokens x flops_per_token /
+    peak_flops, flops_per_token = 2 x parameters), so the fraction is the larger of the two over rollout_s.
+    Prefill and attention are left out of the compute bound, which keeps it a lower bound on the time. Where
+    matmuls are slow (an AVX2-only CPU in fp32: 32 rows x 2 x 135M parameters at 0.14 TFLOP/s is ~60 ms per
+    decode step against ~16 ms to read the weights), the compute bound is the one that binds."""
+    if rollout_s <= 0 or bandwidth <= 0 or peak_flops <= 0:
+        return 0.0
+    bound = max(decode_steps * weight_bytes / bandwidth, generated_tokens * flops_per_token / peak_flops)
+    return bound / rollout_s
+
+
 def device_peak_flops(shape: ModelShape, device: torch.device, dtype: torch.dtype,
                       cache_dir: Path | None = None) -> tuple[float, str]:
     """(FLOP/s, where it came from: 'datasheet' or 'probe'). Probes are cached; the key holds everything
