@@ -2,6 +2,7 @@
 tokens (prompt groups kept together on ties), and the update it trains is the one of the old grouped layout."""
 
 import random
+from collections import defaultdict
 from unittest import mock
 
 import pytest
@@ -93,6 +94,36 @@ def test_update_with_the_planned_layout_equals_the_grouped_layout():
 
     planned = update(micro_batches.plan)
     grouped = update(lambda rows_, idx, size, share_prompts: micro_batches.layouts(rows_, idx, size)["grouped"])
+    for n, d in grouped.items():
+        torch.testing.assert_close(planned[n], d, atol=1e-6 * float(d.abs().max()) + 1e-12, rtol=1e-6, msg=n)
+    assert any(float(d.abs().max()) > 0 for d in grouped.values())
+
+
+def test_sft_trains_the_planned_layout_and_the_same_step_as_the_grouped_one():
+    """SFT rows differ in length too (a completion per row): sft_batch deals them by the plan, and in float64
+    the step equals the grouped layout's (the NLL's divisor is the batch's token count, fixed over micro-batches)."""
+    from rlreason.trainer.sft import sft_batch
+    rows = _grpo_rows([[9, 2, 3, 2], [2, 9, 3, 2], [3, 2, 2, 9]], prompt_len=4, seed=2)
+    seen: list[list[int]] = []
+
+    def step(plan) -> dict[str, torch.Tensor]:
+        model = _model().double()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ctx = UpdateContext(model, torch.optim.SGD(model.parameters(), lr=0.1), None, None, torch.device("cpu"),
+                            None, 0, 0.8, share_prompts=True)
+
+        def spy(rows_, idx, size, share_prompts):
+            seen.append(plan(rows_, idx, size, share_prompts=share_prompts))
+            return seen[-1]
+
+        with mock.patch.object(micro_batches, "plan", spy):
+            sft_batch(rows, ctx, TrainerConfig(micro_batch_size=4), defaultdict(float), defaultdict(int))
+        return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+    planned = step(micro_batches.plan)
+    assert seen == [micro_batches.plan(rows, list(range(12)), 4, share_prompts=True)]
+    assert seen[0] != micro_batches.layouts(rows, list(range(12)), 4)["grouped"]
+    grouped = step(lambda rows_, idx, size, share_prompts: micro_batches.layouts(rows_, idx, size)["grouped"])
     for n, d in grouped.items():
         torch.testing.assert_close(planned[n], d, atol=1e-6 * float(d.abs().max()) + 1e-12, rtol=1e-6, msg=n)
     assert any(float(d.abs().max()) > 0 for d in grouped.values())

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from rlreason.algos.losses import logprobs_from_logits
 from rlreason.config import TrainerConfig
 from rlreason.registry import ConfigError
+from rlreason.trainer import micro_batches
 from rlreason.trainer.algorithm import Algorithm, StepResult
 from rlreason.trainer.batch import Row, collate, group_order
 from rlreason.trainer.perf import sequences
@@ -53,16 +54,19 @@ def ids_row(row: dict[str, Any], index: int, vocab_size: int) -> Row:
 
 
 def sft_batch(batch: list[Row], ctx: UpdateContext, tr: TrainerConfig, sums: dict, counts: dict) -> None:
-    """One optimizer step on `batch` (split into trainer.micro_batch_size rows); accumulates the loss and
-    gradient norm into `sums` / `counts` as `update._step` does."""
+    """One optimizer step on `batch`, in micro-batches of trainer.micro_batch_size rows dealt by
+    micro_batches.plan (completions differ in length, so sorting by length can pad far less than batch
+    order); accumulates the loss and gradient norm into `sums` / `counts` as `update._step` does."""
     model = ctx.model
     model.train()
     n_tokens = max(sum(sum(r.response_mask) for r in batch), 1)
     ctx.optimizer.zero_grad(set_to_none=True)
     total, finite = 0.0, True
     with autocast(ctx):  # one region per optimizer step: weights are cast to bf16 once
-        for m in range(0, len(batch), tr.micro_batch_size):
-            b = collate(batch[m:m + tr.micro_batch_size], ctx.pad_id).to(ctx.device)
+        micros = micro_batches.plan(batch, list(range(len(batch))), tr.micro_batch_size,
+                                    share_prompts=ctx.share_prompts)
+        for micro in micros:
+            b = collate([batch[i] for i in micro], ctx.pad_id).to(ctx.device)
             logits = ctx.response_logits(model, b)
             with full_precision(ctx):
                 logprobs = logprobs_from_logits(logits, b.response_ids)  # [B, T], the model's own distribution
