@@ -28,7 +28,7 @@ fraction of the bandwidth bound (all weights, in the compute dtype, read once pe
 step's longest response) and its update's MFU (the run's perf/update_tflops over that peak).
 
     bash scripts/setup_trl_venv.sh                         # once: .venv-trl
-    python benchmarks/vs_trl.py --rounds 2                 # ~25 minutes on 2 cores
+    python benchmarks/vs_trl.py --rounds 2                 # 2 cores: ~25 min (bf16, AVX-512), ~28 (fp32, AVX2)
     python benchmarks/vs_trl.py --systems rlreason,trl-hf  # a subset
     python benchmarks/vs_trl.py --dtype bf16               # force the dtype (default: auto)
 """

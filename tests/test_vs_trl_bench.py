@@ -130,8 +130,8 @@ def test_machine_limit_targets_from_the_runs_perf_and_the_probed_limits(vs_trl):
     runs = {"rlreason": [r], "trl-vllm": [_run([90, 30, 30, 33, 36, 90], 2.0)]}
     text = vs_trl.report(runs, [], lim)
     assert "rollout >= 40% of the bandwidth bound -> met (50.0%" in text and "update MFU >= 40% -> NOT met (25.0%" in text
-    printed = "\n".join([vs_trl.limits_line(lim, "bf16"), vs_trl.round_line(1, "rlreason", r), vs_trl.phase_line(1, "rlreason", r),
-                         vs_trl.perf_line(1, "rlreason", r)])
+    printed = "\n".join([vs_trl.limits_line(lim, "bf16"), vs_trl.round_line(1, "rlreason", r),
+                         vs_trl.phase_line(1, "rlreason", r), vs_trl.perf_line(1, "rlreason", r)])
     assert vs_trl.parse_limits(printed) == pytest.approx(lim)
     back = vs_trl.parse_rounds(printed)
     again = vs_trl.limit_fractions(back, vs_trl.parse_limits(printed))
