@@ -217,8 +217,8 @@ def decode_roofline_fraction(weight_bytes: float, bandwidth: float, flops_per_to
     decode step against ~16 ms to read the weights), the compute bound is the one that binds."""
     if rollout_s <= 0 or bandwidth <= 0 or peak_flops <= 0:
         return 0.0
-    bound = max(decode_steps * weight_bytes / bandwidth, generated_tokens * flops_per_token / peak_flops)
-    return bound / rollout_s
+    compute = generated_tokens * flops_per_token / peak_flops / rollout_s
+    return max(decode_bandwidth_fraction(weight_bytes, bandwidth, rollout_s, decode_steps), compute)
 
 
 def device_peak_flops(shape: ModelShape, device: torch.device, dtype: torch.dtype,
