@@ -12,9 +12,15 @@ grouped-matmul attention, fused RMSNorm). Workloads (--workload):
 Variants:
 
     baseline      the trainer: float32 master weights, bf16 autocast, trainer.micro_batch_size 8 (the default),
-                  micro-batches laid out by rlreason/trainer/micro_batches.py (the fewest padded tokens)
-    grouped       the same with every micro-batch holding whole prompt groups (the layout before
-                  micro_batches.py: each group's samples padded to its longest)
+                  each distinct prompt of the mini-batch run once (shared_prefix.PromptPass), responses cut
+                  into micro-batches by a token budget (micro_batches.by_tokens)
+    prompts once 8 rows
+                  prompts run once, the responses in micro-batches of 8 rows sorted by length (no token budget)
+    prompts per micro 8
+                  the layout before PromptPass: a prompt pass per micro-batch, 8 rows each, laid out by
+                  micro_batches.layouts (the fewest padded tokens, prompts counted per micro-batch)
+    grouped       a prompt pass per micro-batch, every micro-batch holding whole prompt groups (the layout
+                  before micro_batches.py: each group's samples padded to its longest)
     micro N       the same with micro-batches of N rows (fewer, larger matmuls and fewer per-op overheads,
                   more activation memory; the loss is the same: micro-batching is exact)
     pure bf16     bf16 weights without autocast, micro-batch 8: no casts at all, and every elementwise op on
@@ -40,7 +46,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from rlreason.config import AlgoConfig, TrainerConfig, load_config
 from rlreason.cpu import apply_cpu_optimizations
-from rlreason.trainer import micro_batches
+from rlreason.trainer import micro_batches, shared_prefix
 from rlreason.trainer.fused_rms_norm import fuse_rms_norms
 from rlreason.trainer.perf import device_peak_flops, model_shape, pass_flops, sequences
 from rlreason.trainer.update import UpdateContext, policy_update
@@ -54,8 +60,23 @@ def pure_bf16(model: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-def grouped_layout(rows: list, idx: list[int], size: int, *, share_prompts: bool) -> list[list[int]]:
+PLAN = micro_batches.plan  # the variants swap micro_batches.plan out
+
+
+def grouped_layout(rows: list, idx: list[int], size: int, *, share_prompts: bool,
+                   prompts_once: bool = False) -> list[list[int]]:
     return micro_batches.layouts(rows, idx, size)["grouped"]
+
+
+def rows_by_length(rows: list, idx: list[int], size: int, *, share_prompts: bool,
+                   prompts_once: bool = False) -> list[list[int]]:
+    return micro_batches.layouts(rows, idx, size)["by length"]
+
+
+def prompts_per_micro(rows: list, idx: list[int], size: int, *, share_prompts: bool,
+                      prompts_once: bool = False) -> list[list[int]]:
+    """The layout before shared_prefix.PromptPass: a prompt pass per micro-batch, rows dealt by micro_batches.layouts."""
+    return PLAN(rows, idx, size, share_prompts=share_prompts)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,23 +102,28 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:  # probed now, not read from a cache another load measured
         peak, source = device_peak_flops(model_shape(model), dev, amp or torch.float32, cache_dir=Path(tmp))
 
-    def variant(m: torch.nn.Module, amp: torch.dtype | None, micro: int, plan: Callable = micro_batches.plan
-                ) -> Callable[[], float]:
+    def variant(m: torch.nn.Module, amp: torch.dtype | None, micro: int, plan: Callable = micro_batches.plan,
+                prompts_once: bool = True) -> Callable[[], float]:
         opt = torch.optim.AdamW(m.parameters(), lr=1e-7, fused=m is model)
         ctx = UpdateContext(m, opt, None, None, dev, amp, 0, 1.0, share_prompts=shared)
 
         def once() -> float:
             real, micro_batches.plan = micro_batches.plan, plan
+            real_once = shared_prefix.once_per_minibatch
+            if not prompts_once:
+                shared_prefix.once_per_minibatch = lambda *a: False
             try:
                 t = time.perf_counter()
                 policy_update(rows, ctx, AlgoConfig(), TrainerConfig(micro_batch_size=micro), None)
                 return time.perf_counter() - t
             finally:
-                micro_batches.plan = real
+                micro_batches.plan, shared_prefix.once_per_minibatch = real, real_once
         return once
 
     builders = {"baseline (micro 8)": lambda: variant(model, amp, 8),
-                "grouped (micro 8)": lambda: variant(model, amp, 8, grouped_layout),
+                "prompts once 8 rows": lambda: variant(model, amp, 8, rows_by_length),
+                "prompts per micro 8": lambda: variant(model, amp, 8, prompts_per_micro, prompts_once=False),
+                "grouped (micro 8)": lambda: variant(model, amp, 8, grouped_layout, prompts_once=False),
                 **{f"micro {n}": (lambda n=n: variant(model, amp, n)) for n in (4, 16, 32)}}
     if a.compute == "bf16":
         builders["pure bf16 (micro 8)"] = lambda: variant(pure_bf16(model), None, 8)
@@ -116,10 +142,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"round {r + 1}: " + "  ".join(f"{k} {times[k][-1]:.2f} s" for k in names), flush=True)
     base = median(times[names[0]])
     lengths = sorted(len(r.response_ids) for r in rows)
+    by_tokens = micro_batches.by_tokens(rows, list(range(len(rows))), 8)
+    once_tokens = (sum(len(p) for p in {tuple(r.prompt_ids) for r in rows})
+                   + sum(len(m) * max(len(rows[i].response_ids) for i in m) for m in by_tokens))
     print(f"\nworkload {a.workload}: response tokens {sum(lengths)} (min {lengths[0]}, median "
           f"{lengths[len(lengths) // 2]}, max {lengths[-1]}); padded tokens per pass: "
           + ", ".join(f"{k} {sum(micro_batches.padded_tokens(rows, m, share_prompts=shared) for m in v)}"
-                      for k, v in micro_batches.layouts(rows, list(range(len(rows))), 8).items()))
+                      for k, v in micro_batches.layouts(rows, list(range(len(rows))), 8).items())
+          + f"; prompts once + by_tokens {once_tokens} ({len(by_tokens)} micro-batches)")
     print(f"cpu: {torch.backends.cpu.get_cpu_capability()}, native bf16 matmuls (oneDNN): "
           f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}; compute {a.compute}")
     print(f"update of {len(rows)} rows on cpu x{torch.get_num_threads()}: {flops / 1e12:.2f} TFLOP per update; "

@@ -88,7 +88,9 @@ class TrainerConfig:
     warmup_steps: int = 0
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass; 1 x 1 = on-policy, no extra forward
-    micro_batch_size: int = 8  # rows per forward/backward (gradient accumulation)
+    # Rows per forward/backward (gradient accumulation); where a mini-batch's prompts run once (shared prompts,
+    # docs/cpu.md) it caps a micro-batch's tokens at micro_batch_size x the longest response instead.
+    micro_batch_size: int = 8
     # Rows with the same prompt run it once (exact). auto = on CPU only: on an H200 the two-pass shared forward
     # of SmolLM2-135M was 2.2x slower than one pass per row (launch-bound), on 2 CPU cores 1.35x faster.
     share_prompt_forward: Literal["auto", True, False] = "auto"

@@ -148,3 +148,79 @@ def test_shared_prefix_on_smollm2_matches_plain_fp32_and_bf16():
     assert (lp(True, False) - exact).abs().max() < 1e-3
     err_plain, err_shared = (lp(False, True) - exact).abs().mean(), (lp(True, True) - exact).abs().mean()
     assert err_shared <= 1.5 * err_plain + 0.01, (err_shared, err_plain)
+
+
+def _update_delta(rows: list[Row], share: bool, tr: TrainerConfig, algo: AlgoConfig) -> dict[str, torch.Tensor]:
+    model = _model().double()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ctx = UpdateContext(model, torch.optim.SGD(model.parameters(), lr=0.1), None, None, torch.device("cpu"), None,
+                        0, 0.8, share_prompts=share)
+    random.seed(0)
+    policy_update(rows, ctx, algo, tr, None)
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+def _prompt_passes(rows: list[Row], tr: TrainerConfig) -> int:
+    """Forward calls that run prompts alone (the shared forward's prompt pass keeps only the last logit)."""
+    model = _model()
+    calls = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("logits_to_keep"))
+        return forward(*args, **kwargs)
+    model.forward = spy
+    ctx = UpdateContext(model, torch.optim.SGD(model.parameters(), lr=0.1), None, None, torch.device("cpu"), None,
+                        0, 1.0, share_prompts=True)
+    random.seed(0)
+    policy_update(rows, ctx, AlgoConfig(), tr, None)
+    return calls.count(1)
+
+
+def test_each_prompt_runs_once_per_mini_batch_not_once_per_micro_batch():
+    """Micro-batches dealt by response length mix the prompt groups; the prompts still run in one pass."""
+    rows = _rows(4, groups=3, G=4)
+    for k, r in enumerate(rows):  # lengths spread within each group: micro-batches by length mix the groups
+        r.response_ids = r.response_ids[:2] + [7] * (k % 5)
+        r.response_mask, r.rollout_logprobs = [1] * len(r.response_ids), [-1.0] * len(r.response_ids)
+    assert _prompt_passes(rows, TrainerConfig(micro_batch_size=4)) == 1
+    # Two mini-batches take two updates, so old logprobs come from a forward of their own: three prompt passes.
+    assert _prompt_passes(rows, TrainerConfig(micro_batch_size=4, mini_batches=2)) == 3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_update_with_prompts_run_once_equals_the_per_row_update_in_float64(seed):
+    """The summed gradient pushed through one prompt pass is the per-row forward's gradient: same weights
+    after two epochs of two mini-batches (old logprobs from a separate pass), truncated IS on. The model runs
+    in float64; the log-softmax works in float32 (logprobs_from_logits), which bounds the agreement at ~1e-7
+    of the update, as in test_micro_batches.py."""
+    rows = _rows(seed, groups=4, G=3)
+    tr, algo = TrainerConfig(micro_batch_size=2, mini_batches=2, ppo_epochs=2), AlgoConfig(tis_cap=2.0)
+    plain, shared = _update_delta(rows, False, tr, algo), _update_delta(rows, True, tr, algo)
+    for n, d in plain.items():
+        torch.testing.assert_close(shared[n], d, atol=1e-6 * float(d.abs().max()) + 1e-12, rtol=1e-6, msg=n)
+    assert any(float(d.abs().max()) > 0 for d in plain.values())
+
+
+def test_prompts_that_outweigh_a_micro_batch_run_per_micro_batch():
+    """The one prompt pass lives until the mini-batch's last micro-batch: it is used only when it runs no
+    more tokens than one micro-batch of the longest rows."""
+    from rlreason.trainer.shared_prefix import once_per_minibatch
+    model = _model()
+    rows = _grpo_like(prompts=4, prompt_len=40, G=2, response_len=3)
+    assert not once_per_minibatch(model, rows, 2)  # 4 x 39 prompt tokens > 2 x (40 + 3)
+    assert once_per_minibatch(model, rows, 4)  # <= 4 x 43
+    assert _prompt_passes(rows, TrainerConfig(micro_batch_size=2)) == 4  # one per micro-batch (a group each)
+    model.gradient_checkpointing_enable()
+    assert not once_per_minibatch(model, rows, 4)
+
+
+def _grpo_like(prompts: int, prompt_len: int, G: int, response_len: int) -> list[Row]:
+    rng = random.Random(0)
+    rows = []
+    for g in range(prompts):
+        p = [rng.randrange(5, 1000) for _ in range(prompt_len)]
+        for _ in range(G):
+            rows.append(Row(p, [rng.randrange(5, 1000) for _ in range(response_len)], [-1.0] * response_len,
+                            [1] * response_len, rng.choice([-1.0, 1.0]), len(rows), g))
+    return rows

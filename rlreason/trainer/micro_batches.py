@@ -7,7 +7,9 @@ while most stop near 50), so keeping each prompt's group together -- one prompt 
 (shared_prefix.py) -- pads the short samples to the long one, while sorting the rows by response length pads
 little but shares fewer prompts. Which wins depends on the prompt and response lengths, so each candidate
 layout is costed by the tokens its padded micro-batches run (perf.pass_tokens) and the cheapest is used; ties
-keep prompt groups together.
+keep prompt groups together. Where the mini-batch's prompts run in one pass of their own
+(shared_prefix.PromptPass) the choice is simpler: only responses are dealt, sorted by length and cut by a
+token budget (`by_tokens`).
 
 The loss is a sum over rows with aggregation weights fixed over the whole mini-batch (update.py), so the
 layout changes the work and the float summation order, not the update: the freedom verl's dynamic batch size
@@ -48,7 +50,42 @@ def padded_tokens(rows: list[Row], micro: list[int], *, share_prompts: bool) -> 
     return pass_tokens([(k, P, T) for k in keys], share_prompts=shared)
 
 
-def plan(rows: list[Row], idx: list[int], size: int, *, share_prompts: bool) -> list[list[int]]:
-    """The micro-batches (row indices) of the rows `idx`: the layout that runs the fewest padded tokens."""
+def plan(rows: list[Row], idx: list[int], size: int, *, share_prompts: bool,
+         prompts_once: bool = False) -> list[list[int]]:
+    """The micro-batches (row indices) of the rows `idx`: the layout that runs the fewest padded tokens.
+    `prompts_once`: the mini-batch's prompts run in one pass of their own (shared_prefix.PromptPass), so only
+    the responses are dealt (`by_tokens`)."""
+    if prompts_once:
+        return by_tokens(rows, idx, size)
     return min(layouts(rows, idx, size).values(),
                key=lambda micros: sum(padded_tokens(rows, m, share_prompts=share_prompts) for m in micros))
+
+
+# What one more micro-batch costs beyond its tokens (per-op overheads, one more accumulation of the [V, H]
+# embedding gradient), in padded tokens: benchmarks/update_levers.py measured the fastest update of
+# vs_trl.py's workload at 64 on 2 CPU cores, with 16 to 256 within 8% of it and 0 (a micro-batch per
+# distinct length) 50% slower.
+MICRO_BATCH_COST_TOKENS = 64
+
+
+def by_tokens(rows: list[Row], idx: list[int], size: int) -> list[list[int]]:
+    """Micro-batches of responses alone, each costing its rows x its longest response plus
+    MICRO_BATCH_COST_TOKENS. The rows sorted by response length (longest first) are cut into the runs of
+    least total cost, each holding at most `size` x the longest response's tokens: the memory a micro-batch
+    of `size` of the longest rows takes. Shorter rows thus share micro-batches by a token budget, as verl's
+    use_dynamic_bsz packs them."""
+    order = sorted(idx, key=lambda i: (-len(rows[i].response_ids), len(rows[i].prompt_ids), rows[i].prompt_ids))
+    lengths = [len(rows[i].response_ids) for i in order]
+    n = len(order)
+    budget = size * lengths[0]
+    # best[j]: (cost, end of the first micro-batch) of the runs that cover order[j:]
+    best: list[tuple[int, int]] = [(0, n)] * (n + 1)
+    for j in range(n - 1, -1, -1):
+        rows_max = max(1, budget // lengths[j])  # order[j] is the micro-batch's longest
+        best[j] = min((best[k][0] + (k - j) * lengths[j] + MICRO_BATCH_COST_TOKENS, k)
+                      for k in range(j + 1, min(n, j + rows_max) + 1))
+    micros, j = [], 0
+    while j < n:
+        micros.append(order[j:best[j][1]])
+        j = best[j][1]
+    return micros

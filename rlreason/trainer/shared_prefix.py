@@ -9,10 +9,12 @@ prefix" trick of Prefix Grouper, arXiv 2506.05433)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers import DynamicCache
 
-from rlreason.trainer.batch import Batch, response_logits
+from rlreason.trainer.batch import Batch, Row, response_logits
 
 
 def shared_response_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -71,19 +73,89 @@ def shared_prefix_logits(model: torch.nn.Module, prompts: torch.Tensor, prompt_m
     The prompt pass stops one token short: each prompt's last token opens its rows' response pass, so all
     T predictions come out of one vocabulary projection (no separate first-token logits to gather and
     concatenate, and one [V, H] weight gradient per pass instead of two)."""
-    P = prompts.shape[1]
-    T = response_ids.shape[1]
     head_mask = prompt_mask[:, :-1]
-    out = model(input_ids=prompts[:, :-1], attention_mask=head_mask, position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
+    layers = prompt_cache(model, prompts, head_mask)
+    return response_pass(model, layers, head_mask, prompts[:, -1:], prompt_index, response_ids, response_attention)
+
+
+def prompt_cache(model: torch.nn.Module, prompts: torch.Tensor, head_mask: torch.Tensor
+                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values [U, KV, P-1, D] of the prompts without their last token (`head_mask` is
+    their mask), in the autograd graph."""
+    out = model(input_ids=prompts[:, :-1], attention_mask=head_mask,
+                position_ids=(head_mask.cumsum(-1) - 1).clamp(min=0),
                 past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
     # out.logits is not used: no gradient reaches that projection.
-    cache = DynamicCache([(layer.keys.index_select(0, prompt_index), layer.values.index_select(0, prompt_index))
-                          for layer in out.past_key_values.layers])
+    return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+
+def response_pass(model: torch.nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]], head_mask: torch.Tensor,
+                  last: torch.Tensor, prompt_index: torch.Tensor, response_ids: torch.Tensor,
+                  response_attention: torch.Tensor) -> torch.Tensor:
+    """Logits [R, T, V] of the responses on top of the prompt cache `layers` (prompt_cache's, over U prompts
+    whose last tokens are `last` [U, 1]); row r continues prompt prompt_index[r]."""
+    P = head_mask.shape[1] + 1
+    T = response_ids.shape[1]
+    cache = DynamicCache([(k.index_select(0, prompt_index), v.index_select(0, prompt_index)) for k, v in layers])
     mask = head_mask.index_select(0, prompt_index)
     start = mask.sum(-1, keepdim=True)  # each row's last prompt token's position (left padding has none)
-    last = prompts[:, -1:].index_select(0, prompt_index)
-    return model(input_ids=torch.cat([last, response_ids[:, :-1]], 1),
-                 attention_mask=torch.cat([mask, torch.ones_like(last), response_attention[:, :-1]], 1),
+    first = last.index_select(0, prompt_index)
+    return model(input_ids=torch.cat([first, response_ids[:, :-1]], 1),
+                 attention_mask=torch.cat([mask, torch.ones_like(first), response_attention[:, :-1]], 1),
                  position_ids=start + torch.arange(T, device=start.device),
                  cache_position=torch.arange(P - 1, P - 1 + T, device=start.device),
                  past_key_values=cache, use_cache=True).logits  # [R, T, V]
+
+
+def once_per_minibatch(model: torch.nn.Module, rows: list[Row], micro_batch_size: int) -> bool:
+    """Whether a mini-batch's distinct prompts run in one pass for all its micro-batches (`PromptPass`):
+    sharing is worth it and possible over the whole mini-batch (`can_share`), and that pass, whose graph
+    lives until the mini-batch's last micro-batch is done, runs no more tokens than one micro-batch of
+    `micro_batch_size` rows of the longest prompt and response, so at most doubling what the update holds."""
+    U = len({tuple(r.prompt_ids) for r in rows})
+    P = max(len(r.prompt_ids) for r in rows)
+    T = max(len(r.response_ids) for r in rows)
+    return P >= 2 and can_share(model, U, len(rows), T) and U * (P - 1) <= micro_batch_size * (P + T)
+
+
+class PromptPass:
+    """The distinct prompts of a whole mini-batch, run once for all of its micro-batches. Micro-batches dealt
+    by response length mix every prompt group, so a prompt pass per micro-batch runs each prompt once per
+    micro-batch it has rows in; here it runs once.
+
+    The response passes read the prompt keys and values as detached leaves, so each micro-batch's backward
+    stops at them and adds its part to their gradient (summed in float32 at least); `backward` then runs the
+    prompt pass's backward once with the sum. The gradient is linear in the loss, so this is the gradient of
+    backpropagating every micro-batch through the prompt pass, at one backward's cost."""
+
+    def __init__(self, model: torch.nn.Module, batch: Batch) -> None:
+        prompts, prompt_mask, self.index = distinct_prompts(batch)
+        self.head_mask = prompt_mask[:, :-1]
+        self.last = prompts[:, -1:]
+        self.layers = prompt_cache(model, prompts, self.head_mask)
+        self.leaves: list[torch.Tensor] = []
+        self.sums: list[torch.Tensor] = []  # the summed gradient at each leaf
+        for k, v in self.layers:
+            for t in (k, v):
+                leaf = t.detach().requires_grad_()
+                total = torch.zeros_like(t, dtype=torch.promote_types(t.dtype, torch.float32))
+                leaf.register_post_accumulate_grad_hook(functools.partial(_move_grad, total))
+                self.leaves.append(leaf)
+                self.sums.append(total)
+
+    def response_logits(self, model: torch.nn.Module, batch: Batch, rows: slice) -> torch.Tensor:
+        """Logits [R, T, V] of a micro-batch: `batch` collates the rows `rows` of the mini-batch."""
+        T = batch.response_ids.shape[1]
+        layers = list(zip(self.leaves[0::2], self.leaves[1::2]))
+        return response_pass(model, layers, self.head_mask, self.last, self.index[rows], batch.response_ids,
+                             batch.attention_mask[:, -T:])
+
+    def backward(self) -> None:
+        """Backpropagate the micro-batches' summed gradient at the prompt keys and values through the prompt pass."""
+        outputs = [t for kv in self.layers for t in kv]
+        torch.autograd.backward(outputs, [g.to(t.dtype) for t, g in zip(outputs, self.sums)])
+
+
+def _move_grad(total: torch.Tensor, leaf: torch.Tensor) -> None:
+    total += leaf.grad
+    leaf.grad = None

@@ -70,10 +70,17 @@ def full_precision(ctx: UpdateContext) -> contextlib.AbstractContextManager:
 def compute_logprobs(model: torch.nn.Module, rows: list[Row], ctx: UpdateContext, micro: int) -> list[torch.Tensor]:
     """Per-row response logprobs (no grad): old policy for multi-update PPO, or the reference model."""
     out: list[torch.Tensor | None] = [None] * len(rows)
+    once = ctx.share_prompts and shared_prefix.once_per_minibatch(model, rows, micro)
+    micros = micro_batches.plan(rows, list(range(len(rows))), micro, share_prompts=ctx.share_prompts,
+                                prompts_once=once)
     with autocast(ctx):
-        for chunk in micro_batches.plan(rows, list(range(len(rows))), micro, share_prompts=ctx.share_prompts):
+        prompts = shared_prefix.PromptPass(model, collate([rows[k] for m in micros for k in m], ctx.pad_id)
+                                           .to(ctx.device)) if once else None
+        s = 0
+        for chunk in micros:
+            sl, s = slice(s, s + len(chunk)), s + len(chunk)
             b = collate([rows[k] for k in chunk], ctx.pad_id).to(ctx.device)
-            logits = ctx.response_logits(model, b)
+            logits = prompts.response_logits(model, b, sl) if prompts is not None else ctx.response_logits(model, b)
             with full_precision(ctx):
                 lp = logprobs_from_logits(logits, b.response_ids, ctx.temperature)
             for j, k in enumerate(chunk):
@@ -122,7 +129,10 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                 continue
             # The weighted loss sum does not depend on how rows are dealt into micro-batches, only the
             # padding does (micro_batches.py).
-            micros = micro_batches.plan(rows, part, tr.micro_batch_size, share_prompts=ctx.share_prompts)
+            once = (ctx.share_prompts and ctx.value_head is None
+                    and shared_prefix.once_per_minibatch(model, [rows[i] for i in part], tr.micro_batch_size))
+            micros = micro_batches.plan(rows, part, tr.micro_batch_size, share_prompts=ctx.share_prompts,
+                                        prompts_once=once)
             idx = [i for m in micros for i in m]
             mb_rows = [rows[i] for i in idx]
             full = collate(mb_rows, ctx.pad_id)
@@ -131,12 +141,15 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
             ctx.optimizer.zero_grad(set_to_none=True)
             mb_loss, finite = 0.0, True
             with autocast(ctx):
+                prompts = shared_prefix.PromptPass(model, full.to(ctx.device)) if once else None
                 s = 0
                 for m in micros:
                     sl, s = slice(s, s + len(m)), s + len(m)
                     b = collate(mb_rows[sl], ctx.pad_id).to(ctx.device)
                     if ctx.value_head is not None:
                         logits, hidden = response_hidden(model, b)
+                    elif prompts is not None:
+                        logits, hidden = prompts.response_logits(model, b, sl), None
                     else:
                         logits, hidden = ctx.response_logits(model, b), None
                     with full_precision(ctx):
@@ -152,6 +165,9 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
                             break
                         mb_loss += float(loss.detach())
                         loss.backward()
+                if prompts is not None and finite:
+                    prompts.backward()
+                del prompts
             _step(ctx, tr, sums, counts, mb_loss if finite else float("nan"))
     return {f"loss/{k}": v / max(counts[k], 1) for k, v in sums.items()}
 
