@@ -75,7 +75,8 @@ def rows_by_length(rows: list, idx: list[int], size: int, *, share_prompts: bool
 
 def prompts_per_micro(rows: list, idx: list[int], size: int, *, share_prompts: bool,
                       prompts_once: bool = False) -> list[list[int]]:
-    """The layout before shared_prefix.PromptPass: a prompt pass per micro-batch, rows dealt by micro_batches.layouts."""
+    """The layout before shared_prefix.PromptPass: a prompt pass per micro-batch, rows laid out by
+    micro_batches.layouts."""
     return PLAN(rows, idx, size, share_prompts=share_prompts)
 
 
