@@ -14,6 +14,8 @@ Variants:
     baseline      the trainer: float32 master weights, bf16 autocast, trainer.micro_batch_size 8 (the default),
                   each distinct prompt of the mini-batch run once (shared_prefix.PromptPass), responses cut
                   into micro-batches by a token budget (micro_batches.by_tokens)
+    micro cost C  the baseline with micro_batches.MICRO_BATCH_COST_TOKENS = C (the fixed cost by_tokens charges
+                  a micro-batch, in tokens; 0 cuts wherever a token of padding can be saved)
     prompts once 8 rows
                   prompts run once, the responses in micro-batches of 8 rows sorted by length (no token budget)
     prompts per micro 8
@@ -104,13 +106,14 @@ def main(argv: list[str] | None = None) -> None:
         peak, source = device_peak_flops(model_shape(model), dev, amp or torch.float32, cache_dir=Path(tmp))
 
     def variant(m: torch.nn.Module, amp: torch.dtype | None, micro: int, plan: Callable = micro_batches.plan,
-                prompts_once: bool = True) -> Callable[[], float]:
+                prompts_once: bool = True, micro_cost: int | None = None) -> Callable[[], float]:
         opt = torch.optim.AdamW(m.parameters(), lr=1e-7, fused=m is model)
         ctx = UpdateContext(m, opt, None, None, dev, amp, 0, 1.0, share_prompts=shared)
 
         def once() -> float:
             real, micro_batches.plan = micro_batches.plan, plan
-            real_once = shared_prefix.once_per_minibatch
+            real_once, real_cost = shared_prefix.once_per_minibatch, micro_batches.MICRO_BATCH_COST_TOKENS
+            micro_batches.MICRO_BATCH_COST_TOKENS = real_cost if micro_cost is None else micro_cost
             if not prompts_once:
                 shared_prefix.once_per_minibatch = lambda *a: False
             try:
@@ -119,13 +122,15 @@ def main(argv: list[str] | None = None) -> None:
                 return time.perf_counter() - t
             finally:
                 micro_batches.plan, shared_prefix.once_per_minibatch = real, real_once
+                micro_batches.MICRO_BATCH_COST_TOKENS = real_cost
         return once
 
     builders = {"baseline (micro 8)": lambda: variant(model, amp, 8),
                 "prompts once 8 rows": lambda: variant(model, amp, 8, rows_by_length),
                 "prompts per micro 8": lambda: variant(model, amp, 8, prompts_per_micro, prompts_once=False),
                 "grouped (micro 8)": lambda: variant(model, amp, 8, grouped_layout, prompts_once=False),
-                **{f"micro {n}": (lambda n=n: variant(model, amp, n)) for n in (4, 16, 32)}}
+                **{f"micro {n}": (lambda n=n: variant(model, amp, n)) for n in (4, 16, 32)},
+                **{f"micro cost {c}": (lambda c=c: variant(model, amp, 8, micro_cost=c)) for c in (0, 16, 256)}}
     if a.compute == "bf16":
         builders["pure bf16 (micro 8)"] = lambda: variant(pure_bf16(model), None, 8)
     chosen = a.variants.split(",") if a.variants else list(builders)

@@ -62,9 +62,9 @@ def plan(rows: list[Row], idx: list[int], size: int, *, share_prompts: bool,
 
 
 # What one more micro-batch costs beyond its tokens (per-op overheads, one more accumulation of the [V, H]
-# embedding gradient), in padded tokens: benchmarks/update_levers.py measured the fastest update of
-# vs_trl.py's workload at 64 on 2 CPU cores, with 16 to 256 within 8% of it and 0 (a micro-batch per
-# distinct length) 50% slower.
+# embedding gradient), in padded tokens. On update_levers.py's sampled rows (vs_trl.py's workload, fp32, 2 CPU
+# cores) 64 gave the fastest update of 0, 16, 64 and 256 (13.6 s; 16 and 256 within 8%; 0, a micro-batch per
+# distinct length, 20.5 s); `update_levers.py --variants "baseline (micro 8),micro cost 0,..."` reruns it.
 MICRO_BATCH_COST_TOKENS = 64
 
 
