@@ -104,8 +104,8 @@ def test_response_logits_has_no_sharing_knob():
 def test_update_context_picks_the_forward(monkeypatch, share):
     from rlreason.trainer import shared_prefix, update
     calls = []
-    real = shared_prefix.shared_response_logits
-    monkeypatch.setattr(shared_prefix, "shared_response_logits", lambda *a: calls.append(1) or real(*a))
+    real = shared_prefix.prompt_cache  # the prompt pass of either shared forward (per micro-batch or PromptPass)
+    monkeypatch.setattr(shared_prefix, "prompt_cache", lambda *a: calls.append(1) or real(*a))
     model = _model()
     ctx = update.UpdateContext(model, torch.optim.SGD(model.parameters(), lr=0.1), None, None, CPU, None, 0, 1.0,
                                share_prompts=share)
