@@ -222,7 +222,7 @@ class VLLMEngine(Engine):
         fut = asyncio.get_running_loop().create_future()
         self._futures[rid] = fut
         self.engine.add_request(rid, {"prompt_token_ids": list(prompt_ids)}, params)
-        if self.share_prefill and prefill is None and key not in self._prefilling:
+        if self.share_prefill and prefill is None:
             self._prefilling[key] = asyncio.get_running_loop().create_future()
             self._opening[rid] = key
         if self._wake is not None:

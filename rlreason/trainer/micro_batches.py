@@ -22,6 +22,11 @@ from rlreason.trainer.perf import pass_tokens
 from rlreason.trainer.shared_prefix import worth_sharing
 
 
+def longest_first(rows: list[Row], idx: list[int]) -> list[int]:
+    """`idx` sorted by response length, longest first, with rows of one prompt adjacent where lengths tie."""
+    return sorted(idx, key=lambda i: (-len(rows[i].response_ids), len(rows[i].prompt_ids), rows[i].prompt_ids))
+
+
 def layouts(rows: list[Row], idx: list[int], size: int) -> dict[str, list[list[int]]]:
     """The candidate layouts of the rows `idx` in micro-batches of `size` rows (the last may be short):
     `grouped`, prompt groups together in group_order; `groups by length`, the same groups ordered by their
@@ -33,7 +38,7 @@ def layouts(rows: list[Row], idx: list[int], size: int) -> dict[str, list[list[i
         key = tuple(rows[i].prompt_ids)
         longest[key] = max(longest.get(key, 0), len(rows[i].response_ids))
     groups_by_length = sorted(grouped, key=lambda i: -longest[tuple(rows[i].prompt_ids)])  # stable: groups stay whole
-    by_length = sorted(idx, key=lambda i: (-len(rows[i].response_ids), len(rows[i].prompt_ids), rows[i].prompt_ids))
+    by_length = longest_first(rows, idx)
     return {name: [order[s:s + size] for s in range(0, len(order), size)]
             for name, order in (("grouped", grouped), ("groups by length", groups_by_length),
                                 ("by length", by_length))}
@@ -74,7 +79,7 @@ def by_tokens(rows: list[Row], idx: list[int], size: int) -> list[list[int]]:
     least total cost, each holding at most `size` x the longest response's tokens: the memory a micro-batch
     of `size` of the longest rows takes. Shorter rows thus share micro-batches by a token budget, as verl's
     use_dynamic_bsz packs them."""
-    order = sorted(idx, key=lambda i: (-len(rows[i].response_ids), len(rows[i].prompt_ids), rows[i].prompt_ids))
+    order = longest_first(rows, idx)
     lengths = [len(rows[i].response_ids) for i in order]
     n = len(order)
     budget = size * lengths[0]
