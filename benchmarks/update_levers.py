@@ -25,11 +25,14 @@ Variants:
                   before micro_batches.py: each group's samples padded to its longest)
     micro N       the same with micro-batches of N rows (fewer, larger matmuls and fewer per-op overheads,
                   more activation memory; the loss is the same: micro-batching is exact)
+    every row     the baseline with trainer.skip_zero_advantage off: rows whose advantage is 0 run too (with
+                  --zero-groups K, the first K prompt groups get advantage 0, as groups whose samples all scored
+                  alike do; the baseline leaves them out, and its FLOPs and MFU count only the rows it ran)
     pure bf16     bf16 weights without autocast, micro-batch 8: no casts at all, and every elementwise op on
                   half the bytes. Not a training option (bf16 weights cannot hold lr ~1e-6 updates without a
                   float32 master copy); it bounds what removing autocast's casts could buy.
 
-    python benchmarks/update_levers.py [--repeats 3] [--workload sampled]
+    python benchmarks/update_levers.py [--repeats 3] [--workload sampled] [--zero-groups 4]
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compute", choices=("bf16", "fp32"), default="bf16",
                     help="the trainer's compute: bf16 autocast (model.dtype=bf16) or fp32 "
                          "(model.dtype=fp32, for CPUs without native bf16 matmuls); fp32 leaves out pure bf16")
+    ap.add_argument("--zero-groups", type=int, default=0,
+                    help="give the first K of the 8 prompt groups advantage 0 (all samples scored alike)")
     ap.add_argument("--variants", default=None,
                     help="comma-separated variant names to run (default: all); the first is the ratios' base")
     a = ap.parse_args(argv)
@@ -101,12 +106,17 @@ def main(argv: list[str] | None = None) -> None:
     shared = opts.share_prompts
     amp = torch.bfloat16 if a.compute == "bf16" else None
     rows = update_rows() if a.workload == "fixed" else sampled_update_rows()
+    for r in rows:
+        if r.group_id < a.zero_groups:
+            r.advantage = 0.0
     flops = pass_flops(model_shape(model), sequences(rows), backward=True, share_prompts=shared)
+    live_flops = pass_flops(model_shape(model), sequences([r for r in rows if r.advantage != 0.0]), backward=True,
+                            share_prompts=shared)
     with tempfile.TemporaryDirectory() as tmp:  # probed now, not read from a cache another load measured
         peak, source = device_peak_flops(model_shape(model), dev, amp or torch.float32, cache_dir=Path(tmp))
 
     def variant(m: torch.nn.Module, amp: torch.dtype | None, micro: int, plan: Callable = micro_batches.plan,
-                prompts_once: bool = True, micro_cost: int | None = None) -> Callable[[], float]:
+                prompts_once: bool = True, micro_cost: int | None = None, skip: bool = True) -> Callable[[], float]:
         opt = torch.optim.AdamW(m.parameters(), lr=1e-7, fused=m is model)
         ctx = UpdateContext(m, opt, None, None, dev, amp, 0, 1.0, share_prompts=shared)
 
@@ -118,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                 shared_prefix.once_per_minibatch = lambda *a: False
             try:
                 t = time.perf_counter()
-                policy_update(rows, ctx, AlgoConfig(), TrainerConfig(micro_batch_size=micro), None)
+                policy_update(rows, ctx, AlgoConfig(), TrainerConfig(micro_batch_size=micro, skip_zero_advantage=skip),
+                              None)
                 return time.perf_counter() - t
             finally:
                 micro_batches.plan, shared_prefix.once_per_minibatch = real, real_once
@@ -130,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
                 "prompts per micro 8": lambda: variant(model, amp, 8, prompts_per_micro, prompts_once=False),
                 "grouped (micro 8)": lambda: variant(model, amp, 8, grouped_layout, prompts_once=False),
                 **{f"micro {n}": (lambda n=n: variant(model, amp, n)) for n in (4, 16, 32)},
-                **{f"micro cost {c}": (lambda c=c: variant(model, amp, 8, micro_cost=c)) for c in (0, 16, 256)}}
+                **{f"micro cost {c}": (lambda c=c: variant(model, amp, 8, micro_cost=c)) for c in (0, 16, 256)},
+                "every row": lambda: variant(model, amp, 8, skip=False)}
     if a.compute == "bf16":
         builders["pure bf16 (micro 8)"] = lambda: variant(pure_bf16(model), None, 8)
     chosen = a.variants.split(",") if a.variants else list(builders)
@@ -158,13 +170,16 @@ def main(argv: list[str] | None = None) -> None:
           + f"; prompts once + by_tokens {once_tokens} ({len(by_tokens)} micro-batches)")
     print(f"cpu: {torch.backends.cpu.get_cpu_capability()}, native bf16 matmuls (oneDNN): "
           f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}; compute {a.compute}")
-    print(f"update of {len(rows)} rows on cpu x{torch.get_num_threads()}: {flops / 1e12:.2f} TFLOP per update; "
+    print(f"update of {len(rows)} rows ({sum(r.advantage == 0.0 for r in rows)} with advantage 0) on cpu "
+          f"x{torch.get_num_threads()}: {flops / 1e12:.2f} TFLOP per update over every row, {live_flops / 1e12:.2f} "
+          f"over the rows a skipping variant runs; "
           f"peak {peak / 1e12:.2f} TFLOP/s ({source}, the model's matmul shapes in {a.compute})")
+    work = {k: flops if k == "every row" else live_flops for k in names}
     print(f"{'variant':22s} {'median s':>9s} {'min-max s':>13s} {'vs baseline':>12s} {'TFLOP/s':>8s} {'MFU':>6s}")
     for k in names:
         m = median(times[k])
         print(f"{k:22s} {m:9.2f} {min(times[k]):6.2f}-{max(times[k]):<6.2f} {base / m:11.2f}x "
-              f"{flops / m / 1e12:8.3f} {flops / m / peak:6.1%}")
+              f"{work[k] / m / 1e12:8.3f} {work[k] / m / peak:6.1%}")
     print(f"peak RSS of the process (all variants) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 

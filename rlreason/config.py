@@ -95,6 +95,10 @@ class TrainerConfig:
     # of SmolLM2-135M was 2.2x slower than one pass per row (launch-bound), on 2 CPU cores 1.35x faster.
     share_prompt_forward: Literal["auto", True, False] = "auto"
     max_grad_norm: float | None = 1.0  # gradient-norm clip; null = no clipping
+    # Leave rows with advantage exactly 0 (a GRPO group whose samples all scored alike) out of the forward and
+    # backward: they add nothing to the gradient of the built-in losses, so the update is the same (exact), and
+    # loss/ metrics are then means over the rows that train. Off: every row runs (metrics over all rows).
+    skip_zero_advantage: bool = True
     max_nonfinite_steps: int = 3  # consecutive NaN/inf losses tolerated (skipped) before stopping
     checkpoint_every: int = 10  # steps; 0 = only at the end
     keep_checkpoints: int = 2

@@ -146,8 +146,8 @@ def test_probe_leaves_the_global_rng_alone():
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_grpo_step_logs_perf_metrics(tmp_path):
-    """One GRPO step on the tiny model (HF engine): every perf/ key is logged, with sane values."""
+def _tiny_grpo_step(run_dir, *overrides: str) -> dict[str, float]:
+    """The metrics of one GRPO step on the tiny model (HF engine); its rewards are all 0 (it never answers)."""
     import json
 
     from rlreason.config import load_config
@@ -156,14 +156,29 @@ def test_grpo_step_logs_perf_metrics(tmp_path):
         "model.name=tiny-random", "model.dtype=bf16", "rollout.engine=hf", "rollout.max_model_len=256",
         "data.train={source: reasoning_gym, task: basic_arithmetic, size: 12, seed: 1}", "data.eval_size=2",
         "env.args.max_tokens=5", "trainer.prompts_per_step=2", "trainer.samples_per_prompt=3", "trainer.steps=1",
-        "trainer.ppo_epochs=2", "logging.wandb=false", "logging.progress=false", f"output_dir={tmp_path}/run"])
+        "trainer.ppo_epochs=2", "logging.wandb=false", "logging.progress=false", f"output_dir={run_dir}",
+        *overrides])
     train(c)
-    row = json.loads((tmp_path / "run/metrics.jsonl").read_text().splitlines()[-1])
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_grpo_step_logs_perf_metrics(tmp_path):
+    """Every perf/ key is logged, with sane values (every row trained: the tiny model's advantages are all 0)."""
+    row = _tiny_grpo_step(tmp_path / "run", "trainer.skip_zero_advantage=false")
     for k in ("perf/rollout_tokens_per_s", "perf/update_tokens_per_s", "perf/update_tflops", "perf/mfu",
               "perf/peak_tflops", "perf/peak_rss_gb"):
         assert row[k] > 0, k
     assert row["perf/mfu"] == pytest.approx(row["perf/update_tflops"] / row["perf/peak_tflops"])
     assert row["perf/mfu"] < 1.0
+
+
+def test_update_flops_count_only_the_rows_the_update_ran(tmp_path):
+    """Rows with advantage 0 are left out of the update (trainer.skip_zero_advantage), so they are not counted as
+    work done: with every reward 0 the update ran nothing and perf/update_tflops is 0, not an inflated MFU."""
+    row = _tiny_grpo_step(tmp_path / "run")
+    assert row["rollout/zero_var_groups_frac"] == 1.0 and row["loss/rows_skipped_frac"] == 1.0
+    assert row["perf/update_tflops"] == 0.0 and row["perf/update_tokens_per_s"] == 0.0
+    assert row["perf/rollout_tokens_per_s"] > 0
 
 
 def test_decode_bandwidth_fraction_is_the_bound_over_the_achieved_step_time():

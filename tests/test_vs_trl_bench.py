@@ -42,6 +42,10 @@ def test_rlreason_config_renders_the_same_prompt(vs_trl, tmp_path, dtype):
     assert cfg.model.dtype == dtype  # the dtype TRL's side gets too (bf16 autocast / a bf16 vLLM, or fp32)
     assert (cfg.trainer.prompts_per_step, cfg.trainer.samples_per_prompt, cfg.env.args["max_tokens"]) == (8, 4, 128)
     assert cfg.trainer.lr == 1e-6 and cfg.algo.kl_coef == 0.0 and cfg.env.args["style"] == "chat"
+    # every row runs through the update, as in TRL (rlreason-skip: the default, zero-advantage rows left out)
+    assert cfg.trainer.skip_zero_advantage is False
+    skip = load_config(None, vs_trl.rlreason_overrides(data, tmp_path / "out", dtype, skip_zero_advantage=True))
+    assert skip.trainer.skip_zero_advantage is True
     ds = build_dataset(cfg.data.train, key="data.train")
     assert [r["question"] for r in ds] == [q["question"] for q in vs_trl.questions()]
     q = vs_trl.questions()[3]

@@ -90,6 +90,12 @@ def reinforce(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, respon
     return _finish(-advantages * ratio, response_mask, is_weights), metrics
 
 
+# Losses whose every term is the advantage times something finite, so a row with A = 0 has loss and gradient
+# exactly 0 (tests/test_zero_advantage.py checks each one): the update may leave such rows out. A user's
+# registered loss is not listed, so its rows are all kept.
+ZERO_GRADIENT_AT_ZERO_ADVANTAGE = frozenset({"ppo_clip", "reinforce"})
+
+
 def truncated_is_weights(old_logprobs: Tensor, rollout_logprobs: Tensor, response_mask: Tensor, *,
                          cap: float = 2.0) -> Tensor:
     """min(pi_old / pi_rollout, cap), detached, 0 on masked tokens: the inference engine's probabilities

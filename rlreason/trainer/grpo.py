@@ -21,7 +21,7 @@ from rlreason.trainer.batch import episodes_to_rows
 from rlreason.trainer.critic import ValueHead, assign_gae
 from rlreason.trainer.dynamic_sampling import collect_groups
 from rlreason.trainer.perf import sequences
-from rlreason.trainer.update import UpdateContext, compute_logprobs, policy_update
+from rlreason.trainer.update import UpdateContext, compute_logprobs, policy_update, rows_with_gradient
 
 if TYPE_CHECKING:
     from rlreason.trainer.loop import Run
@@ -131,10 +131,12 @@ class GRPO(Algorithm):
         algo, tr = run.cfg.algo, run.cfg.trainer
         has_ref = algo.kl_coef > 0 and run.ctx.ref_model is not None
         seqs = sequences(rows)  # dynamic sampling drops groups before rows exist: every pass sees the same rows
-        forward = [seqs] * (int(has_ref) + int(has_ref and algo.kl_in_reward) + int(algo.advantage == "gae")
-                            + int(tr.ppo_epochs * tr.mini_batches > 1))
+        # The update runs only the rows that carry a gradient (zero-advantage rows are left out), old logprobs too.
+        live = sequences([rows[i] for i in rows_with_gradient(rows, run.ctx, algo, tr)])
+        forward = [seqs] * (int(has_ref) + int(has_ref and algo.kl_in_reward) + int(algo.advantage == "gae")) \
+            + [live] * int(tr.ppo_epochs * tr.mini_batches > 1 and bool(live))
         shared = run.ctx.share_prompts and algo.advantage != "gae" \
             and not getattr(run.ctx.model, "is_gradient_checkpointing", False)
-        return run.perf.step(trained=seqs, epochs=tr.ppo_epochs, forward=forward, share_prompts=shared,
+        return run.perf.step(trained=live, epochs=tr.ppo_epochs, forward=forward, share_prompts=shared,
                              generated_tokens=sum(ep.num_trained_tokens for ep in episodes), rollout_s=t_rollout,
                              update_s=t_trainer)

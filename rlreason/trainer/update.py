@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from rlreason.algos.kl import kl_estimate
-from rlreason.algos.losses import POLICY_LOSSES, PolicyLossFn, entropy_from_logits, logprobs_from_logits, \
-    token_weights, truncated_is_weights, value_loss
+from rlreason.algos.losses import POLICY_LOSSES, ZERO_GRADIENT_AT_ZERO_ADVANTAGE, PolicyLossFn, \
+    entropy_from_logits, logprobs_from_logits, token_weights, truncated_is_weights, value_loss
 from rlreason.config import AlgoConfig, TrainerConfig
 from rlreason.trainer import micro_batches, shared_prefix
 from rlreason.trainer.batch import Batch, Row, collate, response_logits
@@ -111,6 +111,20 @@ def minibatch_indices(rows: list[Row], mini_batches: int) -> list[list[int]]:
     return [[i for k in keys[bounds[m]:bounds[m + 1]] for i in groups[k]] for m in range(mini_batches)]
 
 
+def rows_with_gradient(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: TrainerConfig) -> list[int]:
+    """Indices of the rows the update has to run. A row whose advantage is exactly 0 (every sample of its GRPO
+    group scored alike) contributes loss and gradient exactly 0 when every term of the loss is the advantage times
+    something finite: a listed policy loss, and no entropy bonus, KL-to-reference loss or critic. Such rows are
+    left out (trainer.skip_zero_advantage); their tokens still count in the aggregation weights."""
+    skip = _skips_zero_advantage(ctx, algo, tr)
+    return [i for i, r in enumerate(rows) if not skip or r.token_advantages is not None or r.advantage != 0.0]
+
+
+def _skips_zero_advantage(ctx: UpdateContext, algo: AlgoConfig, tr: TrainerConfig) -> bool:
+    return (tr.skip_zero_advantage and ctx.value_head is None and algo.entropy_coef <= 0
+            and (algo.kl_coef <= 0 or algo.kl_in_reward) and algo.policy_loss in ZERO_GRADIENT_AT_ZERO_ADVANTAGE)
+
+
 def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: TrainerConfig,
                   ref_logprobs: list[torch.Tensor] | None) -> dict[str, float]:
     """PPO-style update on one rollout batch; returns `loss/...` metrics: per-token terms as means over the
@@ -118,14 +132,32 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
     model = ctx.model
     model.train()
     updates = tr.ppo_epochs * tr.mini_batches
+    live = rows_with_gradient(rows, ctx, algo, tr)
+    skipping, live_set = _skips_zero_advantage(ctx, algo, tr), set(live)
     # With a single update the sampling policy equals the current one: old = new.detach(), no extra pass.
-    old_logprobs = compute_logprobs(model, rows, ctx, tr.micro_batch_size) if updates > 1 else None
+    old_logprobs = (dict(zip(live, compute_logprobs(model, [rows[i] for i in live], ctx, tr.micro_batch_size)))
+                    if updates > 1 and live else None)
     loss_fn = POLICY_LOSSES.get(algo.policy_loss, "algo.policy_loss")
     sums: dict[str, float] = defaultdict(float)
     counts: dict[str, float] = defaultdict(float)
     for _epoch in range(tr.ppo_epochs):
         for part in minibatch_indices(rows, tr.mini_batches):
             if not part:
+                continue
+            # Aggregation weights over the whole mini-batch, skipped rows included, make micro-batching and
+            # skipping exact.
+            whole = collate([rows[i] for i in part], ctx.pad_id)
+            weight_of = dict(zip(part, token_weights(whole.response_mask, algo.loss_agg_mode,
+                                                     trace_ids=whole.trace_ids)))
+            part = [i for i in part if i in live_set]
+            if skipping:
+                _acc(sums, counts, {"rows_skipped_frac": 1 - len(part) / len(weight_of)}, weight=len(weight_of))
+            ctx.optimizer.zero_grad(set_to_none=True)
+            if not part:  # nothing carries a gradient: the step still runs on zeros (moments, weight decay)
+                for p in ctx.model.parameters():
+                    if p.requires_grad:
+                        p.grad = torch.zeros_like(p)
+                _step(ctx, tr, sums, counts, 0.0)
                 continue
             # The weighted loss sum does not depend on how rows are dealt into micro-batches, only the
             # padding does (micro_batches.py).
@@ -136,9 +168,7 @@ def policy_update(rows: list[Row], ctx: UpdateContext, algo: AlgoConfig, tr: Tra
             idx = [i for m in micros for i in m]
             mb_rows = [rows[i] for i in idx]
             full = collate(mb_rows, ctx.pad_id)
-            # Aggregation weights over the whole mini-batch make micro-batching exact.
-            weights = token_weights(full.response_mask, algo.loss_agg_mode, trace_ids=full.trace_ids)
-            ctx.optimizer.zero_grad(set_to_none=True)
+            weights = torch.stack([weight_of[i] for i in idx])
             mb_loss, finite = 0.0, True
             with autocast(ctx):
                 prompts = shared_prefix.PromptPass(model, full.to(ctx.device)) if once else None
