@@ -144,7 +144,10 @@ def test_one_grpo_step_with_vllm_on_cuda(tmp_path):
     c = load_config("configs/quickstart.yaml", [f"output_dir={tmp_path}/q", "trainer.steps=1", "eval.every=0",
                                                 "logging.wandb=false", "logging.progress=false", "model.device=cuda",
                                                 "rollout.gpu_memory_utilization=0.3",
-                                                "trainer.prompts_per_step=4", "trainer.samples_per_prompt=4"])
+                                                "trainer.prompts_per_step=4", "trainer.samples_per_prompt=4",
+                                                # every row trains, whatever the rewards (zero-advantage rows
+                                                # would otherwise be left out, and with them the update)
+                                                "trainer.skip_zero_advantage=false"])
     run = setup(c)
     assert run.ctx.device.type == "cuda" and run.engine.sleep_mode
     before = {n: p.detach().clone() for n, p in run.ctx.model.named_parameters()}
