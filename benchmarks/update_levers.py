@@ -54,7 +54,7 @@ from rlreason.cpu import apply_cpu_optimizations
 from rlreason.trainer import micro_batches, shared_prefix
 from rlreason.trainer.fused_rms_norm import fuse_rms_norms
 from rlreason.trainer.perf import device_peak_flops, model_shape, pass_flops, sequences
-from rlreason.trainer.update import UpdateContext, policy_update
+from rlreason.trainer.update import UpdateContext, policy_update, rows_with_gradient
 
 from peer_workload import median, sampled_update_rows, update_rows
 
@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> None:
         if r.group_id < a.zero_groups:
             r.advantage = 0.0
     flops = pass_flops(model_shape(model), sequences(rows), backward=True, share_prompts=shared)
-    live_flops = pass_flops(model_shape(model), sequences([r for r in rows if r.advantage != 0.0]), backward=True,
-                            share_prompts=shared)
+    # The rows the trainer's update runs (its rule for leaving zero-advantage rows out), for the FLOPs it does.
+    live = [rows[i] for i in rows_with_gradient(rows, UpdateContext(model, None, None, None, dev, None, 0, 1.0),
+                                                AlgoConfig(), TrainerConfig())]
+    live_flops = pass_flops(model_shape(model), sequences(live), backward=True, share_prompts=shared)
     with tempfile.TemporaryDirectory() as tmp:  # probed now, not read from a cache another load measured
         peak, source = device_peak_flops(model_shape(model), dev, amp or torch.float32, cache_dir=Path(tmp))
 
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
           + f"; prompts once + by_tokens {once_tokens} ({len(by_tokens)} micro-batches)")
     print(f"cpu: {torch.backends.cpu.get_cpu_capability()}, native bf16 matmuls (oneDNN): "
           f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}; compute {a.compute}")
-    print(f"update of {len(rows)} rows ({sum(r.advantage == 0.0 for r in rows)} with advantage 0) on cpu "
+    print(f"update of {len(rows)} rows ({len(rows) - len(live)} left out with advantage 0) on cpu "
           f"x{torch.get_num_threads()}: {flops / 1e12:.2f} TFLOP per update over every row, {live_flops / 1e12:.2f} "
           f"over the rows a skipping variant runs; "
           f"peak {peak / 1e12:.2f} TFLOP/s ({source}, the model's matmul shapes in {a.compute})")
