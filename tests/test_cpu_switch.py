@@ -59,23 +59,25 @@ def test_off_cpu_the_switch_changes_nothing():
     model, ref = _model(), _model()
     before = model.config._attn_implementation
     opts = apply_cpu_optimizations(load_config(None, []), CUDA, [model, ref])
-    assert opts == CpuOptimizations(attention=None, fused_rms_norms=0, share_prompts=False)
+    assert opts == CpuOptimizations(attention=None, fused_rms_norms=0, fused_mlps=0, share_prompts=False)
     assert model.config._attn_implementation == before
-    assert not any(_is_fused(m) for m in model.modules() if type(m).__name__.endswith("RMSNorm"))
+    assert not any(_is_fused(m) for m in model.modules() if type(m).__name__.endswith(("RMSNorm", "MLP")))
     forced = apply_cpu_optimizations(load_config(None, ["trainer.share_prompt_forward=true"]), CUDA, [model])
     assert forced.share_prompts  # an explicit setting is honoured on any device
 
 
-def test_on_cpu_the_switch_turns_on_attention_norms_and_shared_prompts():
+def test_on_cpu_the_switch_turns_on_attention_norms_mlps_and_shared_prompts():
     from rlreason.cpu import apply_cpu_optimizations
     from rlreason.trainer import cpu_attention
     model, ref = _model(), _model()
     opts = apply_cpu_optimizations(load_config(None, []), CPU, [model, None, ref])  # None: no reference model
     n_norms = 2 * model.config.num_hidden_layers + 1
     assert opts.attention == cpu_attention.NAME and opts.share_prompts and opts.fused_rms_norms == 2 * n_norms
+    assert opts.fused_mlps == 2 * model.config.num_hidden_layers
     for m in (model, ref):
         assert m.config._attn_implementation == cpu_attention.NAME
         assert _is_fused(m.model.norm) and _is_fused(m.model.layers[0].input_layernorm)
+        assert all(_is_fused(layer.mlp) for layer in m.model.layers)
     off = apply_cpu_optimizations(load_config(None, ["trainer.share_prompt_forward=false",
                                                      "model.attn_implementation=eager"]), CPU, [_model()])
     assert not off.share_prompts and off.attention is None  # an explicit attention is kept
