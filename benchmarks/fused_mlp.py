@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"round {r + 1} {v:5s}: updates " + ", ".join(f"{t:.2f}" for t in res[v][-1]["times"])
                   + f" s; peak RSS {res[v][-1]['peak_rss_gb']:.2f} GB", flush=True)
     import torch
-    print(f"\nworkload {a.workload}, compute {a.compute}, micro-batch 8, {a.updates} updates per process (median of "
-          f"updates {WARMUP + 1}-{a.updates}); cpu {torch.backends.cpu.get_cpu_capability()} x{torch.get_num_threads()}")
+    print(f"\nworkload {a.workload}, compute {a.compute}, micro-batch 8, {a.updates} updates per process (median "
+          f"of updates {WARMUP + 1}-{a.updates}); cpu {torch.backends.cpu.get_cpu_capability()} "
+          f"x{torch.get_num_threads()}")
     print(f"{'variant':8s} {'s/update':>9s} {'per round':>16s} {'peak RSS GB':>12s} {'per round':>12s}")
     summary = {}
     for v in VARIANTS:
