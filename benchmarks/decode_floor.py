@@ -26,7 +26,7 @@ import time
 
 from peer_workload import PROMPTS, SAMPLES, NEW_TOKENS, median
 
-TARGET = 0.40  # issue 20: rollout >= 40% of the bandwidth bound
+TARGET = 0.40  # the share of the bandwidth bound the rollout is asked to reach (vs_trl.py prints the same target)
 
 
 def live_per_step(lengths: list[int]) -> list[int]:
