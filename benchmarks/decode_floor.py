@@ -62,13 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     from rlreason.rollout import SamplingConfig
     from rlreason.rollout.vllm_engine import VLLMEngine
     from rlreason.trainer.perf import probe_copy_bandwidth
-    from peer_workload import model_and_prompts
-    from vs_trl import KV_CACHE_GB, MAX_MODEL_LEN, prompt_text, questions
+    from peer_workload import model_and_prompts, vs_trl_prompts
+    from vs_trl import KV_CACHE_GB, MAX_MODEL_LEN, WIDTH, meta_model
 
     d, tok, _ = model_and_prompts()
     bandwidth = probe_copy_bandwidth(torch.device("cpu"))
-    prompts = [tok.apply_chat_template([{"role": "user", "content": prompt_text(q)}], add_generation_prompt=True,
-                                       tokenize=True, return_dict=False) for q in questions()[:PROMPTS]]
+    prompts = vs_trl_prompts(tok)
     eng = VLLMEngine(d, tokenizer=tok, sampling=SamplingConfig(temperature=1.0), dtype="fp32",
                      max_model_len=MAX_MODEL_LEN, kv_cache_gb=KV_CACHE_GB, seed=0)
     eng.generate_batch(prompts, n=SAMPLES, max_tokens=NEW_TOKENS, seed=0)  # warm-up
@@ -82,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     worker = eng.llm.llm_engine.model_executor.driver_worker
     model = getattr(worker, "worker", worker).model_runner.model
     layers = [m for n, m in model.named_modules() if ".layers." in n and hasattr(m, "input_size_per_partition")]
-    weight_bytes = 4.0 * sum(p.numel() for p in _hf_meta_params(d))
+    weight_bytes = float(WIDTH["fp32"] * sum(p.numel() for p in meta_model(d).parameters()))  # as vs_trl.py
     calls = [lambda x, m=m: m(x) for m in layers] + [model.compute_logits]
     widths = [m.input_size_per_partition for m in layers] + [model.config.hidden_size]
     ms = sorted({m for _, live in rollouts for m in live})
@@ -99,29 +98,21 @@ def main(argv: list[str] | None = None) -> None:
                       for m in ms if m in (1, 2, 4, 8, 16, 24, 32) or m in (ms[0], ms[-1])))
     print(f"\n{'rollout':8s} {'wall s':>7s} {'decode steps':>12s} {'tokens':>7s} {'bw bound s':>10s} "
           f"{'matmul floor s':>14s} {'rest s':>6s} {'bound/wall':>10s} {'bound/floor':>11s}")
-    fracs, ceilings = [], []
+    rows = []  # per rollout: wall, bandwidth bound, matmul floor
     for i, (wall, live) in enumerate(rollouts):
-        bound = len(live) * weight_bytes / bandwidth
-        floor = sum(per_m[m] for m in live)
-        fracs.append(bound / wall)
-        ceilings.append(bound / floor)
+        bound, floor = len(live) * weight_bytes / bandwidth, sum(per_m[m] for m in live)
+        rows.append((wall, bound, floor))
         print(f"{i + 1:<8d} {wall:7.2f} {len(live):12d} {sum(live):7d} {bound:10.2f} {floor:14.2f} "
-              f"{wall - floor:6.2f} {fracs[-1]:10.1%} {ceilings[-1]:11.1%}")
-    budget = [len(live) * weight_bytes / bandwidth / TARGET - sum(per_m[m] for m in live) for _, live in rollouts]
-    rest = [wall - sum(per_m[m] for m in live) for wall, live in rollouts]
+              f"{wall - floor:6.2f} {bound / wall:10.1%} {bound / floor:11.1%}")
+    fracs = [bound / wall for wall, bound, _ in rows]
+    ceilings = [bound / floor for _, bound, floor in rows]
+    budget = [bound / TARGET - floor for _, bound, floor in rows]
+    rest = [wall - floor for wall, _, floor in rows]
     print(f"\nrollout: {median(fracs):.1%} of the bandwidth bound (median; {min(fracs):.1%}-{max(fracs):.1%}); "
           f"the engine's matmuls alone allow at most {median(ceilings):.1%} ({min(ceilings):.1%}-{max(ceilings):.1%})")
     print(f"issue-20 target {TARGET:.0%}: a rollout may take bound / {TARGET:.2f}; after the matmul floor that "
           f"leaves {median(budget):.2f} s (median; {min(budget):.2f} to {max(budget):.2f}) for prefill, attention, "
           f"sampling and scheduling, which take {median(rest):.2f} s ({min(rest):.2f}-{max(rest):.2f}) now")
-
-
-def _hf_meta_params(model_dir: str) -> list:
-    """The model's parameters on the meta device (tied weights once), as vs_trl.py counts weight bytes."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    with torch.device("meta"):
-        return list(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).parameters())
 
 
 if __name__ == "__main__":

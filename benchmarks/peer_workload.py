@@ -25,6 +25,13 @@ def model_and_prompts() -> tuple[str, Any, list[list[int]]]:
     return d, tok, prompts
 
 
+def vs_trl_prompts(tok: Any) -> list[list[int]]:
+    """vs_trl.py's first PROMPTS chat prompts as token ids, through the model's chat template."""
+    from vs_trl import prompt_text, questions
+    return [tok.apply_chat_template([{"role": "user", "content": prompt_text(q)}], add_generation_prompt=True,
+                                    tokenize=True, return_dict=False) for q in questions()[:PROMPTS]]
+
+
 def vllm_engine(model_dir: str, tok: Any, **overrides: Any) -> Any:
     """The vLLM engine the CPU A/B benchmarks time: the workload's sampling (temperature 1, EOS ignored), context
     and KV cache; `overrides` are VLLMEngine arguments (the variant under test)."""
@@ -95,10 +102,9 @@ def _sample_rows(seed: int) -> None:
 
     from rlreason.rollout import SamplingConfig
     from rlreason.rollout.vllm_engine import VLLMEngine
-    from vs_trl import KV_CACHE_GB as KV, MAX_MODEL_LEN as LEN, prompt_text, questions
+    from vs_trl import KV_CACHE_GB as KV, MAX_MODEL_LEN as LEN
     d, tok, _ = model_and_prompts()
-    prompts = [tok.apply_chat_template([{"role": "user", "content": prompt_text(q)}], add_generation_prompt=True,
-                                       tokenize=True, return_dict=False) for q in questions()[:PROMPTS]]
+    prompts = vs_trl_prompts(tok)
     eng = VLLMEngine(d, tokenizer=tok, sampling=SamplingConfig(temperature=1.0), max_model_len=LEN,
                      kv_cache_gb=KV, seed=seed)
     outs = eng.generate_batch(prompts, n=SAMPLES, max_tokens=NEW_TOKENS, seed=seed)

@@ -185,16 +185,22 @@ def parse_limits(text: str) -> dict[str, float] | None:
     return None
 
 
+def meta_model(model_dir: str) -> Any:
+    """The model on the meta device: its shapes and parameter count (tied weights once), no weights loaded."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+
+
 def machine_limits(model_dir: str, dtype: str) -> dict[str, float]:
     """What the targets are measured against, probed once in this process: the copy bandwidth, the matmul
     peak in `dtype` at the model's linear shapes (rlreason.trainer.perf, fresh, not the cached figure), and the
     bytes of the model's weights in `dtype` (each decode step reads them all)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from rlreason.trainer.perf import device_peak_flops, model_shape, probe_copy_bandwidth
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    model = meta_model(model_dir)
     dev = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         peak, _ = device_peak_flops(model_shape(model), dev, getattr(torch, DTYPES[dtype]), cache_dir=Path(tmp))
